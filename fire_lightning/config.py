@@ -1,0 +1,223 @@
+"""Typed configuration: YAML file + command-line overrides → :class:`Config`.
+
+Configs flow one way: ``load_config(path, overrides)`` merges the experiment YAML and
+``key=value`` overrides onto the schema below (OmegaConf structured config, so a misspelt key
+or a wrongly typed value is an error that names it), and everything downstream reads the
+resulting object. Experiment files hold only what differs from these defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key or file."""
+
+
+@dataclass
+class SplitConfig:
+    fractions: dict = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
+    blocks: int = 5
+    gap_mm: float = 3.0
+
+
+@dataclass
+class AugmentConfig:
+    change_range: list = field(default_factory=lambda: [0.2, 0.5])  # FIRE §4.1
+    other_scale: float = 0.05
+    rotate_deg: float = 10.0
+    translate: float = 0.05  # fraction of the extent
+    elastic_control_points: int = 7
+    elastic_max_mm: float = 6.0
+    elastic_locked_borders: int = 2
+    transform_fixed: bool = True  # training: fixed images get their own random transform too
+
+
+@dataclass
+class DataConfig:
+    name: str = "phantom"
+    spatial_dims: int = 2
+    modalities: list = field(default_factory=lambda: ["T1", "FLAIR"])  # [moving A, fixed B]
+    spacing: float = 2.5  # mm; in-plane in 2D, isotropic in 3D
+    size: list = field(default_factory=lambda: [80, 96])  # 2D: [X, Y]; 3D: [X, Y, Z]
+    min_brain_fraction: float = 0.25
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 8
+    num_workers: int = 0
+    samples_per_epoch: int = 800
+    n_val_images: int = 4
+    val_transforms_per_image: int = 2
+    n_test_images: int = 6
+    test_transforms_per_image: int = 20
+    test_seed: int = 1234
+    phantom_seed: int = 0
+    noise_std: float = 0.02
+    bias_strength: float = 0.15
+    root: Optional[str] = None  # dataset root (real datasets)
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64  # paper
+    n_res: int = 4  # ResNet blocks in G and in each F (paper: 4)
+    affine_channels: list = field(default_factory=lambda: [32, 64, 64])
+    affine_hidden: int = 64
+    similarity: str = "rms"  # rms | mi | lncc, used in (7)
+    similarity_input: str = "synthesised"  # (7) compares F(G(x^A∘φ)) (paper) or the warped image itself ("image")
+    mi_bins: int = 32
+    mi_sigma_ratio: float = 0.5
+    ncc_kernel: int = 7
+    diffeomorphic: bool = False
+    integration_steps: int = 7
+    adversarial: bool = False
+    disc_width: int = 16
+
+
+@dataclass
+class OptimConfig:
+    lr_affine: float = 1e-5  # §3.8
+    lr_nonrigid: float = 5e-5
+    lr_synthesis: float = 1e-4
+    lr_discriminator: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0  # max gradient norm per optimiser; 0 = off
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 144_000  # training iterations (batches), as the paper counts them
+    accelerator: str = "auto"
+    devices: int = 1
+    precision: str = "32-true"
+    val_every_n_steps: int = 500
+    log_every_n_steps: int = 20
+    checkpoint_every_n_steps: int = 1000
+    fast_dev_run: bool = False
+    deterministic: bool = False
+    limit_val_batches: float = 1.0
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_mode: str = "offline"
+    wandb_project: str = "fire-lightning"
+    image_every_n_val: int = 1  # log image grids every N validations (0 = never)
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"
+    name: Optional[str] = None  # default: <experiment>-<timestamp>
+
+
+@dataclass
+class Config:
+    experiment: str = "default"
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def _suggest(key: str, cfg: DictConfig) -> str:
+    parent_path, _, leaf = key.rpartition(".")
+    try:
+        parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+        options = list(parent.keys()) if isinstance(parent, DictConfig) else []
+    except OmegaConfBaseException:
+        options = []
+    close = difflib.get_close_matches(leaf, [str(o) for o in options], n=1)
+    return f" (did you mean '{parent_path + '.' if parent_path else ''}{close[0]}'?)" if close else ""
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e)
+        raise ConfigError(f"{source}: unknown config key '{key}'{_suggest(str(key), base)}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "")
+        raise ConfigError(f"{source}: bad value for '{key}': {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Schema defaults ← YAML file ← ``key=value`` overrides; validated; read-only structure.
+
+    Raises:
+        ConfigError: missing/unreadable file, unknown key, wrong type, bad value.
+    """
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as e:  # yaml errors
+            raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        cfg = _merge(cfg, file_cfg, str(path))
+        if cfg.experiment == "default":
+            cfg.experiment = path.stem
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        try:
+            dot = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
+        cfg = _merge(cfg, dot, "command line")
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, False)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that the schema's types cannot express."""
+    from .losses import SIMILARITIES
+
+    d = cfg.data
+    if d.spatial_dims not in (2, 3):
+        raise ConfigError(f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}")
+    if len(d.size) != d.spatial_dims:
+        raise ConfigError(f"data.size needs {d.spatial_dims} values for spatial_dims={d.spatial_dims}, got {list(d.size)}")
+    if any(s % 4 for s in d.size):
+        raise ConfigError(f"data.size must be divisible by 4 (G downsamples twice), got {list(d.size)}")
+    lo, hi = d.augment.change_range
+    if not 0 <= lo <= hi < 1:
+        raise ConfigError(f"data.augment.change_range must satisfy 0 <= lo <= hi < 1, got {[lo, hi]}")
+    if cfg.model.similarity not in SIMILARITIES:
+        close = difflib.get_close_matches(cfg.model.similarity, SIMILARITIES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"model.similarity must be one of {SIMILARITIES}, got '{cfg.model.similarity}'{hint}")
+    if cfg.model.similarity_input not in ("synthesised", "image"):
+        raise ConfigError(f"model.similarity_input must be 'synthesised' or 'image', got '{cfg.model.similarity_input}'")
+    if cfg.model.width < 1:
+        raise ConfigError(f"model.width must be positive, got {cfg.model.width}")
+    if cfg.trainer.max_steps < 1:
+        raise ConfigError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+__all__ = ["Config", "ConfigError", "load_config", "to_yaml", "MISSING"]

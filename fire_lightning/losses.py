@@ -1,0 +1,250 @@
+"""FIRE losses, equations (1)–(13) of the FIRE paper as fixed by METHOD.md.
+
+:func:`fire_forward` runs the training graph once (both directions) and
+:func:`fire_loss` turns it into a :class:`FIRELoss` of named parts, ready to log.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import spatial
+from .networks import FIRENet, Transform
+
+_EPS = 1e-8
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square error per sample, averaged over the batch.
+
+    ``sqrt(mean((a-b)^2) + eps) - sqrt(eps)``: exactly 0 for identical inputs and with a
+    finite gradient there.
+
+    Args:
+        a, b: ``(B, ...)`` of the same shape.
+
+    Returns:
+        scalar.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"rms: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return (torch.sqrt(mse + _EPS) - math.sqrt(_EPS)).mean()
+
+
+class MutualInformation(nn.Module):
+    """Negative Parzen-window mutual information (MI-CNN paper, eqs 3–7), via MONAI.
+
+    Gaussian Parzen windows over ``num_bins`` bins; inputs in [-1, 1] are mapped to [0, 1].
+    Returns ``-MI`` (a loss: lower is better).
+    """
+
+    def __init__(self, num_bins: int = 32, sigma_ratio: float = 0.5):
+        super().__init__()
+        from monai.losses import GlobalMutualInformationLoss
+
+        self.mi = GlobalMutualInformationLoss(kernel_type="gaussian", num_bins=num_bins, sigma_ratio=sigma_ratio)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        to01 = lambda x: ((x.float() + 1) / 2).clamp(0, 1)  # noqa: E731
+        return self.mi(to01(a), to01(b))
+
+
+class LocalNCC(nn.Module):
+    """Negative local normalised cross-correlation (MONAI), window ``kernel_size``."""
+
+    def __init__(self, spatial_dims: int, kernel_size: int = 7):
+        super().__init__()
+        from monai.losses import LocalNormalizedCrossCorrelationLoss
+
+        self.ncc = LocalNormalizedCrossCorrelationLoss(spatial_dims=spatial_dims, kernel_size=kernel_size)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.ncc(a.float(), b.float())
+
+
+SIMILARITIES = ("rms", "mi", "lncc")
+
+
+def make_similarity(name: str, spatial_dims: int, mi_bins: int = 32, mi_sigma_ratio: float = 0.5,
+                    ncc_kernel: int = 7):
+    """The dissimilarity used in (7): ``"rms"`` (paper), ``"mi"`` (Parzen MI) or ``"lncc"``."""
+    if name == "rms":
+        return rms
+    if name == "mi":
+        return MutualInformation(mi_bins, mi_sigma_ratio)
+    if name == "lncc":
+        return LocalNCC(spatial_dims, ncc_kernel)
+    raise ValueError(f"unknown similarity {name!r}; choose one of {SIMILARITIES}")
+
+
+def smoothness(disp_nr: torch.Tensor) -> torch.Tensor:
+    """(10) one direction's ``||∇² phi_nr||²``: squared Laplacian summed over points and channels, batch-averaged.
+
+    Both the field and the coordinates are normalised (METHOD.md: p ∈ [-1, 1]^n), so the
+    derivatives are taken with respect to p (grid spacing 2 / S_k): the penalty of a given
+    deformation is then the same at every resolution.
+
+    Args:
+        disp_nr: ``(B, n, *S/4)`` normalised displacement on the feature grid.
+    """
+    return spatial.laplacian(disp_nr, spacing="normalised").pow(2).flatten(1).sum(1).mean()
+
+
+def smoothness_weight(n: int, image_shape) -> float:
+    """λ = 2^{2n} / (10 N), N = number of points of the input image (13).
+
+    The Laplacian is evaluated where phi_nr is produced, on the feature grid with N / 4^n
+    points, so λ·R_smooth is 0.1 × the mean squared Laplacian per feature point.
+    """
+    return 2 ** (2 * n) / (10 * math.prod(int(s) for s in image_shape))
+
+
+@dataclass
+class FIREOutputs:
+    """Everything one training forward computes (both directions). Shapes: images ``(B,1,*S)``,
+    features ``(B,4w,*S/4)``, fields ``(B,n,*S)``."""
+
+    g_a: torch.Tensor
+    g_b: torch.Tensor
+    t_ab: Transform
+    t_ba: Transform
+    g_a_warped: torch.Tensor  # G_A ∘ phi^{A→B} (feature grid), in B's space
+    g_b_warped: torch.Tensor
+    u_ab: torch.Tensor  # phi^{A→B} on the image grid
+    u_ba: torch.Tensor
+    af_ab: torch.Tensor  # phi_af^{A→B} on the image grid
+    af_ba: torch.Tensor
+    xhat_b: torch.Tensor  # F^{A→B}(G_A), aligned with x^A
+    xhat_a: torch.Tensor
+    xhat_t_b: torch.Tensor  # F^{A→B}(G_A ∘ phi^{A→B}), aligned with x^B
+    xhat_t_a: torch.Tensor
+    cyc_a: torch.Tensor  # F^{B→A}(G(xhat_b))
+    cyc_b: torch.Tensor
+    g_xhat_b: torch.Tensor  # G(xhat_b)
+    g_xhat_a: torch.Tensor
+    reg_b: torch.Tensor  # F^{A→B}(G(x^A ∘ phi^{A→B}))   (7)
+    reg_a: torch.Tensor
+    rsyn_b: torch.Tensor  # F^{A→B}(G_A ∘ phi_af^{A→B})  (11)
+    rsyn_a: torch.Tensor
+    rreg_b: torch.Tensor  # F^{A→B}(G(x^A ∘ phi_af^{A→B}))  (12)
+    rreg_a: torch.Tensor
+    warped_a: torch.Tensor  # x^A ∘ phi^{A→B}
+    warped_b: torch.Tensor
+    affine_a: torch.Tensor  # x^A ∘ phi_af^{A→B}
+    affine_b: torch.Tensor
+
+
+def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutputs:
+    """The FIRE training graph (METHOD.md "Forward graph in training"), batched for speed.
+
+    Every call of G (or of one F) on several inputs is done as one batch: instance norm is
+    per sample, so this is exactly the same as separate calls.
+
+    Args:
+        x_a, x_b: ``(B, 1, *S)`` in [-1, 1].
+    """
+    b = x_a.shape[0]
+    shape = x_a.shape[2:]
+    g_a, g_b = net.G(torch.cat([x_a, x_b])).split(b)
+    fshape = g_a.shape[2:]
+    t_ab, t_ba = net.T_ab(g_a, g_b), net.T_ba(g_b, g_a)
+
+    u_ab_f, u_ba_f = t_ab.field(fshape), t_ba.field(fshape)
+    af_ab_f, af_ba_f = t_ab.affine_field(fshape), t_ba.affine_field(fshape)
+    u_ab, u_ba = t_ab.field(shape), t_ba.field(shape)
+    af_ab, af_ba = t_ab.affine_field(shape), t_ba.affine_field(shape)
+
+    warped_a, warped_b = spatial.warp(x_a, u_ab), spatial.warp(x_b, u_ba)
+    affine_a, affine_b = spatial.warp(x_a, af_ab), spatial.warp(x_b, af_ba)
+
+    # F^{A→B} on G_A (x̂^B) first: its output is re-encoded below.
+    xhat_b = net.F_ab(g_a)
+    xhat_a = net.F_ba(g_b)
+
+    g2 = net.G(torch.cat([xhat_b, xhat_a, warped_a, warped_b, affine_a, affine_b]))
+    g_xhat_b, g_xhat_a, g_warped_a, g_warped_b, g_aff_a, g_aff_b = g2.split(b)
+
+    # All remaining decoder calls, one batch per decoder.
+    g_a_w, g_b_w = spatial.warp(g_a, u_ab_f), spatial.warp(g_b, u_ba_f)
+    fa_in = torch.cat([g_a_w, g_xhat_a, g_warped_a, spatial.warp(g_a, af_ab_f), g_aff_a])
+    fb_in = torch.cat([g_b_w, g_xhat_b, g_warped_b, spatial.warp(g_b, af_ba_f), g_aff_b])
+    xhat_t_b, cyc_b, reg_b, rsyn_b, rreg_b = net.F_ab(fa_in).split(b)
+    xhat_t_a, cyc_a, reg_a, rsyn_a, rreg_a = net.F_ba(fb_in).split(b)
+
+    return FIREOutputs(
+        g_a=g_a, g_b=g_b, t_ab=t_ab, t_ba=t_ba, g_a_warped=g_a_w, g_b_warped=g_b_w, u_ab=u_ab, u_ba=u_ba, af_ab=af_ab, af_ba=af_ba,
+        xhat_b=xhat_b, xhat_a=xhat_a, xhat_t_b=xhat_t_b, xhat_t_a=xhat_t_a, cyc_a=cyc_a, cyc_b=cyc_b,
+        g_xhat_b=g_xhat_b, g_xhat_a=g_xhat_a, reg_b=reg_b, reg_a=reg_a, rsyn_b=rsyn_b, rsyn_a=rsyn_a,
+        rreg_b=rreg_b, rreg_a=rreg_a, warped_a=warped_a, warped_b=warped_b, affine_a=affine_a,
+        affine_b=affine_b,
+    )
+
+
+class FIRELoss(NamedTuple):
+    """The total loss (1) and each of its parts (every one is logged)."""
+
+    total: torch.Tensor
+    syn_acc: torch.Tensor  # (2)
+    syn_fea: torch.Tensor  # (3)
+    syn_cyc: torch.Tensor  # (4)
+    syn_align: torch.Tensor  # (5)
+    reg_acc: torch.Tensor  # (7)
+    reg_ic: torch.Tensor  # (8)
+    r_smooth: torch.Tensor  # (10), already multiplied by λ
+    r_syn: torch.Tensor  # (11)
+    r_reg: torch.Tensor  # (12)
+    adv: torch.Tensor  # ExFIRE generator adversarial term (0 when off)
+
+    def as_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        return {f"{prefix}{k}": v for k, v in self._asdict().items()}
+
+
+def fire_loss(out: FIREOutputs, x_a: torch.Tensor, x_b: torch.Tensor, similarity=rms,
+              adversarial: torch.Tensor | None = None, similarity_input: str = "synthesised") -> FIRELoss:
+    """L = L_syn + L_reg + R (1), with R = R_syn + R_reg + λ R_smooth (13).
+
+    Args:
+        out: :func:`fire_forward` outputs.
+        x_a, x_b: the inputs ``(B, 1, *S)``.
+        similarity: dissimilarity used in (7) (:func:`make_similarity`); RMS elsewhere.
+        similarity_input: what (7) compares with the fixed image: ``"synthesised"`` (the paper:
+            F^{A→B}(G(x^A ∘ phi^{A→B})) against x^B) or ``"image"`` (the warped image
+            x^A ∘ phi^{A→B} itself against x^B: a direct multi-modal term, for ``mi``).
+        adversarial: optional ExFIRE generator term added to the total.
+    """
+    n = x_a.dim() - 2
+    # (2) L_syn,acc
+    syn_acc = rms(out.xhat_t_b, x_b) + rms(out.xhat_t_a, x_a)
+    # (3) L_syn,fea: RMS(G_A, G_B ∘ phi^{B→A}) + RMS(G_B, G_A ∘ phi^{A→B})
+    syn_fea = rms(out.g_a, out.g_b_warped) + rms(out.g_b, out.g_a_warped)
+    # (4) L_syn,cyc
+    syn_cyc = rms(out.cyc_a, x_a) + rms(out.cyc_b, x_b)
+    # (5) L_syn,align
+    syn_align = rms(out.g_a, out.g_xhat_b) + rms(out.g_b, out.g_xhat_a)
+    # (7) L_reg,acc — METHOD.md decision: the *image* is warped and re-encoded (§3.8).
+    if similarity_input == "synthesised":
+        reg_acc = similarity(out.reg_b, x_b) + similarity(out.reg_a, x_a)
+    elif similarity_input == "image":
+        reg_acc = similarity(out.warped_a, x_b) + similarity(out.warped_b, x_a)
+    else:
+        raise ValueError(f"similarity_input must be 'synthesised' or 'image', got {similarity_input!r}")
+    # (8) L_reg,ic: x^A ∘ phi^{A→B} ∘ phi^{B→A} ≈ x^A
+    reg_ic = rms(x_a, spatial.warp(x_a, spatial.compose(out.u_ab, out.u_ba))) + rms(
+        x_b, spatial.warp(x_b, spatial.compose(out.u_ba, out.u_ab))
+    )
+    # (10) with λ of (13)
+    lam = smoothness_weight(n, x_a.shape[2:])
+    r_smooth = lam * (smoothness(out.t_ab.disp_nr) + smoothness(out.t_ba.disp_nr))
+    # (11) R_syn: affinely warped *features*
+    r_syn = rms(x_b, out.rsyn_b) + rms(x_a, out.rsyn_a)
+    # (12) R_reg — METHOD.md decision: affinely warped *images*
+    r_reg = rms(x_b, out.rreg_b) + rms(x_a, out.rreg_a)
+    adv = adversarial if adversarial is not None else torch.zeros((), device=x_a.device)
+    total = syn_acc + syn_fea + syn_cyc + syn_align + reg_acc + reg_ic + r_syn + r_reg + r_smooth + adv
+    return FIRELoss(total, syn_acc, syn_fea, syn_cyc, syn_align, reg_acc, reg_ic, r_smooth, r_syn, r_reg, adv)

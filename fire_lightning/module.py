@@ -1,0 +1,157 @@
+"""The FIRE LightningModule: manual optimisation with one Adam per sub-network (§3.8)."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import metrics, spatial
+from .losses import FIRELoss, FIREOutputs, fire_forward, fire_loss, make_similarity
+from .networks import FIRENet
+
+log = logging.getLogger(__name__)
+
+LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}
+
+
+def build_net(cfg: DictConfig) -> FIRENet:
+    m = cfg.model
+    return FIRENet(
+        n=cfg.data.spatial_dims, width=m.width, affine_channels=tuple(m.affine_channels), affine_hidden=m.affine_hidden,
+        diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
+        disc_width=m.disc_width, n_res=m.n_res,
+    )
+
+
+class FIREModule(L.LightningModule):
+    """Trains :class:`FIRENet` on batches ``{"moving", "fixed", "moving_label", "fixed_label"}``.
+
+    * Optimisers, in order: T_af (both directions), T_nr (both), G + both F; then D^A, D^B
+      when ``model.adversarial`` (their steps live in a later issue's code path).
+    * Lightning counts every optimiser step in ``global_step``; :attr:`iteration` is the number
+      of training iterations (batches that stepped), which is what configs count.
+    * A step whose loss is not finite is skipped (no parameter changes) and counted in
+      ``train/skipped_steps``.
+    """
+
+    def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None):
+        super().__init__()
+        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True),
+                                   "label_names": dict(label_names or LABEL_NAMES)})
+        self.cfg = cfg
+        self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
+        self.automatic_optimization = False
+        self.net = build_net(cfg)
+        m = cfg.model
+        self.similarity = make_similarity(m.similarity, cfg.data.spatial_dims, m.mi_bins, m.mi_sigma_ratio, m.ncc_kernel)
+        s = float(cfg.data.spacing)
+        self.spacing = (s,) * cfg.data.spatial_dims
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
+        self.val_examples: dict | None = None
+
+    # ------------------------------------------------------------------ optimisation
+    @property
+    def n_optimizers(self) -> int:
+        return len(self.net.parameter_groups())
+
+    @property
+    def iteration(self) -> int:
+        """Training iterations done (``global_step`` counts each of the optimisers' steps)."""
+        return self.global_step // self.n_optimizers
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        lrs = {"T_af": o.lr_affine, "T_nr": o.lr_nonrigid, "G_F": o.lr_synthesis, "D_A": o.lr_discriminator,
+               "D_B": o.lr_discriminator}
+        betas = tuple(o.betas)
+        return [torch.optim.Adam(params, lr=lrs[name], betas=betas) for name, params in self.net.parameter_groups().items()]
+
+    # ------------------------------------------------------------------ shared step
+    def _forward_loss(self, batch) -> tuple[FIREOutputs, FIRELoss]:
+        x_a, x_b = batch["moving"], batch["fixed"]
+        out = fire_forward(self.net, x_a, x_b)
+        return out, fire_loss(out, x_a, x_b, self.similarity, similarity_input=self.cfg.model.similarity_input)
+
+    def _log_loss(self, loss: FIRELoss, stage: str, batch_size: int) -> None:
+        on_step = stage == "train"
+        self.log_dict({f"{stage}/loss_{k}": v.detach() for k, v in loss._asdict().items()}, on_step=on_step,
+                      on_epoch=not on_step, batch_size=batch_size, prog_bar=False)
+        self.log(f"{stage}/loss", loss.total.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=True,
+                 batch_size=batch_size)
+
+    def training_step(self, batch, batch_idx):
+        bs = batch["moving"].shape[0]
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        out, loss = self._forward_loss(batch)
+        if not torch.isfinite(loss.total):
+            self.skipped_steps += 1
+            log.warning("iteration %d: non-finite loss (%s); step skipped", self.iteration, loss.total.item())
+            self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
+            return None
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss.total)
+        clip = float(self.cfg.optim.grad_clip)
+        for opt in opts:
+            if clip > 0:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            opt.step()
+        self._log_loss(loss, "train", bs)
+        self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
+        self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
+        return loss.total.detach()
+
+    def _eval_step(self, batch, stage: str):
+        bs = batch["moving"].shape[0]
+        out, loss = self._forward_loss(batch)
+        self._log_loss(loss, stage, bs)
+        scores = self.registration_metrics(out, batch)
+        for k, v in scores.items():
+            self.log(f"{stage}/{k}", v.mean(), on_step=False, on_epoch=True, batch_size=bs, prog_bar=k == "dice_mean")
+        return out
+
+    def validation_step(self, batch, batch_idx):
+        out = self._eval_step(batch, "val")
+        if batch_idx == 0:
+            self.val_examples = {"batch": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in batch.items()},
+                                 "out": out}
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    # ------------------------------------------------------------------ metrics
+    def registration_metrics(self, out: FIREOutputs, batch) -> dict[str, torch.Tensor]:
+        """Per-sample metrics of the A→B registration: Dice per structure (FIRE and affine-only),
+        % folding, inverse-consistency error (mm)."""
+        lab_m, lab_f = batch["moving_label"], batch["fixed_label"]
+        labels = list(self.label_names)
+        d = metrics.dice_per_label(spatial.warp_labels(lab_m, out.u_ab), lab_f, labels)
+        d_af = metrics.dice_per_label(spatial.warp_labels(lab_m, out.af_ab), lab_f, labels)
+        d_un = metrics.dice_per_label(lab_m, lab_f, labels)
+        scores = {f"dice_{self.label_names[lab]}": d[:, i] for i, lab in enumerate(labels)}
+        scores["dice_mean"] = d.nanmean(1)
+        scores["dice_affine_mean"] = d_af.nanmean(1)
+        scores["dice_unaligned_mean"] = d_un.nanmean(1)
+        scores["folding_pct"] = metrics.folding_percent(out.u_ab)
+        scores["ice_mm"] = metrics.inverse_consistency_error(out.u_ab, out.u_ba, self.spacing)
+        return {k: v.float() for k, v in scores.items()}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inference (§3.4): ``moving, fixed (B,1,*S)`` in [-1, 1] → fields and warped images.
+
+        Returns:
+            ``field`` / ``affine_field`` ``(B,n,*S)`` normalised, ``theta`` ``(B,n,n+1)``,
+            ``warped`` / ``warped_affine`` ``(B,1,*S)``.
+        """
+        t = self.net(moving, fixed)
+        shape = moving.shape[2:]
+        u, af = t.field(shape), t.affine_field(shape)
+        return {"field": u, "affine_field": af, "theta": t.theta, "warped": spatial.warp(moving, u),
+                "warped_affine": spatial.warp(moving, af)}

@@ -1,0 +1,327 @@
+"""Spatial transforms: the one place that builds grids, warps, composes and converts.
+
+Conventions (METHOD.md, "Notation"):
+
+* Tensors are channel-first: images ``(B, C, *S)`` with ``S = (H, W)`` in 2D and
+  ``(H, W, D)`` in 3D (any order the caller likes, as long as it is consistent).
+* Displacement fields ``u`` are ``(B, n, *S)``; channel ``k`` is the displacement along
+  spatial axis ``k`` of the tensor (not the reversed ``(x, y, z)`` order of
+  :func:`torch.nn.functional.grid_sample`; that reversal happens here and only here).
+* Coordinates are *normalised*: each axis spans ``[-1, 1]`` with ``align_corners=False``
+  (``-1`` and ``1`` are the outer edges of the first and last voxel), so a normalised
+  field means the same thing at every resolution.
+* A transform ``phi`` maps a point ``p`` of the output (fixed) grid to the point of the
+  input (moving) image that is sampled there: ``warp(x, phi)(p) = x(phi(p))``
+  (backward warping). ``phi(p) = p + u(p)``.
+* An affine transform is a matrix ``theta`` of shape ``(B, n, n + 1)`` acting on
+  normalised coordinates in tensor-axis order: ``phi(p) = theta[:, :, :n] @ p + theta[:, :, n]``.
+* Composition ``compose(u1, u2)`` is ``phi1 ∘ phi2``, i.e. ``p -> phi1(phi2(p))``; the
+  image warped by it is ``x ∘ phi1 ∘ phi2`` = "first phi1's resampling, then phi2's".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "identity_grid",
+    "warp",
+    "warp_labels",
+    "affine_to_displacement",
+    "identity_affine",
+    "compose",
+    "compose_affine_displacement",
+    "resize_field",
+    "integrate_velocity",
+    "jacobian_determinant",
+    "normalised_to_voxel",
+    "voxel_to_normalised",
+    "voxel_to_mm",
+    "mm_to_voxel",
+    "laplacian",
+]
+
+
+def _spatial_dims(x: torch.Tensor) -> int:
+    n = x.dim() - 2
+    if n not in (2, 3):
+        raise ValueError(f"expected a (B, C, *S) tensor with 2 or 3 spatial dims, got shape {tuple(x.shape)}")
+    return n
+
+
+def identity_grid(
+    shape: Sequence[int], device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Normalised coordinates of the voxel centres of a grid.
+
+    Args:
+        shape: spatial shape ``S`` (2 or 3 values).
+
+    Returns:
+        ``(1, n, *S)``: channel ``k`` holds the coordinate along axis ``k``,
+        ``(2 i + 1) / S_k - 1`` (``align_corners=False``).
+    """
+    axes = [(torch.arange(s, device=device, dtype=dtype) * 2 + 1) / s - 1 for s in shape]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack(mesh, dim=0).unsqueeze(0)
+
+
+def _sample(x: torch.Tensor, disp: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
+    n = _spatial_dims(x)
+    if disp.shape[1] != n or disp.dim() != x.dim():
+        raise ValueError(f"field shape {tuple(disp.shape)} does not fit image shape {tuple(x.shape)}")
+    coords = identity_grid(disp.shape[2:], disp.device, disp.dtype) + disp
+    # grid_sample wants (B, *S, n) with the last axis in reversed (x, y[, z]) order.
+    grid = coords.permute(0, *range(2, n + 2), 1).flip(-1)
+    if grid.shape[0] != x.shape[0]:
+        grid = grid.expand(x.shape[0], *grid.shape[1:])
+    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def warp(x: torch.Tensor, disp: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Resample ``x`` at ``phi(p) = p + disp(p)`` with (bi/tri)linear interpolation.
+
+    Args:
+        x: image or feature map ``(B, C, *S_in)``.
+        disp: normalised displacement ``(B, n, *S_out)``; the output has the field's grid.
+        padding_mode: ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
+
+    Returns:
+        ``(B, C, *S_out)``.
+    """
+    return _sample(x, disp, "bilinear", padding_mode)
+
+
+def warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+    """Warp an integer label map with nearest-neighbour sampling; outside = background 0.
+
+    Args:
+        labels: ``(B, 1, *S_in)``, any integer or float dtype.
+        disp: ``(B, n, *S_out)``.
+
+    Returns:
+        ``(B, 1, *S_out)`` with the dtype of ``labels``.
+    """
+    out = _sample(labels.to(disp.dtype), disp, "nearest", "zeros")
+    return out.round().to(labels.dtype)
+
+
+def identity_affine(batch: int, n: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(B, n, n + 1)`` identity affine matrices."""
+    eye = torch.eye(n, n + 1, device=device, dtype=dtype)
+    return eye.unsqueeze(0).repeat(batch, 1, 1)
+
+
+def _apply_affine(theta: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """``theta (B, n, n+1)`` applied to point fields ``coords (B, n, *S)``."""
+    n = theta.shape[1]
+    flat = coords.flatten(2)  # (B, n, P)
+    out = torch.bmm(theta[:, :, :n], flat) + theta[:, :, n:]
+    return out.view(coords.shape[0], n, *coords.shape[2:])
+
+
+def affine_to_displacement(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Displacement field of an affine transform on a grid.
+
+    Args:
+        theta: ``(B, n, n + 1)`` in normalised coordinates (tensor-axis order).
+        shape: spatial shape ``S`` of the output grid.
+
+    Returns:
+        ``(B, n, *S)``: ``theta(p) - p`` at the voxel centres.
+    """
+    n = theta.shape[1]
+    if len(shape) != n or theta.shape[2] != n + 1:
+        raise ValueError(f"affine of shape {tuple(theta.shape)} does not fit a {len(shape)}-D grid")
+    ident = identity_grid(shape, theta.device, theta.dtype).expand(theta.shape[0], *([-1] * (n + 1)))
+    return _apply_affine(theta, ident) - ident
+
+
+def compose(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """Compose two displacement fields: ``phi = phi1 ∘ phi2``.
+
+    ``u(p) = u2(p) + u1(p + u2(p))``, so ``warp(x, u) ≈ warp(warp(x, u1), u2)``.
+
+    Args:
+        u1: ``(B, n, *S1)``, applied last to the coordinates (sampled).
+        u2: ``(B, n, *S2)``; the result lives on u2's grid.
+
+    Returns:
+        ``(B, n, *S2)``.
+    """
+    return u2 + _sample(u1, u2, "bilinear", "border")
+
+
+def compose_affine_displacement(theta: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``phi_af ∘ phi_nr`` as one displacement field: ``theta(p + u(p)) - p``.
+
+    Exact (no interpolation): the affine is evaluated analytically at the displaced points.
+
+    Args:
+        theta: ``(B, n, n + 1)``.
+        u: ``(B, n, *S)`` non-rigid displacement.
+
+    Returns:
+        ``(B, n, *S)``.
+    """
+    n = theta.shape[1]
+    ident = identity_grid(u.shape[2:], u.device, u.dtype)
+    return _apply_affine(theta, ident + u) - ident.expand_as(u)
+
+
+def resize_field(field: torch.Tensor, shape: Sequence[int], unit: str = "normalised") -> torch.Tensor:
+    """Resample a displacement field to another grid, keeping its vectors correct.
+
+    Normalised vectors mean the same at every resolution and are only interpolated;
+    voxel vectors are also multiplied by the per-axis size ratio.
+
+    Args:
+        field: ``(B, n, *S_in)``.
+        shape: the new spatial shape ``S_out``.
+        unit: ``"normalised"`` or ``"voxel"``.
+
+    Returns:
+        ``(B, n, *S_out)``.
+    """
+    n = _spatial_dims(field)
+    if unit not in ("normalised", "voxel"):
+        raise ValueError(f"unit must be 'normalised' or 'voxel', got {unit!r}")
+    shape = tuple(int(s) for s in shape)
+    if tuple(field.shape[2:]) == shape:
+        return field
+    mode = "bilinear" if n == 2 else "trilinear"
+    out = F.interpolate(field, size=shape, mode=mode, align_corners=False)
+    if unit == "voxel":
+        ratio = torch.tensor([so / si for so, si in zip(shape, field.shape[2:])], device=field.device, dtype=field.dtype)
+        out = out * ratio.view(1, n, *([1] * n))
+    return out
+
+
+def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Scaling and squaring: the displacement of ``exp(v)`` for a stationary velocity field.
+
+    Args:
+        velocity: ``(B, n, *S)`` normalised.
+        steps: number of squarings (the field is scaled by ``2**-steps`` first).
+
+    Returns:
+        ``(B, n, *S)`` displacement of a diffeomorphism (for smooth, small enough ``v``).
+    """
+    u = velocity / (2**steps)
+    for _ in range(steps):
+        u = compose(u, u)
+    return u
+
+
+def normalised_to_voxel(disp: torch.Tensor) -> torch.Tensor:
+    """Normalised displacement ``(B, n, *S)`` to voxels: ``d_vox = d_norm * S_k / 2``."""
+    n = _spatial_dims(disp)
+    scale = torch.tensor([s / 2 for s in disp.shape[2:]], device=disp.device, dtype=disp.dtype)
+    return disp * scale.view(1, n, *([1] * n))
+
+
+def voxel_to_normalised(disp: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalised_to_voxel`."""
+    n = _spatial_dims(disp)
+    scale = torch.tensor([2 / s for s in disp.shape[2:]], device=disp.device, dtype=disp.dtype)
+    return disp * scale.view(1, n, *([1] * n))
+
+
+def voxel_to_mm(disp: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """Voxel displacement ``(B, n, *S)`` to millimetres along the array axes (``spacing`` per axis)."""
+    n = _spatial_dims(disp)
+    sp = torch.as_tensor(list(spacing), device=disp.device, dtype=disp.dtype)
+    if sp.numel() != n:
+        raise ValueError(f"need {n} spacings, got {list(spacing)}")
+    return disp * sp.view(1, n, *([1] * n))
+
+
+def mm_to_voxel(disp: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+    """Inverse of :func:`voxel_to_mm`."""
+    return voxel_to_mm(disp, [1.0 / s for s in spacing])
+
+
+def _gradient(f: torch.Tensor, axis: int) -> torch.Tensor:
+    """Central differences along spatial ``axis`` (one-sided at the edges), unit spacing."""
+    dim = axis + 2
+    size = f.shape[dim]
+    if size < 2:
+        return torch.zeros_like(f)
+    fwd = f.narrow(dim, 1, size - 1) - f.narrow(dim, 0, size - 1)  # (.., size-1, ..)
+    first = fwd.narrow(dim, 0, 1)
+    last = fwd.narrow(dim, size - 2, 1)
+    if size == 2:
+        return torch.cat([first, last], dim=dim)
+    central = (fwd.narrow(dim, 0, size - 2) + fwd.narrow(dim, 1, size - 2)) / 2
+    return torch.cat([first, central, last], dim=dim)
+
+
+def jacobian_determinant(disp: torch.Tensor, unit: str = "normalised") -> torch.Tensor:
+    """Jacobian determinant of ``phi(p) = p + u(p)`` in voxel units.
+
+    Args:
+        disp: ``(B, n, *S)`` displacement.
+        unit: ``"normalised"`` (converted to voxels first) or ``"voxel"``.
+
+    Returns:
+        ``(B, *S)``; 1 for the identity, ``prod(scales)`` for a scaling, ``<= 0`` where
+        the transform folds.
+    """
+    n = _spatial_dims(disp)
+    if unit not in ("normalised", "voxel"):
+        raise ValueError(f"unit must be 'normalised' or 'voxel', got {unit!r}")
+    u = normalised_to_voxel(disp) if unit == "normalised" else disp
+    # J[i][j] = d phi_i / d p_j = delta_ij + d u_i / d p_j
+    rows = []
+    for i in range(n):
+        row = []
+        for j in range(n):
+            g = _gradient(u[:, i : i + 1], j)[:, 0]
+            row.append(g + (1.0 if i == j else 0.0))
+        rows.append(row)
+    if n == 2:
+        return rows[0][0] * rows[1][1] - rows[0][1] * rows[1][0]
+    a, b, c = rows
+    return (
+        a[0] * (b[1] * c[2] - b[2] * c[1])
+        - a[1] * (b[0] * c[2] - b[2] * c[0])
+        + a[2] * (b[0] * c[1] - b[1] * c[0])
+    )
+
+
+def laplacian(field: torch.Tensor, spacing: Sequence[float] | str | None = None) -> torch.Tensor:
+    """Discrete Laplacian ``sum_k d²f/dp_k²`` per channel.
+
+    The borders are padded by linear extrapolation, so the Laplacian of a field that is linear
+    in the coordinates (an affine field) is exactly zero everywhere, borders included.
+
+    Args:
+        field: ``(B, C, *S)``.
+        spacing: grid spacing per axis; ``None`` = 1 (voxel units), ``"normalised"`` = ``2 / S_k``
+            (derivatives with respect to the normalised coordinates p ∈ [-1, 1]^n).
+
+    Returns:
+        ``(B, C, *S)``.
+    """
+    n = _spatial_dims(field)
+    if spacing is None:
+        spacing = [1.0] * n
+    elif isinstance(spacing, str):
+        if spacing != "normalised":
+            raise ValueError(f"spacing must be a sequence, None or 'normalised', got {spacing!r}")
+        spacing = [2.0 / s for s in field.shape[2:]]
+    out = torch.zeros_like(field)
+    for k in range(n):
+        dim = k + 2
+        size = field.shape[dim]
+        if size < 3:
+            continue
+        lo = 2 * field.narrow(dim, 0, 1) - field.narrow(dim, 1, 1)
+        hi = 2 * field.narrow(dim, size - 1, 1) - field.narrow(dim, size - 2, 1)
+        padded = torch.cat([lo, field, hi], dim=dim)
+        second = padded.narrow(dim, 0, size) - 2 * field + padded.narrow(dim, 2, size)
+        out = out + second / float(spacing[k]) ** 2
+    return out

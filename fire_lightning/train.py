@@ -1,0 +1,148 @@
+"""``train(cfg)``: a plain function (tests call it), separate from the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError, load_config, to_yaml
+from .module import FIREModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+
+
+def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The data module named by ``cfg.data.name``."""
+    if cfg.data.name == "phantom":
+        from data_modules.phantom import PhantomDataModule
+
+        return PhantomDataModule(cfg.data)
+    raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}' (available: phantom)")
+
+
+def new_run_dir(cfg: DictConfig) -> Path:
+    name = cfg.run.name or f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.run.root) / name
+    i = 1
+    while run_dir.exists() and cfg.run.name is None:
+        run_dir = Path(cfg.run.root) / f"{name}-{i}"
+        i += 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def latest_run_dir(cfg: DictConfig) -> Path:
+    """The newest run folder of ``cfg.experiment`` under ``cfg.run.root`` that has ``last.ckpt``."""
+    root = Path(cfg.run.root)
+    if cfg.run.name:
+        return root / cfg.run.name
+    cands = sorted((p for p in root.glob(f"{cfg.experiment}-*") if (p / "checkpoints" / "last.ckpt").is_file()),
+                   key=lambda p: p.stat().st_mtime)
+    if not cands:
+        raise FileNotFoundError(f"--resume: no run of '{cfg.experiment}' with checkpoints/last.ckpt under {root}/")
+    return cands[-1]
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """The resolved config saved in a run folder, with optional overrides."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved config (is {run_dir} a fire-lightning run folder?)")
+    return load_config(path, overrides)
+
+
+def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(str(run_dir), name="csv", version=""))
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+    if cfg.logger.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(WandbLogger(project=cfg.logger.wandb_project, name=run_dir.name, save_dir=str(run_dir),
+                                   offline=cfg.logger.wandb_mode == "offline",
+                                   config=OmegaConf.to_container(cfg, resolve=True)))
+    return loggers
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Trainer:
+    """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
+    from callbacks.image_logging import ValidationImages
+
+    t = cfg.trainer
+    ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="iter{train/iteration:.0f}",
+                           auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps * n_optimizers,
+                           save_top_k=-1, save_last=True)
+    callbacks = [ckpt, ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images")]
+    loggers = _loggers(cfg, run_dir)
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_steps=t.max_steps * n_optimizers,
+        max_epochs=-1,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        val_check_interval=min(t.val_every_n_steps, cfg.data.samples_per_epoch // cfg.data.batch_size or 1),
+        check_val_every_n_epoch=None,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_val_batches=t.limit_val_batches,
+        fast_dev_run=t.fast_dev_run,
+        deterministic=t.deterministic,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_progress_bar=t.progress_bar,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
+    """Train FIRE for ``cfg``; returns ``{"run_dir", "checkpoint", "iterations", "metrics"}``.
+
+    With ``resume_dir``, continues that run from its ``checkpoints/last.ckpt`` (step counts,
+    optimiser states and loggers continue); ``cfg`` is then normally that run's saved config.
+    """
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        ckpt_path = run_dir / "checkpoints" / "last.ckpt"
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"{ckpt_path}: nothing to resume from")
+        log.info("resuming %s from %s", run_dir, ckpt_path)
+    else:
+        run_dir = new_run_dir(cfg)
+    (run_dir / CONFIG_NAME).write_text(to_yaml(cfg))
+    log.info("run folder: %s", run_dir)
+
+    dm = make_datamodule(cfg)
+    model = FIREModule(cfg, label_names=getattr(dm, "label_names", None))
+    trainer = build_trainer(cfg, run_dir, model.n_optimizers)
+    start = time.time()
+    trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    elapsed = time.time() - start
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.trainer.fast_dev_run:
+        trainer.save_checkpoint(str(last))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    log.info("trained %d iterations in %.1f s", model.iteration, elapsed)
+    return {"run_dir": run_dir, "checkpoint": last, "iterations": model.iteration, "metrics": metrics,
+            "seconds": elapsed, "model": model, "datamodule": dm}

@@ -1,0 +1,81 @@
+"""Figures: image panels and deformation grids (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from . import spatial  # noqa: E402
+
+
+def mid_slice(x: torch.Tensor) -> np.ndarray:
+    """``(C, *S)`` or ``(*S)`` → 2D array (middle slice of the last axis in 3D), first channel."""
+    x = x.detach().float().cpu()
+    if x.dim() in (3, 4) and x.shape[0] <= 3 and x.dim() - 1 in (2, 3):
+        x = x[0]
+    if x.dim() == 3:
+        x = x[:, :, x.shape[2] // 2]
+    return x.numpy()
+
+
+def field_slice(u: torch.Tensor) -> np.ndarray:
+    """Normalised displacement ``(n, *S)`` → in-plane components ``(2, H, W)`` in voxels (middle slice in 3D)."""
+    vox = spatial.normalised_to_voxel(u.detach().float().cpu()[None])[0]
+    if vox.shape[0] == 3:
+        vox = vox[:2, :, :, vox.shape[3] // 2]
+    return vox.numpy()
+
+
+def draw_grid(ax, u_vox: np.ndarray, step: int = 4, color: str = "tab:orange") -> None:
+    """Draw the deformed regular grid of ``phi(p) = p + u(p)`` (``u_vox`` ``(2, H, W)``, voxels)."""
+    h, w = u_vox.shape[1:]
+    ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    pi, pj = ii + u_vox[0], jj + u_vox[1]
+    for r in range(0, h, step):
+        ax.plot(pi[r, :], pj[r, :], color=color, lw=0.6)
+    for c in range(0, w, step):
+        ax.plot(pi[:, c], pj[:, c], color=color, lw=0.6)
+    ax.set_xlim(-0.5, h - 0.5)
+    ax.set_ylim(-0.5, w - 0.5)
+    ax.set_aspect("equal")
+
+
+def show(ax, img: np.ndarray, title: str, cmap: str = "gray", **kw) -> None:
+    """Image with array axis 0 horizontal and axis 1 vertical (radiological axial view for RAS arrays)."""
+    ax.imshow(img.T, cmap=cmap, origin="lower", **kw)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def registration_panel(rows: list[dict], titles: list[str] | None = None):
+    """One row per example: moving, fixed, FIRE-Affine warped, FIRE warped, synthesised, |fixed - warped|, grid.
+
+    Each row dict holds tensors ``moving``, ``fixed``, ``warped_affine``, ``warped`` ``(1, *S)``, optional
+    ``synth`` ``(1, *S)``, and ``field`` ``(n, *S)`` normalised.
+    """
+    cols = ["moving", "fixed", "warped_affine", "warped", "synth", "diff", "grid"]
+    names = {"moving": "moving (A)", "fixed": "fixed (B)", "warped_affine": "FIRE-Affine", "warped": "FIRE",
+             "synth": "synthesised B", "diff": "|warped - moving| (change)", "grid": "deformation"}
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.2 * len(cols), 2.4 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, key in enumerate(cols):
+            ax = axes[r, c]
+            if key == "grid":
+                draw_grid(ax, field_slice(row["field"]))
+                ax.set_title(names[key], fontsize=9)
+                ax.axis("off")
+            elif key == "diff":
+                show(ax, np.abs(mid_slice(row["warped"]) - mid_slice(row["moving"])), names[key], cmap="magma")
+            elif key in row:
+                show(ax, mid_slice(row[key]), names[key], vmin=-1, vmax=1)
+            else:
+                ax.axis("off")
+        if titles:
+            axes[r, 0].text(-0.1, 0.5, titles[r], transform=axes[r, 0].transAxes, rotation=90, va="center",
+                            ha="right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from fire_lightning.config import ConfigError, load_config
+
+from .conftest import PHANTOM2D
+
+
+def test_yaml_and_overrides_reach_the_typed_config():
+    cfg = load_config(PHANTOM2D, ["trainer.max_steps=200", "model.width=16"])
+    assert cfg.trainer.max_steps == 200
+    assert cfg.model.width == 16
+    assert cfg.experiment == "phantom2d"
+    # a value from the YAML, and a schema default the YAML does not set
+    assert cfg.data.size == [64, 72]
+    assert cfg.optim.grad_clip == 1.0
+
+
+def test_misspelt_key_in_override_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match=r"model\.widht.*did you mean 'model\.width'"):
+        load_config(PHANTOM2D, ["model.widht=16"])
+
+
+def test_misspelt_key_in_yaml_names_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_stpes: 10\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*max_stpes"):
+        load_config(bad)
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="max_steps"):
+        load_config(None, ["trainer.max_steps=lots"])
+
+
+def test_bad_similarity_suggests_the_right_one():
+    with pytest.raises(ConfigError, match="did you mean 'lncc'"):
+        load_config(None, ["model.similarity=lnc"])
+
+
+def test_size_must_fit_the_encoder():
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        load_config(None, ["data.size=[62,64]"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")

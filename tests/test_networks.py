@@ -1,0 +1,196 @@
+"""Unit tests for fire_lightning.networks (tiny CPU networks only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fire_lightning import spatial
+from fire_lightning.losses import fire_forward, fire_loss
+from fire_lightning.networks import AffineNet, FIRENet, NonRigidNet, TransformationNet
+
+# See tests/test_losses.py: AffineNet's instance norms need > 1 spatial element after three
+# halvings of the S/4 feature grid, so one image axis must be >= 33 voxels in training mode.
+NET_SHAPES = {2: (36, 16), 3: (36, 12, 8)}
+WIDTH = 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy machine
+    (10-100x faster here); the previous setting is restored afterwards."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _tiny_net(n: int, **kw) -> FIRENet:
+    torch.manual_seed(0)
+    kw.setdefault("width", WIDTH)
+    return FIRENet(n, affine_channels=(4, 4, 4), affine_hidden=8, n_res=1, **kw)
+
+
+def _inputs(n: int, batch: int = 2, seed: int = 0):
+    g = _gen(seed)
+    shape = NET_SHAPES[n]
+    return (torch.rand(batch, 1, *shape, generator=g) * 2 - 1, torch.rand(batch, 1, *shape, generator=g) * 2 - 1)
+
+
+# ------------------------------------------------------------- identity at init
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("diffeomorphic", [False, True])
+def test_transformation_is_exact_identity_at_init(n, diffeomorphic):
+    net = _tiny_net(n, width=4, diffeomorphic=diffeomorphic, integration_steps=4)
+    net.train()
+    x_a, x_b = _inputs(n, seed=1)
+    shape = NET_SHAPES[n]
+    with torch.no_grad():
+        t = net(x_a, x_b)
+        t_ba = net.T_ba(net.G(x_b), net.G(x_a))
+    for tr in (t, t_ba):
+        assert torch.equal(tr.theta, spatial.identity_affine(2, n))
+        assert torch.equal(tr.nr_feat, torch.zeros_like(tr.nr_feat))
+        assert torch.equal(tr.disp_nr, torch.zeros_like(tr.disp_nr))
+        assert tr.disp_nr.shape == (2, n, *[s // 4 for s in shape])
+        field = tr.field(shape)
+        assert field.shape == (2, n, *shape)
+        assert torch.equal(field, torch.zeros_like(field))
+        af = tr.affine_field(shape)
+        assert torch.equal(af, torch.zeros_like(af))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_sub_networks_identity_init_on_arbitrary_features(n):
+    g = _gen(2)
+    fshape = (9, 4) if n == 2 else (9, 3, 2)
+    fa = 10 * torch.randn(3, 8, *fshape, generator=g)
+    fb = 10 * torch.randn(3, 8, *fshape, generator=g)
+    torch.manual_seed(0)
+    aff = AffineNet(n, 16, channels=(4, 4, 4), hidden=8)
+    assert torch.equal(aff(fa, fb), spatial.identity_affine(3, n))
+    nr = NonRigidNet(n, 8, 4)
+    assert torch.equal(nr(fa, fb), torch.zeros(3, n, *fshape))
+    tn = TransformationNet(n, 8, affine_channels=(4, 4, 4), affine_hidden=8)
+    tr = tn(fa, fb)
+    assert torch.equal(tr.theta, spatial.identity_affine(3, n))
+    assert torch.equal(tr.disp_nr, torch.zeros(3, n, *fshape))
+
+
+# ---------------------------------------------------------------- forward + backward
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])
+def trained_step(request):
+    n = request.param
+    net = _tiny_net(n)
+    net.train()
+    x_a, x_b = _inputs(n, seed=3)
+    out = fire_forward(net, x_a, x_b)
+    loss = fire_loss(out, x_a, x_b)
+    loss.total.backward()
+    return n, net, x_a, x_b, out, loss
+
+
+def test_every_parameter_gets_a_gradient(trained_step):
+    n, net, *_ = trained_step
+    modules = {"G": net.G, "F_ab": net.F_ab, "F_ba": net.F_ba, "T_ab": net.T_ab, "T_ba": net.T_ba}
+    sq = 0.0
+    for mname, mod in modules.items():
+        for pname, p in mod.named_parameters():
+            assert p.grad is not None, f"{mname}.{pname} has no gradient"
+            assert torch.isfinite(p.grad).all(), f"{mname}.{pname}"
+            sq += p.grad.pow(2).sum().item()
+    assert 0 < sq < float("inf")
+    # encoder / decoders receive a real signal
+    for mod in (net.G, net.F_ab, net.F_ba):
+        assert sum(p.grad.abs().sum().item() for p in mod.parameters()) > 0
+    # The heads of both transformation networks are zero-initialised (identity output) but
+    # their own gradients must be non-zero, otherwise registration could never start.
+    # (Layers upstream of a zero-weight head legitimately get exactly zero gradient here.)
+    for t in (net.T_ab, net.T_ba):
+        assert t.nonrigid.head.weight.grad.abs().sum() > 0
+        assert t.affine.fc[-1].weight.grad.abs().sum() > 0
+        assert t.affine.fc[-1].bias.grad.abs().sum() > 0
+
+
+def test_forward_outputs_at_identity_init(trained_step):
+    n, net, x_a, x_b, out, loss = trained_step
+    shape = NET_SHAPES[n]
+    b = x_a.shape[0]
+    fshape = tuple(s // 4 for s in shape)
+    assert out.g_a.shape == (b, 4 * WIDTH, *fshape)
+    for name in ("u_ab", "u_ba", "af_ab", "af_ba"):
+        assert getattr(out, name).shape == (b, n, *shape)
+    for name in ("xhat_b", "xhat_a", "xhat_t_b", "cyc_a", "reg_b", "rsyn_b", "rreg_a"):
+        assert getattr(out, name).shape == (b, 1, *shape), name
+    # identity transforms: warped images and features equal the originals
+    assert torch.allclose(out.warped_a, x_a, atol=1e-6)
+    assert torch.allclose(out.affine_b, x_b, atol=1e-6)
+    assert torch.allclose(out.g_a_warped, out.g_a, atol=1e-5)
+
+
+# ---------------------------------------------------------------- parameter groups
+
+
+def _check_groups(net: FIRENet, expected_keys):
+    groups = net.parameter_groups()
+    assert set(groups) == set(expected_keys)
+    ids = [id(p) for ps in groups.values() for p in ps]
+    assert len(ids) == len(set(ids)), "a parameter is in two groups (or twice in one)"
+    all_ids = {id(p) for p in net.parameters()}
+    assert set(ids) == all_ids, "some parameter is in no group"
+    for ps in groups.values():
+        assert len(ps) > 0
+    return groups
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parameter_groups_cover_all_parameters_once(n):
+    net = _tiny_net(n)
+    groups = _check_groups(net, {"T_af", "T_nr", "G_F"})
+    t_af = {id(p) for p in [*net.T_ab.affine.parameters(), *net.T_ba.affine.parameters()]}
+    t_nr = {id(p) for p in [*net.T_ab.nonrigid.parameters(), *net.T_ba.nonrigid.parameters()]}
+    assert {id(p) for p in groups["T_af"]} == t_af
+    assert {id(p) for p in groups["T_nr"]} == t_nr
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parameter_groups_adversarial(n):
+    net = _tiny_net(n, adversarial=True, disc_width=2)
+    groups = _check_groups(net, {"T_af", "T_nr", "G_F", "D_A", "D_B"})
+    assert {id(p) for p in groups["D_A"]} == {id(p) for p in net.D_a.parameters()}
+    assert {id(p) for p in groups["D_B"]} == {id(p) for p in net.D_b.parameters()}
+
+
+# ------------------------------------------------------------------ output shapes
+
+
+@pytest.mark.parametrize("n,shape", [(2, (16, 24)), (3, (8, 12, 16))])
+def test_encoder_decoder_shapes_and_range(n, shape):
+    net = _tiny_net(n, width=3, adversarial=True, disc_width=2)
+    x = torch.rand(2, 1, *shape, generator=_gen(4)) * 2 - 1
+    g = net.G(x)
+    assert g.shape == (2, 4 * 3, *[s // 4 for s in shape])
+    assert net.G.out_channels == 12
+    for dec in (net.F_ab, net.F_ba):
+        y = dec(g)
+        assert y.shape == (2, 1, *shape)
+        assert y.min() >= -1 and y.max() <= 1
+        # huge features: the tanh output still stays within [-1, 1]
+        y_big = dec(1e4 * torch.randn_like(g))
+        assert y_big.abs().max() <= 1
+    # ExFIRE discriminator: (B, 1, S/8) realness logits
+    d = net.D_a(x)
+    assert d.shape == (2, 1, *[s // 8 for s in shape])
+
+
+def test_firenet_rejects_bad_dims():
+    with pytest.raises(ValueError):
+        FIRENet(4, width=2)

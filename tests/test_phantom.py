@@ -1,0 +1,120 @@
+"""The embedded phantom data module: splits, determinism, shapes, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_modules.augment import apply_params, sample_params
+from data_modules.phantom import PhantomDataModule, split_ranges
+from fire_lightning.config import load_config
+
+from .conftest import PHANTOM2D, TINY
+
+
+@pytest.fixture(scope="module")
+def dm2d():
+    cfg = load_config(PHANTOM2D, TINY + ["data.n_test_images=3", "data.test_transforms_per_image=3"])
+    dm = PhantomDataModule(cfg.data)
+    dm.setup()
+    return dm
+
+
+def test_split_ranges_are_disjoint_with_gaps():
+    r = split_ranges(10, 110, blocks=4, fractions={"train": 0.7, "val": 0.1, "test": 0.2}, gap=3)
+    spans = sorted((a, b, k) for k, v in r.items() for a, b in v)
+    for (a1, b1, _), (a2, b2, _) in zip(spans, spans[1:]):
+        assert b1 + 3 <= a2  # at least `gap` slices between any two ranges
+    assert all(len(v) == 4 for v in r.values())
+    assert spans[0][0] == 10 and spans[-1][1] == 110
+
+
+def test_test_anatomy_never_appears_in_training(dm2d):
+    ranges = dm2d.prep.ranges
+    train = {z for a, b in ranges["train"] for z in range(a, b)}
+    for split in ("val", "test"):
+        other = {z for a, b in ranges[split] for z in range(a, b)}
+        assert not train & other
+    test_zs = set(dm2d.test_dataset().zs)
+    assert test_zs and not test_zs & train
+    # every training item the loader can draw comes from the training ranges
+    ds = dm2d.train_dataloader().dataset
+    assert set(ds.items) <= train
+
+
+def test_batches_have_the_documented_shapes_and_ranges(dm2d):
+    batch = next(iter(dm2d.train_dataloader()))
+    assert batch["moving"].shape == (2, 1, 64, 72)
+    assert batch["fixed"].shape == (2, 1, 64, 72)
+    assert batch["moving_label"].dtype == torch.long
+    assert batch["moving"].min() >= -1 and batch["moving"].max() <= 1
+    assert set(batch["moving_label"].unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_the_test_pairs_are_identical_across_runs():
+    def pairs():
+        cfg = load_config(PHANTOM2D, TINY + ["data.n_test_images=2", "data.test_transforms_per_image=3"])
+        dm = PhantomDataModule(cfg.data)
+        dm.setup()
+        ds = dm.test_dataset()
+        return [ds[i] for i in range(len(ds))]
+
+    a, b = pairs(), pairs()
+    assert len(a) == 6
+    for pa, pb in zip(a, b):
+        assert pa["id"] == pb["id"]
+        assert torch.equal(pa["moving"], pb["moving"]) and torch.equal(pa["moving_label"], pb["moving_label"])
+    # the transforms differ between the pairs of one image, and the fixed image is untransformed
+    assert not torch.equal(a[0]["moving"], a[1]["moving"])
+    assert torch.equal(a[0]["fixed"], a[1]["fixed"])
+
+
+def test_training_pairs_change_every_draw(dm2d):
+    ds = dm2d.train_dataloader().dataset
+    torch.manual_seed(0)
+    x, y = ds[0], ds[0]
+    assert not torch.equal(x["moving"], y["moving"])
+
+
+def test_augmentation_changes_one_axis_by_20_to_50_percent():
+    cfg = load_config(None)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = sample_params(rng, 2, (200.0, 240.0), cfg.data.augment)
+        change = [abs(s - 1) for s in p.scales[:2]]
+        assert max(change) >= 0.2 - 1e-9 and max(change) <= 0.5 + 1e-9
+        assert p.scales[2] == 1.0 and p.translation_mm[2] == 0.0
+        assert np.all(p.control_points[..., 2] == 0)
+
+
+def test_augmentation_scales_a_structure_by_the_sampled_factor():
+    """A square scaled by s along axis 0 (no rotation, no elastic) grows by s in that axis."""
+    cfg = load_config(None, ["data.augment.rotate_deg=0", "data.augment.translate=0",
+                             "data.augment.elastic_max_mm=0", "data.augment.other_scale=0"])
+    img = torch.zeros(1, 64, 64)
+    img[0, 22:42, 22:42] = 1  # 20 px wide
+    lab = img.long()
+    rng = np.random.default_rng(3)
+    p = sample_params(rng, 2, (64.0, 64.0), cfg.data.augment)
+    axis = int(np.argmax([abs(s - 1) for s in p.scales[:2]]))
+    _, out = apply_params(img, lab, (1.0, 1.0), p)
+    width = out[0].any(dim=1 - axis).sum().item()
+    assert width == pytest.approx(20 * p.scales[axis], abs=1.5)
+    assert out.dtype == lab.dtype and set(out.unique().tolist()) <= {0, 1}
+
+
+def test_3d_slabs(tmp_path):
+    cfg = load_config(None, TINY + ["data.spatial_dims=3", "data.size=[48,56,16]", "data.spacing=4.0",
+                                    "data.split.blocks=1"])
+    dm = PhantomDataModule(cfg.data)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["moving"].shape[1:] == (1, 48, 56, 16)
+    assert dm.spacing == (4.0, 4.0, 4.0)
+
+
+def test_bad_modality_is_a_clear_error():
+    cfg = load_config(None, ["data.modalities=[T1,T3]"])
+    with pytest.raises(ValueError, match="T3|modalities"):
+        PhantomDataModule(cfg.data)

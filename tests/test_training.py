@@ -1,0 +1,129 @@
+"""Training: the CLI through the real config, learning on a synthetic pair, resuming."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fire_lightning import spatial
+from fire_lightning.cli import main
+from fire_lightning.config import load_config
+from fire_lightning.losses import rms
+from fire_lightning.metrics import folding_percent
+from fire_lightning.module import FIREModule
+from fire_lightning.train import train
+
+from .conftest import PHANTOM2D
+
+
+def test_fire_train_fast_dev_run_through_the_real_config(tiny_overrides, tmp_path, capsys):
+    rc = main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides])
+    assert rc == 0
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    saved = load_config(run / "config.yaml")
+    assert saved.model.width == 4 and saved.trainer.fast_dev_run
+    assert "run folder" in capsys.readouterr().out
+
+
+def test_fire_train_reports_a_misspelt_key_in_one_line(tiny_overrides, capsys):
+    rc = main(["train", str(PHANTOM2D), "trainer.max_stepz=3", *tiny_overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and "max_stepz" in err[0]
+
+
+def _blob(shape, centre, radii):
+    grid = spatial.identity_grid(shape)[0]
+    r2 = sum(((grid[k] - centre[k]) / radii[k]) ** 2 for k in range(len(shape)))
+    return torch.tanh(3 * (1 - r2)).unsqueeze(0)  # (1, *S) in [-1, 1], smooth edge
+
+
+class _OnePair(Dataset):
+    def __init__(self, moving, fixed, length):
+        self.moving, self.fixed, self.length = moving, fixed, length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        lab = torch.zeros_like(self.moving, dtype=torch.long)
+        return {"moving": self.moving, "fixed": self.fixed, "moving_label": lab, "fixed_label": lab}
+
+
+def test_a_small_model_learns_to_register_a_synthetic_pair(tmp_path):
+    """A few hundred iterations of the real module bring the warped image towards the fixed one."""
+    torch.manual_seed(0)
+    shape = (32, 32)
+    fixed = _blob(shape, (0.0, 0.0), (0.45, 0.3))
+    moving = _blob(shape, (0.15, -0.1), (0.35, 0.35))  # shifted, rescaled, anisotropic
+    cfg = load_config(None, ["model.width=4", "model.n_res=1", "model.affine_channels=[8,8,8]",
+                             "model.affine_hidden=16", "data.size=[32,32]", "data.spacing=1.0",
+                             "optim.lr_affine=5e-3", "optim.lr_nonrigid=5e-3", "optim.lr_synthesis=2e-3"])
+    module = FIREModule(cfg)
+    iters = 300
+    loader = DataLoader(_OnePair(moving, fixed, iters), batch_size=1)
+    trainer = L.Trainer(max_steps=iters * module.n_optimizers, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    assert module.iteration == iters
+    module.eval()
+    reg = module.register(moving[None], fixed[None])
+    before = rms(moving[None], fixed[None]).item()
+    after = rms(reg["warped"], fixed[None]).item()
+    assert after < 0.6 * before, (before, after)
+    assert folding_percent(reg["field"]).item() < 1.0
+
+
+def test_resume_continues_the_step_count(tiny_overrides):
+    first = load_config(PHANTOM2D, [*tiny_overrides, "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=2",
+                                    "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40"])
+    r1 = train(first)
+    assert r1["iterations"] == 4
+    ckpt = torch.load(r1["checkpoint"], map_location="cpu", weights_only=False)
+    n_opt = r1["model"].n_optimizers
+    assert ckpt["global_step"] == 4 * n_opt
+
+    # Continue the same run folder to 7 iterations: it must start at 4, not 0.
+    from fire_lightning.train import load_run_config
+
+    cfg2 = load_run_config(r1["run_dir"], ["trainer.max_steps=7"])
+    r2 = train(cfg2, resume_dir=r1["run_dir"])
+    assert r2["iterations"] == 7
+    assert r2["model"].global_step == 7 * n_opt
+    ckpt2 = torch.load(r2["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt2["global_step"] == 7 * n_opt
+    # the optimiser states were carried over (Adam's step counter continues)
+    steps = [s["step"] for s in ckpt2["optimizer_states"][0]["state"].values()]
+    assert steps and all(int(s) == 7 for s in steps)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_overrides, capsys):
+    rc = main(["train", str(PHANTOM2D), "--resume", str(tmp_path / "nothing-here"), *tiny_overrides])
+    assert rc == 2
+    assert "nothing-here" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_skips_the_step_and_changes_nothing():
+    cfg = load_config(None, ["model.width=4", "model.n_res=1", "model.affine_channels=[8,8,8]",
+                             "data.size=[16,16]", "data.spacing=1.0"])
+    module = FIREModule(cfg)
+    bad = torch.full((1, 1, 16, 16), float("nan"))
+    good = torch.zeros((1, 1, 16, 16))
+    lab = torch.zeros((1, 1, 16, 16), dtype=torch.long)
+    iters = 3
+    loader = DataLoader(_OnePair(bad[0], good[0], iters), batch_size=1)
+    before = {k: v.clone() for k, v in module.state_dict().items() if k != "skipped_steps"}
+    trainer = L.Trainer(max_steps=iters * module.n_optimizers, max_epochs=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    assert int(module.skipped_steps) == iters
+    assert module.global_step == 0
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    del lab
