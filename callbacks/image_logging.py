@@ -57,7 +57,8 @@ class ValidationImages(L.Callback):
         rows = []
         for i in range(min(self.max_rows, b["moving"].shape[0])):
             rows.append({"moving": b["moving"][i], "fixed": b["fixed"][i], "warped": out.warped_a[i],
-                         "warped_affine": out.affine_a[i], "synth": out.xhat_t_b[i], "field": out.u_ab[i]})
+                         "warped_affine": out.affine_a[i], "synth": out.xhat_t_b[i], "field": out.u_ab[i],
+                         "fixed_label": b["fixed_label"][i]})
         fig = registration_panel(rows, titles=[str(t) for t in b["id"][: len(rows)]])
         log_figure(trainer, fig, "val/registration", self.out_dir)
         pl_module.val_examples = None

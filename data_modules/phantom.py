@@ -70,18 +70,25 @@ def _fit(arr: torch.Tensor, size) -> torch.Tensor:
 
 
 def split_ranges(z_lo: int, z_hi: int, blocks: int, fractions: dict, gap: int) -> dict:
-    """Disjoint [start, stop) ranges per split inside [z_lo, z_hi) (see module docstring)."""
+    """Disjoint [start, stop) ranges per split inside [z_lo, z_hi) (see module docstring).
+
+    ``gap`` slices separate every two neighbouring ranges, across block boundaries too.
+    """
     ranges = {"train": [], "val": [], "test": []}
-    edges = np.linspace(z_lo, z_hi, blocks + 1).round().astype(int)
     order = ("train", "val", "test")
     total = sum(fractions[k] for k in order)
+    # Every block ends with a gap except the last, so the next block's train range never
+    # touches this block's test range.
+    span = (z_hi - z_lo) + gap
+    edges = [z_lo + round(i * span / blocks) for i in range(blocks + 1)]
     for b0, b1 in zip(edges[:-1], edges[1:]):
+        b1 -= gap  # the trailing gap
         usable = (b1 - b0) - gap * (len(order) - 1)
-        if usable <= len(order):
+        if usable < len(order):
             raise ValueError(f"block [{b0}, {b1}) is too thin for the splits with gap {gap}; use fewer blocks")
         start = b0
         for i, k in enumerate(order):
-            length = int(round(usable * fractions[k] / total)) if i < len(order) - 1 else b1 - start
+            length = max(1, int(round(usable * fractions[k] / total))) if i < len(order) - 1 else b1 - start
             ranges[k].append((int(start), int(start + length)))
             start += length + gap
     return ranges

@@ -110,12 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (`--resume RUN trainer.max_steps=10`).
+    stray = [e for e in extra if "=" not in e or e.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     _setup_logging(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"fire: error: {e}", file=sys.stderr)
+        print("fire: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("fire: interrupted (resume with --resume)", file=sys.stderr)

@@ -75,6 +75,7 @@ class ModelConfig:
     mi_bins: int = 32
     mi_sigma_ratio: float = 0.5
     ncc_kernel: int = 7
+    smooth_units: str = "voxel"  # units of the bending term (10): "voxel" (image voxels) or "normalised"
     diffeomorphic: bool = False
     integration_steps: int = 7
     adversarial: bool = False
@@ -210,6 +211,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.similarity must be one of {SIMILARITIES}, got '{cfg.model.similarity}'{hint}")
     if cfg.model.similarity_input not in ("synthesised", "image"):
         raise ConfigError(f"model.similarity_input must be 'synthesised' or 'image', got '{cfg.model.similarity_input}'")
+    if cfg.model.smooth_units not in ("voxel", "normalised"):
+        raise ConfigError(f"model.smooth_units must be 'voxel' or 'normalised', got '{cfg.model.smooth_units}'")
     if cfg.model.width < 1:
         raise ConfigError(f"model.width must be positive, got {cfg.model.width}")
     if cfg.trainer.max_steps < 1:

@@ -90,10 +90,14 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 
         if example is None:
             example = {"moving": mov[0].cpu(), "fixed": fix[0].cpu(), "warped": reg["warped"][0].cpu(),
                        "warped_affine": reg["warped_affine"][0].cpu(), "field": reg["field"][0].cpu(),
+                       "fixed_label": lab_f[0].cpu(),
                        "id": batch["id"][0]}
     per["FIRE"]["seconds_per_pair"] = seconds
+    methods = {m: {k: summarise(v) for k, v in per[m].items()} for m in METHODS}
     results = {
-        "methods": {m: {k: summarise(v) for k, v in per[m].items()} for m in METHODS},
+        "methods": methods,
+        "paired": {f"FIRE vs {m}": paired(methods["FIRE"]["dice_mean"], methods[m]["dice_mean"])
+                   for m in ("Unaligned", "FIRE-Affine")},
         "pair_ids": ids,
         "structures": [names[lab] for lab in labels],
         "meta": {"n_pairs": len(ids), "device": str(device), "spacing_mm": list(model.spacing),
@@ -104,6 +108,14 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 
     (out_dir / "results.md").write_text(table + "\n")
     _figures(results, example, out_dir)
     return results
+
+
+def paired(a: dict, b: dict) -> dict:
+    """Per-pair difference ``a - b`` of two metric summaries: mean, std, % of pairs where a > b."""
+    pairs = [(x, y) for x, y in zip(a["values"], b["values"]) if x is not None and y is not None]
+    diff = np.array([x - y for x, y in pairs])
+    return {"mean_diff": float(diff.mean()), "std_diff": float(diff.std(ddof=1)) if diff.size > 1 else 0.0,
+            "pct_pairs_better": float((diff > 0).mean() * 100), "n": int(diff.size)}
 
 
 def dice_table(results: dict, methods=None) -> str:
@@ -125,7 +137,11 @@ def dice_table(results: dict, methods=None) -> str:
         if any(c != "–" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     n = results["meta"]["n_pairs"]
-    return "\n".join(lines) + f"\n\nmean (std) over {n} test pairs."
+    notes = [f"mean (std) over {n} test pairs."]
+    for name, p in results.get("paired", {}).items():
+        notes.append(f"{name}: mean Dice difference {100 * p['mean_diff']:+.2f} (std {100 * p['std_diff']:.2f}) "
+                     f"points, better on {p['pct_pairs_better']:.0f} % of {p['n']} pairs.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
 def _figures(results: dict, example: dict | None, out_dir: Path) -> None:
@@ -159,4 +175,5 @@ def load_module(checkpoint: str | Path, map_location: str = "cpu") -> FIREModule
     try:
         return FIREModule.load_from_checkpoint(str(path), map_location=map_location)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable fire-lightning checkpoint ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a readable fire-lightning checkpoint ({type(e).__name__}: {first})") from None

@@ -83,17 +83,28 @@ def make_similarity(name: str, spatial_dims: int, mi_bins: int = 32, mi_sigma_ra
     raise ValueError(f"unknown similarity {name!r}; choose one of {SIMILARITIES}")
 
 
-def smoothness(disp_nr: torch.Tensor) -> torch.Tensor:
+def smoothness(disp_nr: torch.Tensor, image_shape=None) -> torch.Tensor:
     """(10) one direction's ``||∇² phi_nr||²``: squared Laplacian summed over points and channels, batch-averaged.
 
-    Both the field and the coordinates are normalised (METHOD.md: p ∈ [-1, 1]^n), so the
-    derivatives are taken with respect to p (grid spacing 2 / S_k): the penalty of a given
-    deformation is then the same at every resolution.
+    Units (the paper leaves them open): with ``image_shape`` the field and the derivatives are
+    in *image voxels* (phi_nr produced on the feature grid, converted to the image grid's
+    voxel units), so the penalty of a deformation of so many voxels does not depend on the
+    network's feature stride; without it, both are in normalised coordinates p ∈ [-1, 1]^n.
+    The two differ by the factor ``(2 / S_k)²`` per axis (about 1e-3 for a 64-pixel image).
 
     Args:
         disp_nr: ``(B, n, *S/4)`` normalised displacement on the feature grid.
+        image_shape: the input image's spatial shape ``S``, or None for normalised units.
     """
-    return spatial.laplacian(disp_nr, spacing="normalised").pow(2).flatten(1).sum(1).mean()
+    if image_shape is None:
+        lap = spatial.laplacian(disp_nr, spacing="normalised")
+    else:
+        n = disp_nr.shape[1]
+        half = torch.tensor([s / 2 for s in image_shape], dtype=disp_nr.dtype, device=disp_nr.device)
+        u_vox = disp_nr * half.view(1, n, *([1] * n))  # image-voxel displacement
+        step = [si / sf for si, sf in zip(image_shape, disp_nr.shape[2:])]  # feature step in image voxels
+        lap = spatial.laplacian(u_vox, spacing=step)
+    return lap.pow(2).flatten(1).sum(1).mean()
 
 
 def smoothness_weight(n: int, image_shape) -> float:
@@ -206,7 +217,8 @@ class FIRELoss(NamedTuple):
 
 
 def fire_loss(out: FIREOutputs, x_a: torch.Tensor, x_b: torch.Tensor, similarity=rms,
-              adversarial: torch.Tensor | None = None, similarity_input: str = "synthesised") -> FIRELoss:
+              adversarial: torch.Tensor | None = None, similarity_input: str = "synthesised",
+              smooth_units: str = "voxel") -> FIRELoss:
     """L = L_syn + L_reg + R (1), with R = R_syn + R_reg + λ R_smooth (13).
 
     Args:
@@ -216,6 +228,7 @@ def fire_loss(out: FIREOutputs, x_a: torch.Tensor, x_b: torch.Tensor, similarity
         similarity_input: what (7) compares with the fixed image: ``"synthesised"`` (the paper:
             F^{A→B}(G(x^A ∘ phi^{A→B})) against x^B) or ``"image"`` (the warped image
             x^A ∘ phi^{A→B} itself against x^B: a direct multi-modal term, for ``mi``).
+        smooth_units: units of (10): ``"voxel"`` (image voxels) or ``"normalised"`` (see :func:`smoothness`).
         adversarial: optional ExFIRE generator term added to the total.
     """
     n = x_a.dim() - 2
@@ -238,9 +251,12 @@ def fire_loss(out: FIREOutputs, x_a: torch.Tensor, x_b: torch.Tensor, similarity
     reg_ic = rms(x_a, spatial.warp(x_a, spatial.compose(out.u_ab, out.u_ba))) + rms(
         x_b, spatial.warp(x_b, spatial.compose(out.u_ba, out.u_ab))
     )
-    # (10) with λ of (13)
+    # (10) with λ of (13). Decision (the paper gives no units): the field and its derivatives in
+    # image voxels (see `smoothness`); normalised units penalise a deformation ~(S/2)^4 more
+    # and kept phi_nr from helping at all on the phantom.
     lam = smoothness_weight(n, x_a.shape[2:])
-    r_smooth = lam * (smoothness(out.t_ab.disp_nr) + smoothness(out.t_ba.disp_nr))
+    units = x_a.shape[2:] if smooth_units == "voxel" else None
+    r_smooth = lam * (smoothness(out.t_ab.disp_nr, units) + smoothness(out.t_ba.disp_nr, units))
     # (11) R_syn: affinely warped *features*
     r_syn = rms(x_b, out.rsyn_b) + rms(x_a, out.rsyn_a)
     # (12) R_reg — METHOD.md decision: affinely warped *images*

@@ -74,7 +74,8 @@ class FIREModule(L.LightningModule):
     def _forward_loss(self, batch) -> tuple[FIREOutputs, FIRELoss]:
         x_a, x_b = batch["moving"], batch["fixed"]
         out = fire_forward(self.net, x_a, x_b)
-        return out, fire_loss(out, x_a, x_b, self.similarity, similarity_input=self.cfg.model.similarity_input)
+        return out, fire_loss(out, x_a, x_b, self.similarity, similarity_input=self.cfg.model.similarity_input,
+                               smooth_units=self.cfg.model.smooth_units)
 
     def _log_loss(self, loss: FIRELoss, stage: str, batch_size: int) -> None:
         on_step = stage == "train"

@@ -140,8 +140,8 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
     trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     elapsed = time.time() - start
     last = run_dir / "checkpoints" / "last.ckpt"
-    if cfg.trainer.fast_dev_run:
-        trainer.save_checkpoint(str(last))
+    # The periodic checkpoints need not fall on the last iteration: always leave the final state.
+    trainer.save_checkpoint(str(last))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("trained %d iterations in %.1f s", model.iteration, elapsed)
     return {"run_dir": run_dir, "checkpoint": last, "iterations": model.iteration, "metrics": metrics,

@@ -52,12 +52,15 @@ def show(ax, img: np.ndarray, title: str, cmap: str = "gray", **kw) -> None:
 
 
 def registration_panel(rows: list[dict], titles: list[str] | None = None):
-    """One row per example: moving, fixed, FIRE-Affine warped, FIRE warped, synthesised, |fixed - warped|, grid.
+    """One row per example: moving, fixed, FIRE-Affine warped, FIRE warped, synthesised, |warped - moving|, grid.
 
     Each row dict holds tensors ``moving``, ``fixed``, ``warped_affine``, ``warped`` ``(1, *S)``, optional
-    ``synth`` ``(1, *S)``, and ``field`` ``(n, *S)`` normalised.
+    ``synth`` ``(1, *S)`` and ``fixed_label`` ``(1, *S)`` (drawn as contours over the fixed and warped
+    images, so misalignment shows), and ``field`` ``(n, *S)`` normalised.
     """
     cols = ["moving", "fixed", "warped_affine", "warped", "synth", "diff", "grid"]
+    if not any("synth" in row for row in rows):
+        cols.remove("synth")
     names = {"moving": "moving (A)", "fixed": "fixed (B)", "warped_affine": "FIRE-Affine", "warped": "FIRE",
              "synth": "synthesised B", "diff": "|warped - moving| (change)", "grid": "deformation"}
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.2 * len(cols), 2.4 * len(rows)), squeeze=False)
@@ -72,6 +75,9 @@ def registration_panel(rows: list[dict], titles: list[str] | None = None):
                 show(ax, np.abs(mid_slice(row["warped"]) - mid_slice(row["moving"])), names[key], cmap="magma")
             elif key in row:
                 show(ax, mid_slice(row[key]), names[key], vmin=-1, vmax=1)
+                if key in ("fixed", "warped_affine", "warped") and "fixed_label" in row:
+                    lab = mid_slice(row["fixed_label"]).T
+                    ax.contour(lab, levels=np.arange(0.5, lab.max() + 0.5), colors="tab:cyan", linewidths=0.5)
             else:
                 ax.axis("off")
         if titles:

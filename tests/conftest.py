@@ -37,3 +37,19 @@ TINY = [
 @pytest.fixture
 def tiny_overrides(tmp_path) -> list[str]:
     return TINY + [f"run.root={tmp_path / 'runs'}"]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy machine
+    (10-100x faster there); the previous setting is restored afterwards. A test module opts
+    in with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    """A seeded CPU generator."""
+    return torch.Generator().manual_seed(seed)

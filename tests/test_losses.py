@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from .conftest import gen as _gen
+
 from fire_lightning import spatial
 from fire_lightning.losses import (
     FIRELoss,
@@ -21,25 +23,11 @@ from fire_lightning.losses import (
 )
 from fire_lightning.networks import FIRENet
 
-# Smallest image shapes the tiny FIRENet accepts in training mode: AffineNet halves the
-# S/4 feature grid three times and instance norm needs > 1 spatial element after the last
-# halving, so one axis needs >= 9 feature voxels (>= 33 image voxels). 16x16 (16^3) does
-# *not* work (ValueError from instance norm); other axes are small and all different.
+# Small image shapes whose axes all differ (so a mix-up of axes shows).
 NET_SHAPES = {2: (36, 16), 3: (36, 12, 8)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy machine
-    (10-100x faster here); the previous setting is restored afterwards."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _tiny_net(n: int, **kw) -> FIRENet:

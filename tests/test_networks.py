@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from .conftest import gen as _gen
+
 from fire_lightning import spatial
 from fire_lightning.losses import fire_forward, fire_loss
 from fire_lightning.networks import AffineNet, FIRENet, NonRigidNet, TransformationNet
@@ -15,18 +17,7 @@ NET_SHAPES = {2: (36, 16), 3: (36, 12, 8)}
 WIDTH = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy machine
-    (10-100x faster here); the previous setting is restored afterwards."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _tiny_net(n: int, **kw) -> FIRENet:

@@ -10,7 +10,7 @@ from data_modules.augment import apply_params, sample_params
 from data_modules.phantom import PhantomDataModule, split_ranges
 from fire_lightning.config import load_config
 
-from .conftest import PHANTOM2D, TINY
+from .conftest import PHANTOM2D, ROOT, TINY
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +104,16 @@ def test_augmentation_scales_a_structure_by_the_sampled_factor():
     assert out.dtype == lab.dtype and set(out.unique().tolist()) <= {0, 1}
 
 
-def test_3d_slabs(tmp_path):
-    cfg = load_config(None, TINY + ["data.spatial_dims=3", "data.size=[48,56,16]", "data.spacing=4.0",
-                                    "data.split.blocks=1"])
+def test_3d_slabs_do_not_cross_the_splits():
+    cfg = load_config(ROOT / "experiments" / "phantom3d.yaml", TINY)
     dm = PhantomDataModule(cfg.data)
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
-    assert batch["moving"].shape[1:] == (1, 48, 56, 16)
+    assert batch["moving"].shape[1:] == (1, 48, 56, 8)
     assert dm.spacing == (4.0, 4.0, 4.0)
+    train = {z for a, b in dm.prep.ranges["train"] for z in range(a, b)}
+    for z in dm.test_dataset().zs:
+        assert not set(range(z, z + 8)) & train
 
 
 def test_bad_modality_is_a_clear_error():

@@ -15,6 +15,8 @@ import math
 import pytest
 import torch
 
+from .conftest import gen as _gen
+
 from fire_lightning import spatial
 
 DIMS = pytest.mark.parametrize("n", [2, 3])
@@ -24,18 +26,7 @@ DIMS = pytest.mark.parametrize("n", [2, 3])
 SHAPES = {2: (16, 8), 3: (16, 8, 4)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP oversubscription on a busy machine
-    (10-100x faster here); the previous setting is restored afterwards."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _interior(shape, margin: int):

@@ -115,7 +115,6 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing():
     module = FIREModule(cfg)
     bad = torch.full((1, 1, 16, 16), float("nan"))
     good = torch.zeros((1, 1, 16, 16))
-    lab = torch.zeros((1, 1, 16, 16), dtype=torch.long)
     iters = 3
     loader = DataLoader(_OnePair(bad[0], good[0], iters), batch_size=1)
     before = {k: v.clone() for k, v in module.state_dict().items() if k != "skipped_steps"}
@@ -126,4 +125,21 @@ def test_a_non_finite_loss_skips_the_step_and_changes_nothing():
     assert module.global_step == 0
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    del lab
+
+
+def test_fire_train_3d_fast_dev_run(tiny_overrides, tmp_path):
+    rc = main(["train", str(PHANTOM2D.parent / "phantom3d.yaml"), "trainer.fast_dev_run=true", *tiny_overrides])
+    assert rc == 0
+    run = next((tmp_path / "runs").iterdir())
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_wandb_logs_offline_into_the_run_folder(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    # (fast_dev_run would switch the loggers off)
+    rc = main(["train", str(PHANTOM2D), "trainer.max_steps=2", "trainer.val_every_n_steps=1000",
+               "data.samples_per_epoch=8", "logger.wandb=true", *tiny_overrides])
+    assert rc == 0
+    run = next((tmp_path / "runs").iterdir())
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert offline, "W&B must default to offline mode and write inside the run folder"
