@@ -13,9 +13,12 @@ from fire_lightning.viz import registration_panel
 log = logging.getLogger(__name__)
 
 
-def log_figure(trainer: L.Trainer, fig, tag: str, out_dir: Path | None) -> None:
-    """Send a matplotlib figure to every active logger that takes images, and save it as PNG."""
-    step = trainer.global_step
+def log_figure(trainer: L.Trainer, fig, tag: str, out_dir: Path | None, step: int | None = None) -> None:
+    """Send a matplotlib figure to every active logger that takes images, and save it as PNG.
+
+    ``step`` defaults to the trainer's ``global_step``; FIRE passes its iteration count.
+    """
+    step = trainer.global_step if step is None else int(step)
     for lg in trainer.loggers:
         exp = getattr(lg, "experiment", None)
         name = type(lg).__name__
@@ -30,7 +33,7 @@ def log_figure(trainer: L.Trainer, fig, tag: str, out_dir: Path | None) -> None:
             log.warning("could not log figure %s to %s: %s", tag, name, e)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out_dir / f"{tag.replace('/', '_')}_step{step:07d}.png", dpi=80)
+        fig.savefig(out_dir / f"{tag.replace('/', '_')}_iter{step:07d}.png", dpi=80)
     plt.close(fig)
 
 
@@ -60,5 +63,5 @@ class ValidationImages(L.Callback):
                          "warped_affine": out.affine_a[i], "synth": out.xhat_t_b[i], "field": out.u_ab[i],
                          "fixed_label": b["fixed_label"][i]})
         fig = registration_panel(rows, titles=[str(t) for t in b["id"][: len(rows)]])
-        log_figure(trainer, fig, "val/registration", self.out_dir)
+        log_figure(trainer, fig, "val/registration", self.out_dir, step=getattr(pl_module, "iteration", None))
         pl_module.val_examples = None

@@ -269,9 +269,9 @@ class PhantomDataModule(L.LightningDataModule):
         return self._loader(FixedPairs(self._prepared(), c, "val", c.n_val_images, c.val_transforms_per_image))
 
     def test_dataloader(self) -> DataLoader:
-        c = self.cfg
-        return self._loader(FixedPairs(self._prepared(), c, "test", c.n_test_images, c.test_transforms_per_image))
+        return self._loader(self.test_dataset())
 
     def test_dataset(self) -> FixedPairs:
+        """The held-out test pairs (seeded, identical in every run)."""
         c = self.cfg
         return FixedPairs(self._prepared(), c, "test", c.n_test_images, c.test_transforms_per_image)

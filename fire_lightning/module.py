@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import metrics, spatial
+from .config import Config
 from .losses import FIRELoss, FIREOutputs, fire_forward, fire_loss, make_similarity
 from .networks import FIRENet
 
@@ -39,7 +40,8 @@ class FIREModule(L.LightningModule):
 
     def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None):
         super().__init__()
-        cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        # Onto the schema: a checkpoint saved before a key existed still loads, with its default.
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True),
                                    "label_names": dict(label_names or LABEL_NAMES)})
         self.cfg = cfg
