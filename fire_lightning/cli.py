@@ -38,6 +38,9 @@ def _cmd_train(args) -> int:
     from .train import latest_run_dir, load_run_config, train
 
     resume_dir = None
+    if args.resume is not None and "=" in args.resume:  # `--resume k=v`: an override, not a folder
+        args.overrides = [args.resume, *args.overrides]
+        args.resume = "latest"
     if args.resume is not None:
         if args.resume == "latest":
             cfg = load_config(args.config, args.overrides)

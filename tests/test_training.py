@@ -102,6 +102,13 @@ def test_resume_continues_the_step_count(tiny_overrides):
     steps = [s["step"] for s in ckpt2["optimizer_states"][0]["state"].values()]
     assert steps and all(int(s) == 7 for s in steps)
 
+    # The CLI: `--resume` with no folder takes the newest run of the experiment, and an
+    # override right after it is an override, not a folder name.
+    assert main(["train", str(PHANTOM2D), "--resume", "trainer.max_steps=8", *tiny_overrides]) == 0
+    ckpt3 = torch.load(r1["run_dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt3["global_step"] == 8 * n_opt
+    assert len(list(r1["run_dir"].parent.iterdir())) == 1  # no new run folder
+
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_overrides, capsys):
     rc = main(["train", str(PHANTOM2D), "--resume", str(tmp_path / "nothing-here"), *tiny_overrides])
