@@ -123,7 +123,8 @@ def prepare_phantom(cfg) -> PreparedPhantom:
     brain = np.nonzero(area >= cfg.min_brain_fraction * area.max())[0]
     z_lo, z_hi = int(brain[0]), int(brain[-1]) + 1
     gap = int(round(cfg.split.gap_mm / spacing[2]))
-    ranges = split_ranges(z_lo, z_hi, cfg.split.blocks, dict(cfg.split.fractions), gap)
+    fr = cfg.split.fractions
+    ranges = split_ranges(z_lo, z_hi, cfg.split.blocks, {"train": fr.train, "val": fr.val, "test": fr.test}, gap)
     return PreparedPhantom({m: v.numpy() for m, v in images.items()}, labels.numpy(), spacing, ranges)
 
 
@@ -223,7 +224,8 @@ def _worker_init(worker_id: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def _collate(items: list[dict]) -> dict:
+def collate_pairs(items: list[dict]) -> dict:
+    """Stack pair dicts into a batch (``id`` stays a list of str)."""
     out = {k: torch.stack([it[k] for it in items]) for k in ("moving", "fixed", "moving_label", "fixed_label")}
     out["id"] = [it["id"] for it in items]
     return out
@@ -258,7 +260,7 @@ class PhantomDataModule(L.LightningDataModule):
     def _loader(self, ds, shuffle=False) -> DataLoader:
         w = int(self.cfg.num_workers)
         return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=w,
-                          collate_fn=_collate, persistent_workers=w > 0,
+                          collate_fn=collate_pairs, persistent_workers=w > 0,
                           worker_init_fn=_worker_init if w > 0 else None)
 
     def train_dataloader(self) -> DataLoader:

@@ -67,9 +67,9 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None) -> dict:
     if dm is None:
         dm = make_datamodule(load_run_config(run_dir))
         dm.setup("test")
-    results = evaluate(model, dm.test_dataset(), run_dir / "evaluation")
+    results = evaluate(model, dm.test_dataset(), run_dir)
     print(dice_table(results))
-    print(f"\nresults: {run_dir / 'evaluation' / 'results.json'}")
+    print(f"\nresults: {run_dir / 'results.json'} (figures: example.png, dice_boxplot.png)")
     return results
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -22,15 +22,22 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class SplitFractions:
+    train: float = 0.7
+    val: float = 0.1
+    test: float = 0.2
+
+
+@dataclass
 class SplitConfig:
-    fractions: dict = field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
+    fractions: SplitFractions = field(default_factory=SplitFractions)
     blocks: int = 5
     gap_mm: float = 3.0
 
 
 @dataclass
 class AugmentConfig:
-    change_range: list = field(default_factory=lambda: [0.2, 0.5])  # FIRE §4.1
+    change_range: List[float] = field(default_factory=lambda: [0.2, 0.5])  # FIRE §4.1
     other_scale: float = 0.05
     rotate_deg: float = 10.0
     translate: float = 0.05  # fraction of the extent
@@ -44,9 +51,9 @@ class AugmentConfig:
 class DataConfig:
     name: str = "phantom"
     spatial_dims: int = 2
-    modalities: list = field(default_factory=lambda: ["T1", "FLAIR"])  # [moving A, fixed B]
+    modalities: List[str] = field(default_factory=lambda: ["T1", "FLAIR"])  # [moving A, fixed B]
     spacing: float = 2.5  # mm; in-plane in 2D, isotropic in 3D
-    size: list = field(default_factory=lambda: [80, 96])  # 2D: [X, Y]; 3D: [X, Y, Z]
+    size: List[int] = field(default_factory=lambda: [80, 96])  # 2D: [X, Y]; 3D: [X, Y, Z]
     min_brain_fraction: float = 0.25
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -68,7 +75,7 @@ class DataConfig:
 class ModelConfig:
     width: int = 64  # paper
     n_res: int = 4  # ResNet blocks in G and in each F (paper: 4)
-    affine_channels: list = field(default_factory=lambda: [32, 64, 64])
+    affine_channels: List[int] = field(default_factory=lambda: [32, 64, 64])
     affine_hidden: int = 64
     similarity: str = "rms"  # rms | mi | lncc, used in (7)
     similarity_input: str = "synthesised"  # (7) compares F(G(x^A∘φ)) (paper) or the warped image itself ("image")
@@ -88,7 +95,7 @@ class OptimConfig:
     lr_nonrigid: float = 5e-5
     lr_synthesis: float = 1e-4
     lr_discriminator: float = 1e-4
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0  # max gradient norm per optimiser; 0 = off
 
 
@@ -202,6 +209,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.size needs {d.spatial_dims} values for spatial_dims={d.spatial_dims}, got {list(d.size)}")
     if any(s % 4 for s in d.size):
         raise ConfigError(f"data.size must be divisible by 4 (G downsamples twice), got {list(d.size)}")
+    for key, seq, k in (("data.augment.change_range", d.augment.change_range, 2), ("optim.betas", cfg.optim.betas, 2),
+                        ("data.modalities", d.modalities, 2), ("model.affine_channels", cfg.model.affine_channels, 3)):
+        if len(seq) != k:
+            raise ConfigError(f"{key} needs {k} values, got {list(seq)}")
     lo, hi = d.augment.change_range
     if not 0 <= lo <= hi < 1:
         raise ConfigError(f"data.augment.change_range must satisfy 0 <= lo <= hi < 1, got {[lo, hi]}")

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data_modules.phantom import collate_pairs
+
 from . import metrics, spatial
 from .module import FIREModule
 
@@ -33,12 +35,6 @@ def summarise(values) -> dict:
         "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
         "values": [None if not np.isfinite(v) else float(v) for v in arr],
     }
-
-
-def _collate(items):
-    out = {k: torch.stack([it[k] for it in items]) for k in ("moving", "fixed", "moving_label", "fixed_label")}
-    out["id"] = [it["id"] for it in items]
-    return out
 
 
 @torch.no_grad()
@@ -62,7 +58,7 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 
     def add(method, key, vals):
         per[method].setdefault(key, []).extend(vals)
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
     for batch in loader:
         mov, fix = batch["moving"].to(device), batch["fixed"].to(device)
         lab_m, lab_f = batch["moving_label"].to(device), batch["fixed_label"].to(device)
@@ -72,7 +68,7 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.extend([(time.perf_counter() - t0) / bs] * bs)
-        back = model.net.T_ba(model.net.G(fix), model.net.G(mov)).field(mov.shape[2:])
+        back = model.net.T_ba(reg["g_fixed"], reg["g_moving"]).field(mov.shape[2:])
         warped_labels = {
             "Unaligned": lab_m,
             "FIRE-Affine": spatial.warp_labels(lab_m, reg["affine_field"]),

@@ -167,7 +167,6 @@ def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutp
     t_ab, t_ba = net.T_ab(g_a, g_b), net.T_ba(g_b, g_a)
 
     u_ab_f, u_ba_f = t_ab.field(fshape), t_ba.field(fshape)
-    af_ab_f, af_ba_f = t_ab.affine_field(fshape), t_ba.affine_field(fshape)
     u_ab, u_ba = t_ab.field(shape), t_ba.field(shape)
     af_ab, af_ba = t_ab.affine_field(shape), t_ba.affine_field(shape)
 
@@ -183,8 +182,8 @@ def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutp
 
     # All remaining decoder calls, one batch per decoder.
     g_a_w, g_b_w = spatial.warp(g_a, u_ab_f), spatial.warp(g_b, u_ba_f)
-    fa_in = torch.cat([g_a_w, g_xhat_a, g_warped_a, spatial.warp(g_a, af_ab_f), g_aff_a])
-    fb_in = torch.cat([g_b_w, g_xhat_b, g_warped_b, spatial.warp(g_b, af_ba_f), g_aff_b])
+    fa_in = torch.cat([g_a_w, g_xhat_a, g_warped_a, t_ab.feat_affine, g_aff_a])
+    fb_in = torch.cat([g_b_w, g_xhat_b, g_warped_b, t_ba.feat_affine, g_aff_b])
     xhat_t_b, cyc_b, reg_b, rsyn_b, rreg_b = net.F_ab(fa_in).split(b)
     xhat_t_a, cyc_a, reg_a, rsyn_a, rreg_a = net.F_ba(fb_in).split(b)
 
@@ -216,51 +215,99 @@ class FIRELoss(NamedTuple):
         return {f"{prefix}{k}": v for k, v in self._asdict().items()}
 
 
+def syn_acc_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:
+    """(2) L_syn,acc = RMS(x̂_T^B, x^B) + RMS(x̂_T^A, x^A): synthesis from warped features matches the target."""
+    return rms(out.xhat_t_b, x_b) + rms(out.xhat_t_a, x_a)
+
+
+def syn_fea_loss(out: FIREOutputs) -> torch.Tensor:
+    """(3) L_syn,fea = RMS(G(x^A), G(x^B) ∘ φ^{B→A}) + RMS(G(x^B), G(x^A) ∘ φ^{A→B}): modality-invariant features."""
+    return rms(out.g_a, out.g_b_warped) + rms(out.g_b, out.g_a_warped)
+
+
+def syn_cyc_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:
+    """(4) L_syn,cyc = RMS(F^{B→A}(G(x̂^B)), x^A) + RMS(F^{A→B}(G(x̂^A)), x^B): cycle consistency."""
+    return rms(out.cyc_a, x_a) + rms(out.cyc_b, x_b)
+
+
+def syn_align_loss(out: FIREOutputs) -> torch.Tensor:
+    """(5) L_syn,align = RMS(G(x^A), G(x̂^B)) + RMS(G(x^B), G(x̂^A)): synthesised images encode alike."""
+    return rms(out.g_a, out.g_xhat_b) + rms(out.g_b, out.g_xhat_a)
+
+
+def reg_acc_loss(out: FIREOutputs, x_a, x_b, similarity=rms, similarity_input: str = "synthesised") -> torch.Tensor:
+    """(7) L_reg,acc = D(F^{A→B}(G(x^A ∘ φ^{A→B})), x^B) + D(F^{B→A}(G(x^B ∘ φ^{B→A})), x^A).
+
+    METHOD.md decision: the *image* is warped and re-encoded (§3.8), not the features (the
+    paper prints the same expression as (2)). ``D`` is RMS (paper) or the configured
+    ``similarity``; with ``similarity_input="image"`` the warped image x^A ∘ φ^{A→B} itself is
+    compared with x^B (a direct multi-modal term, meant for MI).
+    """
+    if similarity_input == "synthesised":
+        return similarity(out.reg_b, x_b) + similarity(out.reg_a, x_a)
+    if similarity_input == "image":
+        return similarity(out.warped_a, x_b) + similarity(out.warped_b, x_a)
+    raise ValueError(f"similarity_input must be 'synthesised' or 'image', got {similarity_input!r}")
+
+
+def reg_ic_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:
+    """(8) L_reg,ic = RMS(x^A, x^A ∘ φ^{A→B} ∘ φ^{B→A}) + RMS(x^B, x^B ∘ φ^{B→A} ∘ φ^{A→B}): inverse consistency."""
+    return rms(x_a, spatial.warp(x_a, spatial.compose(out.u_ab, out.u_ba))) + rms(
+        x_b, spatial.warp(x_b, spatial.compose(out.u_ba, out.u_ab)))
+
+
+def r_smooth_loss(out: FIREOutputs, image_shape, smooth_units: str = "voxel") -> torch.Tensor:
+    """λ R_smooth: (10) ‖∇²φ_nr^{A→B}‖² + ‖∇²φ_nr^{B→A}‖², weighted by λ = 2^{2n}/(10N) of (13).
+
+    Departure from METHOD.md's "displacements in normalised coordinates" for this one term
+    (default ``smooth_units="voxel"``): the field and its derivatives are taken in image voxels.
+    In normalised units the same deformation costs ~(S/2)^4 more (about 1 000× on the phantom),
+    which kept φ_nr from improving on the affine result at all; ``"normalised"`` keeps that form.
+    """
+    n = len(image_shape)
+    units = tuple(image_shape) if smooth_units == "voxel" else None
+    if smooth_units not in ("voxel", "normalised"):
+        raise ValueError(f"smooth_units must be 'voxel' or 'normalised', got {smooth_units!r}")
+    return smoothness_weight(n, image_shape) * (smoothness(out.t_ab.disp_nr, units) + smoothness(out.t_ba.disp_nr, units))
+
+
+def r_syn_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:
+    """(11) R_syn = RMS(x^B, F^{A→B}(G(x^A) ∘ φ_af^{A→B})) + (B→A): affinely warped *features*."""
+    return rms(x_b, out.rsyn_b) + rms(x_a, out.rsyn_a)
+
+
+def r_reg_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:
+    """(12) R_reg = RMS(x^B, F^{A→B}(G(x^A ∘ φ_af^{A→B}))) + (B→A).
+
+    METHOD.md decision, same ambiguity as (7): affinely warped *images*, re-encoded.
+    """
+    return rms(x_b, out.rreg_b) + rms(x_a, out.rreg_a)
+
+
 def fire_loss(out: FIREOutputs, x_a: torch.Tensor, x_b: torch.Tensor, similarity=rms,
               adversarial: torch.Tensor | None = None, similarity_input: str = "synthesised",
               smooth_units: str = "voxel") -> FIRELoss:
-    """L = L_syn + L_reg + R (1), with R = R_syn + R_reg + λ R_smooth (13).
+    """(1) L = L_syn + L_reg + R, with L_syn = (2)+(3)+(4)+(5) (6), L_reg = (7)+(8) (9) and
+    R = R_syn + R_reg + λ R_smooth (13). No other weights (the paper's single hyperparameter is λ).
 
     Args:
         out: :func:`fire_forward` outputs.
         x_a, x_b: the inputs ``(B, 1, *S)``.
         similarity: dissimilarity used in (7) (:func:`make_similarity`); RMS elsewhere.
-        similarity_input: what (7) compares with the fixed image: ``"synthesised"`` (the paper:
-            F^{A→B}(G(x^A ∘ phi^{A→B})) against x^B) or ``"image"`` (the warped image
-            x^A ∘ phi^{A→B} itself against x^B: a direct multi-modal term, for ``mi``).
-        smooth_units: units of (10): ``"voxel"`` (image voxels) or ``"normalised"`` (see :func:`smoothness`).
+        similarity_input: see :func:`reg_acc_loss`.
+        smooth_units: see :func:`r_smooth_loss`.
         adversarial: optional ExFIRE generator term added to the total.
     """
-    n = x_a.dim() - 2
-    # (2) L_syn,acc
-    syn_acc = rms(out.xhat_t_b, x_b) + rms(out.xhat_t_a, x_a)
-    # (3) L_syn,fea: RMS(G_A, G_B ∘ phi^{B→A}) + RMS(G_B, G_A ∘ phi^{A→B})
-    syn_fea = rms(out.g_a, out.g_b_warped) + rms(out.g_b, out.g_a_warped)
-    # (4) L_syn,cyc
-    syn_cyc = rms(out.cyc_a, x_a) + rms(out.cyc_b, x_b)
-    # (5) L_syn,align
-    syn_align = rms(out.g_a, out.g_xhat_b) + rms(out.g_b, out.g_xhat_a)
-    # (7) L_reg,acc — METHOD.md decision: the *image* is warped and re-encoded (§3.8).
-    if similarity_input == "synthesised":
-        reg_acc = similarity(out.reg_b, x_b) + similarity(out.reg_a, x_a)
-    elif similarity_input == "image":
-        reg_acc = similarity(out.warped_a, x_b) + similarity(out.warped_b, x_a)
-    else:
-        raise ValueError(f"similarity_input must be 'synthesised' or 'image', got {similarity_input!r}")
-    # (8) L_reg,ic: x^A ∘ phi^{A→B} ∘ phi^{B→A} ≈ x^A
-    reg_ic = rms(x_a, spatial.warp(x_a, spatial.compose(out.u_ab, out.u_ba))) + rms(
-        x_b, spatial.warp(x_b, spatial.compose(out.u_ba, out.u_ab))
+    parts = dict(
+        syn_acc=syn_acc_loss(out, x_a, x_b),
+        syn_fea=syn_fea_loss(out),
+        syn_cyc=syn_cyc_loss(out, x_a, x_b),
+        syn_align=syn_align_loss(out),
+        reg_acc=reg_acc_loss(out, x_a, x_b, similarity, similarity_input),
+        reg_ic=reg_ic_loss(out, x_a, x_b),
+        r_smooth=r_smooth_loss(out, x_a.shape[2:], smooth_units),
+        r_syn=r_syn_loss(out, x_a, x_b),
+        r_reg=r_reg_loss(out, x_a, x_b),
+        adv=adversarial if adversarial is not None else torch.zeros((), device=x_a.device),
     )
-    # (10) with λ of (13). Decision (the paper gives no units): the field and its derivatives in
-    # image voxels (see `smoothness`); normalised units penalise a deformation ~(S/2)^4 more
-    # and kept phi_nr from helping at all on the phantom.
-    lam = smoothness_weight(n, x_a.shape[2:])
-    units = x_a.shape[2:] if smooth_units == "voxel" else None
-    r_smooth = lam * (smoothness(out.t_ab.disp_nr, units) + smoothness(out.t_ba.disp_nr, units))
-    # (11) R_syn: affinely warped *features*
-    r_syn = rms(x_b, out.rsyn_b) + rms(x_a, out.rsyn_a)
-    # (12) R_reg — METHOD.md decision: affinely warped *images*
-    r_reg = rms(x_b, out.rreg_b) + rms(x_a, out.rreg_a)
-    adv = adversarial if adversarial is not None else torch.zeros((), device=x_a.device)
-    total = syn_acc + syn_fea + syn_cyc + syn_align + reg_acc + reg_ic + r_syn + r_reg + r_smooth + adv
-    return FIRELoss(total, syn_acc, syn_fea, syn_cyc, syn_align, reg_acc, reg_ic, r_smooth, r_syn, r_reg, adv)
+    return FIRELoss(total=sum(parts.values()), **parts)

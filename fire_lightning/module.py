@@ -15,7 +15,7 @@ from .networks import FIRENet
 
 log = logging.getLogger(__name__)
 
-LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}
+LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}  # the phantom's; data modules pass their own
 
 
 def build_net(cfg: DictConfig) -> FIRENet:
@@ -52,13 +52,14 @@ class FIREModule(L.LightningModule):
         self.similarity = make_similarity(m.similarity, cfg.data.spatial_dims, m.mi_bins, m.mi_sigma_ratio, m.ncc_kernel)
         s = float(cfg.data.spacing)
         self.spacing = (s,) * cfg.data.spatial_dims
+        self._n_optimizers = len(self.net.parameter_groups())
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self.val_examples: dict | None = None
 
     # ------------------------------------------------------------------ optimisation
     @property
     def n_optimizers(self) -> int:
-        return len(self.net.parameter_groups())
+        return self._n_optimizers
 
     @property
     def iteration(self) -> int:
@@ -81,10 +82,9 @@ class FIREModule(L.LightningModule):
 
     def _log_loss(self, loss: FIRELoss, stage: str, batch_size: int) -> None:
         on_step = stage == "train"
-        self.log_dict({f"{stage}/loss_{k}": v.detach() for k, v in loss._asdict().items()}, on_step=on_step,
-                      on_epoch=not on_step, batch_size=batch_size, prog_bar=False)
-        self.log(f"{stage}/loss", loss.total.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 batch_size=batch_size)
+        for k, v in loss._asdict().items():
+            self.log(f"{stage}/loss_{k}", v.detach(), on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
+                     prog_bar=k == "total")
 
     def training_step(self, batch, batch_idx):
         bs = batch["moving"].shape[0]
@@ -151,10 +151,11 @@ class FIREModule(L.LightningModule):
 
         Returns:
             ``field`` / ``affine_field`` ``(B,n,*S)`` normalised, ``theta`` ``(B,n,n+1)``,
-            ``warped`` / ``warped_affine`` ``(B,1,*S)``.
+            ``warped`` / ``warped_affine`` ``(B,1,*S)``, and the encodings ``g_moving`` / ``g_fixed``.
         """
-        t = self.net(moving, fixed)
+        g_m, g_f = self.net.G(moving), self.net.G(fixed)
+        t = self.net.T_ab(g_m, g_f)
         shape = moving.shape[2:]
         u, af = t.field(shape), t.affine_field(shape)
         return {"field": u, "affine_field": af, "theta": t.theta, "warped": spatial.warp(moving, u),
-                "warped_affine": spatial.warp(moving, af)}
+                "warped_affine": spatial.warp(moving, af), "g_moving": g_m, "g_fixed": g_f}

@@ -172,11 +172,13 @@ class Transform:
         nr_feat: ``(B, n, *S/4)`` non-rigid displacement phi_nr at feature resolution
             (the network's raw output; a velocity when ``diffeomorphic``).
         disp_nr: ``(B, n, *S/4)`` non-rigid displacement (integrated if diffeomorphic).
+        feat_affine: ``(B, C, *S/4)`` the moving features warped by phi_af (T_nr's input).
     """
 
     theta: torch.Tensor
     nr_feat: torch.Tensor
     disp_nr: torch.Tensor
+    feat_affine: torch.Tensor
 
     def affine_field(self, shape) -> torch.Tensor:
         """phi_af as a displacement ``(B, n, *shape)``."""
@@ -203,7 +205,7 @@ class TransformationNet(nn.Module):
         fa_af = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
         raw = self.nonrigid(fa_af, fb)
         disp = spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
-        return Transform(theta=theta, nr_feat=raw, disp_nr=disp)
+        return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=fa_af)
 
 
 class Discriminator(nn.Module):

@@ -81,12 +81,14 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
 def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Trainer:
     """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
     from callbacks.image_logging import ValidationImages
+    from callbacks.interrupt import SaveOnInterrupt
 
     t = cfg.trainer
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="iter{train/iteration:.0f}",
                            auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps * n_optimizers,
                            save_top_k=-1, save_last=True)
-    callbacks = [ckpt, ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images")]
+    callbacks = [ckpt, SaveOnInterrupt(run_dir / "checkpoints"),
+                 ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images")]
     loggers = _loggers(cfg, run_dir)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -99,7 +101,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Traine
         accelerator=t.accelerator,
         devices=t.devices,
         precision=t.precision,
-        val_check_interval=min(t.val_every_n_steps, cfg.data.samples_per_epoch // cfg.data.batch_size or 1),
+        val_check_interval=t.val_every_n_steps,  # batches, counted across epochs
         check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every_n_steps,
         limit_val_batches=t.limit_val_batches,
@@ -120,16 +122,20 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
     """
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed = cfg.seed
     ckpt_path = None
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         ckpt_path = run_dir / "checkpoints" / "last.ckpt"
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume from")
+        # Checkpoints hold no RNG state: reseed by progress so a resumed run draws new
+        # training pairs instead of replaying those of its first iterations.
+        seed = cfg.seed + int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0))
         log.info("resuming %s from %s", run_dir, ckpt_path)
     else:
         run_dir = new_run_dir(cfg)
+    L.seed_everything(seed, workers=True, verbose=False)
     (run_dir / CONFIG_NAME).write_text(to_yaml(cfg))
     log.info("run folder: %s", run_dir)
 

@@ -47,3 +47,12 @@ def test_size_must_fit_the_encoder():
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_misspelt_nested_split_key_and_bad_list_values_are_errors():
+    with pytest.raises(ConfigError, match="tset"):
+        load_config(PHANTOM2D, ["data.split.fractions.tset=0.5"])
+    with pytest.raises(ConfigError, match="data.size"):
+        load_config(PHANTOM2D, ["data.size=[64,7x]"])
+    with pytest.raises(ConfigError, match="change_range needs 2 values"):
+        load_config(PHANTOM2D, ["data.augment.change_range=[0.2]"])

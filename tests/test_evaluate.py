@@ -26,7 +26,7 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run)]) == 0
     printed = capsys.readouterr().out
-    out = run / "evaluation"
+    out = run
     results = json.loads((out / "results.json").read_text())
     assert list(results["methods"]) == list(METHODS) == ["Unaligned", "FIRE-Affine", "FIRE"]
     n = results["meta"]["n_pairs"]

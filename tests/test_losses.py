@@ -262,3 +262,17 @@ def test_fire_loss_adversarial_and_similarity(fire_setup):
     for k in FIRELoss._fields:
         if k not in ("total", "reg_acc"):
             assert torch.equal(getattr(mi_loss, k), getattr(base, k)), k
+
+
+def test_smoothness_in_image_voxels_relates_to_normalised_by_the_grid_size():
+    """Fields varying along axis 0 only. In image-voxel units, component k is scaled by S_k/2 and
+    the derivative along axis 0 is taken per image voxel (×(2/S_0)² against normalised), so the
+    Laplacian of component k is (S_k/2)(2/S_0)² times the normalised one — whatever the feature grid."""
+    feat, image = (9, 6), (36, 24)
+    i = torch.linspace(-1, 1, feat[0]).view(feat[0], 1).expand(*feat)
+    for k in (0, 1):
+        u = torch.zeros(1, 2, *feat)
+        u[0, k] = 0.1 * torch.sin(3 * i)
+        factor = (image[k] / 2) * (2 / image[0]) ** 2
+        assert smoothness(u, image).item() == pytest.approx(smoothness(u).item() * factor**2, rel=1e-4)
+        assert smoothness(u, image).item() > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -150,3 +152,32 @@ def test_wandb_logs_offline_into_the_run_folder(tiny_overrides, tmp_path, monkey
     run = next((tmp_path / "runs").iterdir())
     offline = list((run / "wandb").glob("offline-run-*"))
     assert offline, "W&B must default to offline mode and write inside the run folder"
+
+
+def test_an_interrupted_run_leaves_a_last_checkpoint_to_resume(tiny_overrides, monkeypatch):
+    """Ctrl+C after 3 iterations (before any periodic checkpoint): last.ckpt holds those 3."""
+    from callbacks.interrupt import SaveOnInterrupt
+
+    class _Interrupt(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if pl_module.iteration == 3:
+                raise KeyboardInterrupt
+
+    import fire_lightning.train as train_mod
+
+    real_build = train_mod.build_trainer
+
+    def build(cfg, run_dir, n_opt):
+        trainer = real_build(cfg, run_dir, n_opt)
+        trainer.callbacks.append(_Interrupt())
+        assert any(isinstance(c, SaveOnInterrupt) for c in trainer.callbacks)
+        return trainer
+
+    monkeypatch.setattr(train_mod, "build_trainer", build)
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "trainer.max_steps=10", "trainer.checkpoint_every_n_steps=100",
+                                  "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40"])
+    with pytest.raises(BaseException):  # Lightning turns the interrupt into SystemExit
+        train(cfg)
+    run = next(Path(cfg.run.root).iterdir())
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3 * 3
