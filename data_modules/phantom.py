@@ -201,7 +201,13 @@ class FixedPairs(_PhantomPairs):
     def __init__(self, prep, cfg, split: str, n_images: int, per_image: int):
         super().__init__(prep, cfg)
         self.split = split
-        self.zs = spread(items_in(prep.ranges[split], self.thickness), n_images)
+        # 3D slabs must not overlap, or two "images" would be mostly the same anatomy.
+        starts, last = [], None
+        for z in items_in(prep.ranges[split], self.thickness):
+            if last is None or z >= last + self.thickness:
+                starts.append(z)
+                last = z
+        self.zs = spread(starts, n_images)
         if not self.zs:
             raise ValueError(f"the {split} range holds no item; change data.split or data.size")
         self.per_image = per_image

@@ -181,3 +181,25 @@ def test_an_interrupted_run_leaves_a_last_checkpoint_to_resume(tiny_overrides, m
     run = next(Path(cfg.run.root).iterdir())
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 * 3
+
+
+def test_validation_logs_every_loss_part_the_registration_metrics_and_a_panel(tiny_overrides):
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "trainer.fast_dev_run=true"])
+    result = train(cfg)
+    logged = result["metrics"]
+    for part in ("total", "syn_acc", "syn_fea", "syn_cyc", "syn_align", "reg_acc", "reg_ic", "r_smooth",
+                 "r_syn", "r_reg"):
+        assert f"val/loss_{part}" in logged and f"train/loss_{part}" in logged
+    for key in ("dice_CSF", "dice_GM", "dice_WM", "dice_mean", "dice_affine_mean", "dice_unaligned_mean",
+                "folding_pct", "ice_mm"):
+        assert f"val/{key}" in logged
+    assert 0 <= logged["val/dice_mean"] <= 1 and logged["val/ice_mm"] >= 0
+    assert list((result["run_dir"] / "images").glob("val_registration_iter*.png"))
+
+
+def test_periodic_checkpoints_are_named_by_iteration(tiny_overrides):
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "trainer.max_steps=4", "trainer.checkpoint_every_n_steps=2",
+                                  "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40"])
+    result = train(cfg)
+    names = sorted(p.name for p in (result["run_dir"] / "checkpoints").glob("*.ckpt"))
+    assert names == ["iter2.ckpt", "iter4.ckpt", "last.ckpt"]
