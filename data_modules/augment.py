@@ -13,7 +13,7 @@ shrinks by ``c`` along that axis); the other axes by ``1 + U(-other_scale, other
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,11 +31,6 @@ class AugmentParams:
     translation_mm: tuple
     control_points: np.ndarray
     max_displacement_mm: tuple
-
-    def summary(self) -> dict:
-        d = asdict(self)
-        d.pop("control_points")
-        return d
 
 
 def sample_params(rng: np.random.Generator, spatial_dims: int, extent_mm, cfg) -> AugmentParams:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from data_modules.phantom import collate_pairs
 
-from . import metrics, spatial
+from . import metrics
 from .module import FIREModule
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(device).eval()
     names = model.label_names
-    labels = list(names)
     per = {m: {} for m in METHODS}
     ids: list[str] = []
     seconds: list[float] = []
@@ -69,16 +68,10 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 
             torch.cuda.synchronize()
         seconds.extend([(time.perf_counter() - t0) / bs] * bs)
         back = model.net.T_ba(reg["g_fixed"], reg["g_moving"]).field(mov.shape[2:])
-        warped_labels = {
-            "Unaligned": lab_m,
-            "FIRE-Affine": spatial.warp_labels(lab_m, reg["affine_field"]),
-            "FIRE": spatial.warp_labels(lab_m, reg["field"]),
-        }
-        for method, wl in warped_labels.items():
-            d = metrics.dice_per_label(wl, lab_f, labels).cpu().numpy()
-            for i, lab in enumerate(labels):
-                add(method, f"dice_{names[lab]}", d[:, i])
-            add(method, "dice_mean", np.nanmean(d, axis=1))
+        fields = {"Unaligned": None, "FIRE-Affine": reg["affine_field"], "FIRE": reg["field"]}
+        for method, scores in metrics.dice_by_method(lab_m, lab_f, fields, names).items():
+            for key, vals in scores.items():
+                add(method, key, vals.cpu().numpy())
         add("FIRE", "folding_pct", metrics.folding_percent(reg["field"]).cpu().numpy())
         add("FIRE-Affine", "folding_pct", metrics.folding_percent(reg["affine_field"]).cpu().numpy())
         add("FIRE", "ice_mm", metrics.inverse_consistency_error(reg["field"], back, model.spacing).cpu().numpy())
@@ -95,7 +88,7 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 
         "paired": {f"FIRE vs {m}": paired(methods["FIRE"]["dice_mean"], methods[m]["dice_mean"])
                    for m in ("Unaligned", "FIRE-Affine")},
         "pair_ids": ids,
-        "structures": [names[lab] for lab in labels],
+        "structures": list(names.values()),
         "meta": {"n_pairs": len(ids), "device": str(device), "spacing_mm": list(model.spacing),
                  "iterations": int(model.iteration)},
     }

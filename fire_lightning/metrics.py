@@ -27,6 +27,28 @@ def dice_per_label(pred: torch.Tensor, target: torch.Tensor, labels) -> torch.Te
     return torch.stack(out, dim=1)
 
 
+def dice_by_method(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_names: dict) -> dict:
+    """Dice per structure and their mean, for each way of warping the moving labels.
+
+    Args:
+        lab_m, lab_f: moving and fixed label maps ``(B, 1, *S)``.
+        fields: method name → normalised displacement ``(B, n, *S)``, or None for the unwarped labels.
+        label_names: label value → structure name.
+
+    Returns:
+        method → {``dice_<structure>``, ``dice_mean``} → ``(B,)``.
+    """
+    labels = list(label_names)
+    out = {}
+    for method, u in fields.items():
+        warped = lab_m if u is None else spatial.warp_labels(lab_m, u)
+        d = dice_per_label(warped, lab_f, labels)
+        scores = {f"dice_{label_names[lab]}": d[:, i] for i, lab in enumerate(labels)}
+        scores["dice_mean"] = d.nanmean(1)
+        out[method] = scores
+    return out
+
+
 def folding_percent(disp: torch.Tensor, unit: str = "normalised") -> torch.Tensor:
     """% of voxels with Jacobian determinant <= 0, per sample ``(B,)``."""
     jac = spatial.jacobian_determinant(disp, unit=unit)

@@ -131,15 +131,11 @@ class FIREModule(L.LightningModule):
     def registration_metrics(self, out: FIREOutputs, batch) -> dict[str, torch.Tensor]:
         """Per-sample metrics of the A→B registration: Dice per structure (FIRE and affine-only),
         % folding, inverse-consistency error (mm)."""
-        lab_m, lab_f = batch["moving_label"], batch["fixed_label"]
-        labels = list(self.label_names)
-        d = metrics.dice_per_label(spatial.warp_labels(lab_m, out.u_ab), lab_f, labels)
-        d_af = metrics.dice_per_label(spatial.warp_labels(lab_m, out.af_ab), lab_f, labels)
-        d_un = metrics.dice_per_label(lab_m, lab_f, labels)
-        scores = {f"dice_{self.label_names[lab]}": d[:, i] for i, lab in enumerate(labels)}
-        scores["dice_mean"] = d.nanmean(1)
-        scores["dice_affine_mean"] = d_af.nanmean(1)
-        scores["dice_unaligned_mean"] = d_un.nanmean(1)
+        by = metrics.dice_by_method(batch["moving_label"], batch["fixed_label"],
+                                    {"FIRE": out.u_ab, "FIRE-Affine": out.af_ab, "Unaligned": None}, self.label_names)
+        scores = dict(by["FIRE"])
+        scores["dice_affine_mean"] = by["FIRE-Affine"]["dice_mean"]
+        scores["dice_unaligned_mean"] = by["Unaligned"]["dice_mean"]
         scores["folding_pct"] = metrics.folding_percent(out.u_ab)
         scores["ice_mm"] = metrics.inverse_consistency_error(out.u_ab, out.u_ba, self.spacing)
         return {k: v.float() for k, v in scores.items()}

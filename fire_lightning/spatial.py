@@ -167,7 +167,6 @@ def compose_affine_displacement(theta: torch.Tensor, u: torch.Tensor) -> torch.T
     Returns:
         ``(B, n, *S)``.
     """
-    n = theta.shape[1]
     ident = identity_grid(u.shape[2:], u.device, u.dtype)
     return _apply_affine(theta, ident + u) - ident.expand_as(u)
 
