@@ -1,4 +1,4 @@
-"""``fire`` command line: ``train``, ``evaluate``, ``demo``.
+"""``fire`` command line: ``train``, ``evaluate``, ``benchmark``, ``register``, ``demo``.
 
 Examples::
 
@@ -6,7 +6,10 @@ Examples::
     fire train experiments/phantom2d.yaml --resume            # newest run of that experiment
     fire train experiments/phantom2d.yaml --resume runs/phantom2d-20261121-101500
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
-    fire demo                                                 # train + evaluate the phantom
+    fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
+    fire demo                                                 # train on the phantom + the benchmark
+    fire register --checkpoint RUN/checkpoints/last.ckpt --moving t1.nii.gz --fixed flair.nii.gz \
+        --out t1_in_flair.nii.gz [--field field.nii.gz --affine affine.mat]   # or --csv pairs.csv
 """
 
 from __future__ import annotations
@@ -57,7 +60,9 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None) -> dict:
+def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, ants=None, threads=None,
+                  max_pairs=None) -> dict:
+    """Score ``model`` (or the run's checkpoint) on the test pairs of ``dm`` (or the run's data)."""
     from .evaluate import dice_table, evaluate, load_module
     from .train import load_run_config, make_datamodule
 
@@ -67,9 +72,11 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None) -> dict:
     if dm is None:
         dm = make_datamodule(load_run_config(run_dir))
         dm.setup("test")
-    results = evaluate(model, dm.test_dataset(), run_dir)
+    out_dir = Path(out_dir or run_dir)
+    results = evaluate(model, dm.test_dataset(), out_dir, ants=ants, threads=threads, max_pairs=max_pairs)
     print(dice_table(results))
-    print(f"\nresults: {run_dir / 'results.json'} (figures: example.png, dice_boxplot.png)")
+    print(f"\nresults: {out_dir / 'results.json'} (also results.md, table2.csv, table4.csv, per_pair.csv, "
+          "dice_boxplot.png, example.png)")
     return results
 
 
@@ -78,12 +85,85 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
+    """``fire benchmark`` TARGET (run folder or checkpoint) → (model, data module, default output folder)."""
+    from .config import apply_overrides
+    from .evaluate import load_module
+    from .train import CONFIG_NAME, load_run_config, make_datamodule
+
+    target = Path(target)
+    if target.is_dir():
+        run_dir, ckpt = target, Path(checkpoint) if checkpoint else target / "checkpoints" / "last.ckpt"
+    else:
+        ckpt = target
+        run_dir = ckpt.parent.parent if (ckpt.parent.parent / CONFIG_NAME).is_file() else None
+    model = load_module(ckpt)
+    if data is not None:
+        cfg = load_config(data, overrides)
+    elif run_dir is not None:
+        cfg = load_run_config(run_dir, overrides)
+    else:  # a lone checkpoint: the data config it was trained with
+        cfg = apply_overrides(model.cfg, overrides)
+    if cfg.data.spatial_dims != model.cfg.data.spatial_dims or float(cfg.data.spacing) != float(model.cfg.data.spacing):
+        raise ValueError(f"{ckpt}: the model is {model.cfg.data.spatial_dims}D at {model.cfg.data.spacing} mm, the data "
+                         f"config {cfg.data.spatial_dims}D at {cfg.data.spacing} mm")
+    dm = make_datamodule(cfg)
+    dm.setup("test")
+    return model, dm, (run_dir or ckpt.parent) / "benchmark"
+
+
+def _cmd_benchmark(args) -> int:
+    from .baselines import AntsParams
+
+    model, dm, default_out = _benchmark_inputs(args.target, args.checkpoint, args.data, args.overrides)
+    _evaluate_run(default_out.parent, model, dm, out_dir=args.out or default_out,
+                  ants=None if args.no_ants else AntsParams(), threads=args.threads, max_pairs=args.max_pairs)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .train import train
 
+    from .baselines import AntsParams
+
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
-    _evaluate_run(result["run_dir"], result["model"], result["datamodule"])
+    run_dir = Path(result["run_dir"])
+    _evaluate_run(run_dir, result["model"], result["datamodule"], out_dir=run_dir / "benchmark",
+                  ants=None if args.no_ants else AntsParams())
+    return 0
+
+
+def _cmd_register(args) -> int:
+    from tqdm import tqdm
+
+    from .register import Registrar, register_csv
+
+    single = {"--moving": args.moving, "--fixed": args.fixed, "--out": args.out, "--moving-labels": args.moving_labels,
+              "--out-labels": args.out_labels, "--field": args.field, "--affine": args.affine}
+    if args.csv is not None:
+        given = [k for k, v in single.items() if v is not None]
+        if given:
+            raise ValueError(f"{args.csv}: --csv takes every path from the CSV file; drop {', '.join(given)}")
+        report = register_csv(args.checkpoint, args.csv, device=args.device,
+                              on_error=lambda msg: tqdm.write("fire: error: " + msg, file=sys.stderr))
+        if report.failures:
+            rows = ", ".join(str(i) for i, _ in report.failures)
+            print(f"fire: error: {len(report.failures)} of {report.rows} pairs in {args.csv} failed (rows {rows})",
+                  file=sys.stderr)
+            return 2
+        print(f"registered {report.rows} pairs from {args.csv}")
+        return 0
+    missing = [k for k in ("--moving", "--fixed", "--out") if single[k] is None]
+    if missing:
+        raise ValueError(f"register needs {', '.join(missing)} (or --csv PAIRS.csv)")
+    try:
+        result = Registrar(args.checkpoint, device=args.device).register_files(
+            args.moving, args.fixed, args.out, moving_labels=args.moving_labels, out_labels=args.out_labels,
+            field=args.field, affine=args.affine)
+    except OSError as e:  # a failed write: one line like the other errors
+        raise ValueError(" ".join(str(e).split())) from None
+    print(f"warped image: {args.out} ({result.seconds:.1f} s)")
     return 0
 
 
@@ -105,10 +185,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="checkpoint (default: RUN/checkpoints/last.ckpt)")
     e.set_defaults(func=_cmd_evaluate)
 
-    d = sub.add_parser("demo", help="the main job: train on the embedded phantom, evaluate, report")
+    b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE against ANTs-Affine and ANTs-SyN on the test pairs")
+    b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2")
+    b.add_argument("--checkpoint", default=None, help="checkpoint inside the run folder (default: last.ckpt)")
+    b.add_argument("--data", default=None, help="experiment YAML whose data section gives the test pairs "
+                   "(default: the run's own)")
+    b.add_argument("--out", default=None, help="output folder (default: RUN/benchmark)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for FIRE and ANTs alike (default: all)")
+    b.add_argument("--max-pairs", type=int, default=None, help="only the first N test pairs")
+    b.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines")
+    b.set_defaults(func=_cmd_benchmark)
+
+    d = sub.add_parser("demo", help="the main job: train on the embedded phantom, then the benchmark against ANTs")
     d.add_argument("--config", default=str(DEFAULT_EXPERIMENT))
     d.add_argument("overrides", nargs="*")
+    d.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines in the benchmark")
     d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("register", help="register NIfTI images with a trained checkpoint",
+                       description="Warp --moving onto --fixed (outputs in the fixed image's space), or every "
+                                   "pair of --csv (columns moving,fixed,out[,moving_labels,out_labels,field,affine]; "
+                                   "relative paths from the CSV's folder).")
+    r.add_argument("--checkpoint", required=True, help="e.g. RUN/checkpoints/last.ckpt")
+    r.add_argument("--moving", help="moving image (.nii / .nii.gz, 2D or 3D as the checkpoint)")
+    r.add_argument("--fixed", help="fixed image (the outputs live on its grid)")
+    r.add_argument("--out", help="warped moving image (.nii / .nii.gz)")
+    r.add_argument("--moving-labels", help="label map on the moving image's grid (needs --out-labels)")
+    r.add_argument("--out-labels", help="warped labels, nearest neighbour (needs --moving-labels)")
+    r.add_argument("--field", help="ITK displacement field, fixed grid, LPS mm (.nii.gz, .nrrd, .mha)")
+    r.add_argument("--affine", help="FIRE's affine part as an ITK transform (.mat ANTs/Matlab, .txt/.tfm text)")
+    r.add_argument("--csv", help="batch mode: a CSV of pairs")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto (default): CUDA when present, else CPU")
+    r.set_defaults(func=_cmd_register)
     return p
 
 

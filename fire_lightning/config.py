@@ -183,6 +183,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = _merge(cfg, file_cfg, str(path))
         if cfg.experiment == "default":
             cfg.experiment = path.stem
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+    """``cfg`` (on the schema) ← ``key=value`` overrides; validated; returned as a new config."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:

@@ -1,20 +1,40 @@
-"""Evaluate a trained model on the held-out test pairs: Unaligned / FIRE-Affine / FIRE.
+"""Evaluate and benchmark a trained model on held-out test pairs (the FIRE paper's Tables 2 and 4).
 
-Writes ``results.json`` (``{"methods": {method: {metric: {"mean", "std", "values"}}}, "pair_ids",
-"structures", "meta"}``), ``results.md`` (the Dice table), ``example.png`` (one pair) and
-``dice_boxplot.png`` into the output folder.
+Methods, in the paper's order: ``Unaligned``, ``ANTs-Affine``, ``FIRE-Affine``, ``ANTs-SyN``,
+``FIRE`` (the ANTs ones only when asked: :mod:`.baselines`). Every method hands over a
+normalised displacement field on the fixed grid and is scored by :func:`metrics.score_methods`
+on exactly the same pairs: Dice and HD95 (mm) per structure, % det J ≤ 0, std of log det J,
+inverse-consistency error (mm), seconds per pair.
+
+Timing (Table 4) is per pair, one pair at a time, with the same number of CPU threads for
+FIRE (torch) and ANTs (ITK); FIRE on the GPU too when one is present.
+
+Writes into ``out_dir``:
+
+* ``results.json``: ``{"methods": {method: {metric: {"mean", "std", "values"}}}, "paired",
+  "pair_ids", "structures", "meta"}`` (``meta`` records threads, devices and every ANTs parameter);
+* ``results.md``: Table 2 (mean (std) per structure and metric) and Table 4 (seconds per pair,
+  FIRE/ANTs-SyN speed-up), plus paired differences;
+* ``table2.csv``, ``table4.csv``, ``per_pair.csv``;
+* ``dice_boxplot.png`` (per method and structure) and ``example.png`` (one pair: moving, fixed,
+  each method's warped image and deformation grid).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import logging
+import os
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from data_modules.phantom import collate_pairs
 
@@ -23,7 +43,11 @@ from .module import FIREModule
 
 log = logging.getLogger(__name__)
 
-METHODS = ("Unaligned", "FIRE-Affine", "FIRE")
+METHODS = ("Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE")
+FIRE_METHODS = ("Unaligned", "FIRE-Affine", "FIRE")
+#: extra metric columns of Table 2: key → (header, format)
+COLUMNS = {"hd95_mean": ("HD95 (mm)", "{:.2f}"), "folding_pct": ("% det J ≤ 0", "{:.3f}"),
+           "logjac_std": ("std log J", "{:.3f}"), "ice_mm": ("ICE (mm)", "{:.2f}")}
 
 
 def summarise(values) -> dict:
@@ -37,68 +61,6 @@ def summarise(values) -> dict:
     }
 
 
-@torch.no_grad()
-def evaluate(model: FIREModule, dataset, out_dir: str | Path, batch_size: int = 16, device: str | None = None) -> dict:
-    """Score every pair of ``dataset`` (dicts as produced by the data modules) and write the reports.
-
-    Returns:
-        the ``results.json`` content.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device).eval()
-    names = model.label_names
-    per = {m: {} for m in METHODS}
-    ids: list[str] = []
-    seconds: list[float] = []
-    example = None
-
-    def add(method, key, vals):
-        per[method].setdefault(key, []).extend(vals)
-
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
-    for batch in loader:
-        mov, fix = batch["moving"].to(device), batch["fixed"].to(device)
-        lab_m, lab_f = batch["moving_label"].to(device), batch["fixed_label"].to(device)
-        bs = mov.shape[0]
-        t0 = time.perf_counter()
-        reg = model.register(mov, fix)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds.extend([(time.perf_counter() - t0) / bs] * bs)
-        back = model.net.T_ba(reg["g_fixed"], reg["g_moving"]).field(mov.shape[2:])
-        fields = {"Unaligned": None, "FIRE-Affine": reg["affine_field"], "FIRE": reg["field"]}
-        for method, scores in metrics.dice_by_method(lab_m, lab_f, fields, names).items():
-            for key, vals in scores.items():
-                add(method, key, vals.cpu().numpy())
-        add("FIRE", "folding_pct", metrics.folding_percent(reg["field"]).cpu().numpy())
-        add("FIRE-Affine", "folding_pct", metrics.folding_percent(reg["affine_field"]).cpu().numpy())
-        add("FIRE", "ice_mm", metrics.inverse_consistency_error(reg["field"], back, model.spacing).cpu().numpy())
-        ids.extend(batch["id"])
-        if example is None:
-            example = {"moving": mov[0].cpu(), "fixed": fix[0].cpu(), "warped": reg["warped"][0].cpu(),
-                       "warped_affine": reg["warped_affine"][0].cpu(), "field": reg["field"][0].cpu(),
-                       "fixed_label": lab_f[0].cpu(),
-                       "id": batch["id"][0]}
-    per["FIRE"]["seconds_per_pair"] = seconds
-    methods = {m: {k: summarise(v) for k, v in per[m].items()} for m in METHODS}
-    results = {
-        "methods": methods,
-        "paired": {f"FIRE vs {m}": paired(methods["FIRE"]["dice_mean"], methods[m]["dice_mean"])
-                   for m in ("Unaligned", "FIRE-Affine")},
-        "pair_ids": ids,
-        "structures": list(names.values()),
-        "meta": {"n_pairs": len(ids), "device": str(device), "spacing_mm": list(model.spacing),
-                 "iterations": int(model.iteration)},
-    }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    table = dice_table(results)
-    (out_dir / "results.md").write_text(table + "\n")
-    _figures(results, example, out_dir)
-    return results
-
-
 def paired(a: dict, b: dict) -> dict:
     """Per-pair difference ``a - b`` of two metric summaries: mean, std, % of pairs where a > b."""
     pairs = [(x, y) for x, y in zip(a["values"], b["values"]) if x is not None and y is not None]
@@ -107,50 +69,215 @@ def paired(a: dict, b: dict) -> dict:
             "pct_pairs_better": float((diff > 0).mean() * 100), "n": int(diff.size)}
 
 
-def dice_table(results: dict, methods=None) -> str:
-    """Markdown table: Dice (%) mean (std) per structure and method, plus folding and ICE."""
-    methods = [m for m in (methods or results["methods"]) if m in results["methods"]]
+def _time_fire(model: FIREModule, pairs: list[tuple], device: torch.device, repeats: int = 1) -> list[float]:
+    """Seconds per pair of ``model.register`` one pair at a time (after one warm-up call)."""
+    model = model.to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    mov, fix = (t.to(device) for t in pairs[0])
+    model.register(mov, fix)  # warm-up: allocations, kernels, caches
+    out = []
+    for mov, fix in pairs:
+        mov, fix = mov.to(device), fix.to(device)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            model.register(mov, fix)
+        sync()
+        out.append((time.perf_counter() - t0) / repeats)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads: int | None = None,
+             batch_size: int = 16, device: str | None = None, max_pairs: int | None = None) -> dict:
+    """Score every pair of ``dataset`` (dicts as produced by the data modules) and write the reports.
+
+    Args:
+        ants: :class:`baselines.AntsParams` to run ANTs-Affine and ANTs-SyN too; None for FIRE only.
+        threads: CPU threads for FIRE and ANTs alike (default: all cores).
+        max_pairs: score only the first ``max_pairs`` pairs (recorded in ``meta``).
+
+    Returns:
+        the ``results.json`` content.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = int(threads or os.cpu_count() or 1)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    if ants is not None:
+        from .baselines import register_pair
+
+        ants = dataclasses.replace(ants, threads=threads)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if max_pairs:
+        dataset = Subset(dataset, range(min(int(max_pairs), len(dataset))))
+    model = model.to(device).eval()
+    names, spacing = model.label_names, model.spacing
+    methods = METHODS if ants is not None else FIRE_METHODS
+    per: dict = {m: {} for m in methods}
+    ids: list[str] = []
+    timing_pairs: list[tuple] = []
+    example = None
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
+    bar = tqdm(total=len(dataset), desc="benchmark" if ants is not None else "evaluate", unit="pair")
+    try:
+        for batch in loader:
+            mov, fix = batch["moving"].to(device), batch["fixed"].to(device)
+            reg = model.register(mov, fix)
+            back = model.net.T_ba(reg["g_fixed"], reg["g_moving"])
+            shape = mov.shape[2:]
+            fields = {"Unaligned": None, "FIRE-Affine": reg["affine_field"].cpu(), "FIRE": reg["field"].cpu()}
+            inverse = {"FIRE-Affine": back.affine_field(shape).cpu(), "FIRE": back.field(shape).cpu()}
+            ants_out = []
+            if ants is not None:
+                for i in range(mov.shape[0]):
+                    ants_out.append(register_pair(batch["moving"][i], batch["fixed"][i], spacing, ants))
+                    bar.update(1)
+                for name in ("ANTs-Affine", "ANTs-SyN"):
+                    fields[name] = torch.stack([o[name]["field"] for o in ants_out])
+                    inverse[name] = torch.stack([o[name]["inverse"] for o in ants_out])
+                    per[name].setdefault("seconds_per_pair", []).extend(o[name]["seconds"] for o in ants_out)
+            else:
+                bar.update(mov.shape[0])
+            scores = metrics.score_methods(batch["moving_label"], batch["fixed_label"], fields, names, spacing,
+                                           inverse_fields=inverse)
+            for method in methods:
+                for key, vals in scores[method].items():
+                    per[method].setdefault(key, []).extend(vals.numpy().tolist())
+            ids.extend(batch["id"])
+            timing_pairs.extend((batch["moving"][i : i + 1], batch["fixed"][i : i + 1]) for i in range(mov.shape[0]))
+            if example is None:
+                example = _example(batch, {m: fields[m] for m in methods})
+    finally:
+        bar.close()
+
+    # Table 4: one pair at a time, same threads as ANTs.
+    per["FIRE"]["seconds_per_pair"] = _time_fire(model, timing_pairs, torch.device("cpu"))
+    gpu_name = None
+    if torch.cuda.is_available():
+        per["FIRE"]["seconds_per_pair_gpu"] = _time_fire(model, timing_pairs, torch.device("cuda"), repeats=5)
+        gpu_name = torch.cuda.get_device_name(0)
+    model.to(device)
+    torch.set_num_threads(prev_threads)
+
+    summary = {m: {k: summarise(v) for k, v in per[m].items()} for m in methods}
+    results = {
+        "methods": summary,
+        "paired": {f"FIRE vs {m}": paired(summary["FIRE"]["dice_mean"], summary[m]["dice_mean"])
+                   for m in methods if m != "FIRE"},
+        "pair_ids": ids,
+        "structures": list(names.values()),
+        "meta": {
+            "n_pairs": len(ids), "device": str(device), "spacing_mm": list(spacing),
+            "iterations": int(model.iteration), "threads": threads, "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "gpu": gpu_name, "torch": torch.__version__,
+            "timing": "seconds per pair, one pair at a time; FIRE = model.register (both fields, warped image) "
+                      "after one warm-up call; ANTs = ants.registration calls (ANTs-SyN includes its affine stage)",
+            "ants": ants.record() if ants is not None else None,
+        },
+    }
+    _write_reports(results, out_dir)
+    _figures(results, example, out_dir)
+    return results
+
+
+def _example(batch: dict, fields: dict) -> dict:
+    """The first pair of a batch with every method's field, on the CPU."""
+    return {"moving": batch["moving"][0], "fixed": batch["fixed"][0], "fixed_label": batch["fixed_label"][0],
+            "id": batch["id"][0], "fields": {m: (None if u is None else u[0].cpu()) for m, u in fields.items()}}
+
+
+# ---------------------------------------------------------------------------------- reports
+def _cell(entry: dict | None, scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    if not entry or entry["mean"] != entry["mean"]:  # absent or NaN
+        return "–"
+    return f"{fmt.format(scale * entry['mean'])} ({fmt.format(scale * entry['std'])})"
+
+
+def table2_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of Table 2: per method, Dice (%) per structure and mean, then the extra metrics."""
     structures = results["structures"] + ["mean"]
-    lines = ["| structure | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for s in structures:
-        cells = []
-        for m in methods:
-            r = results["methods"][m].get(f"dice_{s}")
-            cells.append(f"{100 * r['mean']:.2f} ({100 * r['std']:.2f})" if r else "–")
-        lines.append(f"| Dice {s} | " + " | ".join(cells) + " |")
-    for key, label in (("folding_pct", "% det J ≤ 0"), ("ice_mm", "ICE (mm)"), ("seconds_per_pair", "s / pair")):
-        cells = []
-        for m in methods:
-            r = results["methods"][m].get(key)
-            cells.append(f"{r['mean']:.3g} ({r['std']:.2g})" if r else "–")
-        if any(c != "–" for c in cells):
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    header = ["method"] + [f"Dice {s} (%)" for s in structures] + [h for h, _ in COLUMNS.values()]
+    rows = []
+    for m, res in results["methods"].items():
+        row = [m] + [_cell(res.get(f"dice_{s}"), 100) for s in structures]
+        row += [_cell(res.get(k), 1, fmt) for k, (_, fmt) in COLUMNS.items()]
+        rows.append(row)
+    return header, rows
+
+
+def table4_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of Table 4: seconds per pair and the speed-up over ANTs-SyN."""
+    header = ["method", "device", "s / pair", "ANTs-SyN / method"]
+    syn = results["methods"].get("ANTs-SyN", {}).get("seconds_per_pair")
+    rows = []
+    for m, res in results["methods"].items():
+        for key, dev in (("seconds_per_pair", f"CPU, {results['meta']['threads']} threads"),
+                         ("seconds_per_pair_gpu", results["meta"].get("gpu") or "GPU")):
+            if key in res:
+                ratio = f"{syn['mean'] / res[key]['mean']:.1f}×" if syn else "–"
+                rows.append([m, dev, _cell(res[key], 1, "{:.4g}"), ratio])
+    return header, rows
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def dice_table(results: dict) -> str:
+    """Markdown: Table 2, Table 4 and the paired differences (what ``results.md`` holds)."""
     n = results["meta"]["n_pairs"]
-    notes = [f"mean (std) over {n} test pairs."]
+    parts = [f"Table 2: mean (std) over {n} test pairs.", "", _markdown(*table2_rows(results)), ""]
+    header, rows = table4_rows(results)
+    if rows:
+        parts += ["Table 4: seconds per pair (one pair at a time).", "", _markdown(header, rows), ""]
     for name, p in results.get("paired", {}).items():
-        notes.append(f"{name}: mean Dice difference {100 * p['mean_diff']:+.2f} (std {100 * p['std_diff']:.2f}) "
+        parts.append(f"{name}: mean Dice difference {100 * p['mean_diff']:+.2f} (std {100 * p['std_diff']:.2f}) "
                      f"points, better on {p['pct_pairs_better']:.0f} % of {p['n']} pairs.")
-    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+    return "\n".join(parts)
+
+
+def _write_reports(results: dict, out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "results.md").write_text(dice_table(results) + "\n")
+    for name, (header, rows) in (("table2.csv", table2_rows(results)), ("table4.csv", table4_rows(results))):
+        with open(out_dir / name, "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *rows])
+    keys = sorted({k for res in results["methods"].values() for k in res})
+    with open(out_dir / "per_pair.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["pair_id", "method", *keys])
+        for m, res in results["methods"].items():
+            for i, pid in enumerate(results["pair_ids"]):
+                w.writerow([pid, m, *[("" if k not in res or res[k]["values"][i] is None else res[k]["values"][i])
+                                      for k in keys]])
 
 
 def _figures(results: dict, example: dict | None, out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from .viz import registration_panel
+    from .viz import method_panel
 
     if example is not None:
-        fig = registration_panel([example], titles=[example["id"]])
+        fig = method_panel(example)
         fig.savefig(out_dir / "example.png", dpi=100)
         plt.close(fig)
-    structures = results["structures"]
+    structures = results["structures"] + ["mean"]
     methods = list(results["methods"])
-    fig, axes = plt.subplots(1, len(structures), figsize=(3.2 * len(structures), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(structures), figsize=(2.2 + 0.6 * len(methods) * len(structures), 3.4),
+                             squeeze=False)
     for ax, s in zip(axes[0], structures):
         data = [[v for v in results["methods"][m][f"dice_{s}"]["values"] if v is not None] for m in methods]
         ax.boxplot(data)
-        ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, fontsize=8)
+        ax.set_xticks(range(1, len(methods) + 1), methods, rotation=35, ha="right", fontsize=8)
         ax.set_title(f"Dice {s}")
         ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{results['meta']['n_pairs']} test pairs", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_dir / "dice_boxplot.png", dpi=100)
     plt.close(fig)

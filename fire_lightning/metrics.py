@@ -1,8 +1,16 @@
-"""Registration metrics on tensors (batched); shapes ``(B, 1, *S)`` labels, ``(B, n, *S)`` fields."""
+"""Registration metrics on tensors (batched); shapes ``(B, 1, *S)`` labels, ``(B, n, *S)`` fields.
+
+Every method (FIRE, the ANTs baselines, the unaligned pair) is scored by :func:`score_methods`
+from a normalised displacement field on the fixed grid, so the label warping (nearest
+neighbour, :func:`spatial.warp_labels`) and every metric are the same for all of them.
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+from monai.metrics import compute_hausdorff_distance
 
 from . import spatial
 
@@ -27,6 +35,13 @@ def dice_per_label(pred: torch.Tensor, target: torch.Tensor, labels) -> torch.Te
     return torch.stack(out, dim=1)
 
 
+def _per_structure(values: torch.Tensor, prefix: str, label_names: dict) -> dict:
+    """``(B, L)`` per-label values → ``{<prefix>_<structure>: (B,), <prefix>_mean: (B,)}`` (NaN-aware mean)."""
+    out = {f"{prefix}_{name}": values[:, i] for i, name in enumerate(label_names.values())}
+    out[f"{prefix}_mean"] = values.nanmean(1)
+    return out
+
+
 def dice_by_method(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_names: dict) -> dict:
     """Dice per structure and their mean, for each way of warping the moving labels.
 
@@ -38,15 +53,40 @@ def dice_by_method(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label
     Returns:
         method → {``dice_<structure>``, ``dice_mean``} → ``(B,)``.
     """
-    labels = list(label_names)
     out = {}
     for method, u in fields.items():
         warped = lab_m if u is None else spatial.warp_labels(lab_m, u)
-        d = dice_per_label(warped, lab_f, labels)
-        scores = {f"dice_{label_names[lab]}": d[:, i] for i, lab in enumerate(labels)}
-        scores["dice_mean"] = d.nanmean(1)
-        out[method] = scores
+        out[method] = _per_structure(dice_per_label(warped, lab_f, list(label_names)), "dice", label_names)
     return out
+
+
+def hd95_per_label(pred: torch.Tensor, target: torch.Tensor, labels, spacing) -> torch.Tensor:
+    """95th-percentile symmetric Hausdorff distance in mm per sample and label (MONAI).
+
+    Args:
+        pred, target: integer label maps ``(B, 1, *S)``.
+        labels: label values to score.
+        spacing: voxel size in mm per spatial axis.
+
+    Returns:
+        ``(B, L)``; NaN where the label is absent from either map (no surface to measure).
+    """
+    onehot_p = torch.cat([(pred == lab) for lab in labels], dim=1)
+    onehot_t = torch.cat([(target == lab) for lab in labels], dim=1)
+    with warnings.catch_warnings():  # MONAI warns about empty maps; they become NaN below
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(onehot_p, onehot_t, include_background=True, percentile=95,
+                                        spacing=[float(s) for s in spacing]).double().cpu()
+    empty = ~(onehot_p.flatten(2).any(-1) & onehot_t.flatten(2).any(-1)).cpu()
+    hd[empty | ~torch.isfinite(hd)] = float("nan")
+    return hd
+
+
+def log_jacobian_std(disp: torch.Tensor, unit: str = "normalised") -> torch.Tensor:
+    """Standard deviation over voxels of ``log det J`` per sample ``(B,)``; ``det J`` is clipped
+    to ``[1e-9, 1e9]`` first, so folded voxels count as strongly compressed ones."""
+    jac = spatial.jacobian_determinant(disp, unit=unit).double()
+    return jac.clamp(1e-9, 1e9).log().flatten(1).std(1)
 
 
 def folding_percent(disp: torch.Tensor, unit: str = "normalised") -> torch.Tensor:
@@ -58,10 +98,47 @@ def folding_percent(disp: torch.Tensor, unit: str = "normalised") -> torch.Tenso
 def inverse_consistency_error(u_ab: torch.Tensor, u_ba: torch.Tensor, spacing) -> torch.Tensor:
     """Mean distance (mm) of ``phi^{A→B} ∘ phi^{B→A}`` from the identity, per sample ``(B,)``.
 
+    Averaged over the points ``p`` whose image ``phi^{B→A}(p)`` lies inside the grid: outside it
+    ``phi^{A→B}`` is unknown (sampling it there would clamp to the border and report an error
+    that neither transform makes). NaN if no point qualifies.
+
     Args:
         u_ab, u_ba: normalised displacements on the same grid ``(B, n, *S)``.
         spacing: voxel size in mm per axis.
     """
     resid = spatial.compose(u_ab, u_ba)
-    mm = spatial.voxel_to_mm(spatial.normalised_to_voxel(resid), spacing)
-    return mm.pow(2).sum(1).sqrt().flatten(1).mean(1)
+    dist = spatial.voxel_to_mm(spatial.normalised_to_voxel(resid), spacing).pow(2).sum(1).sqrt().flatten(1)
+    inside = ((spatial.identity_grid(u_ba.shape[2:], u_ba.device, u_ba.dtype) + u_ba).abs().amax(1) <= 1).flatten(1)
+    return (dist * inside).sum(1) / inside.sum(1).clamp_min(1) + torch.where(inside.any(1), 0.0, float("nan"))
+
+
+def score_methods(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_names: dict, spacing,
+                  inverse_fields: dict | None = None) -> dict:
+    """Every metric for every method, per pair.
+
+    Args:
+        lab_m, lab_f: moving and fixed label maps ``(B, 1, *S)``.
+        fields: method → normalised displacement ``(B, n, *S)`` on the fixed grid (moving → fixed,
+            backward), or None for the unwarped pair.
+        label_names: label value → structure name.
+        spacing: voxel size in mm per spatial axis.
+        inverse_fields: method → the method's own fixed → moving field, for the inverse-consistency
+            error (methods absent here get no ``ice_mm``).
+
+    Returns:
+        method → metric → ``(B,)`` float64 on the CPU: ``dice_<S>``, ``dice_mean``, ``hd95_<S>``,
+        ``hd95_mean`` (mm), and for methods with a field ``folding_pct``, ``logjac_std``, ``ice_mm``.
+    """
+    labels = list(label_names)
+    out = {}
+    for method, u in fields.items():
+        warped = lab_m if u is None else spatial.warp_labels(lab_m, u)
+        res = _per_structure(dice_per_label(warped, lab_f, labels).cpu(), "dice", label_names)
+        res.update(_per_structure(hd95_per_label(warped, lab_f, labels, spacing), "hd95", label_names))
+        if u is not None:
+            res["folding_pct"] = folding_percent(u).cpu()
+            res["logjac_std"] = log_jacobian_std(u).cpu()
+            if inverse_fields and method in inverse_fields:
+                res["ice_mm"] = inverse_consistency_error(u, inverse_fields[method], spacing).cpu()
+        out[method] = {k: v.double() for k, v in res.items()}
+    return out

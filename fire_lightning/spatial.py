@@ -42,6 +42,7 @@ __all__ = [
     "voxel_to_mm",
     "mm_to_voxel",
     "laplacian",
+    "sample_at",
 ]
 
 
@@ -324,3 +325,22 @@ def laplacian(field: torch.Tensor, spacing: Sequence[float] | str | None = None)
         second = padded.narrow(dim, 0, size) - 2 * field + padded.narrow(dim, 2, size)
         out = out + second / float(spacing[k]) ** 2
     return out
+
+
+def sample_at(x: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+    """Sample ``x`` at given points (absolute normalised coordinates, not a displacement).
+
+    For resampling between grids (e.g. through world coordinates): ``sample_at(x, c)(p) = x(c(p))``.
+
+    Args:
+        x: image ``(B, C, *S_in)``; sampled in its own dtype (use float64 for large integer labels).
+        coords: ``(B or 1, n, *S_out)`` normalised coordinates in ``x``'s grid (tensor-axis order,
+            ``align_corners=False``); points outside ``[-1, 1]`` get ``padding_mode``.
+        mode: ``"bilinear"`` ((bi/tri)linear) or ``"nearest"``.
+        padding_mode: ``"zeros"`` (default), ``"border"`` or ``"reflection"``.
+
+    Returns:
+        ``(B, C, *S_out)``.
+    """
+    ident = identity_grid(coords.shape[2:], coords.device, coords.dtype)
+    return _sample(x, coords - ident, mode, padding_mode)

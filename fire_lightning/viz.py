@@ -76,12 +76,45 @@ def registration_panel(rows: list[dict], titles: list[str] | None = None):
             elif key in row:
                 show(ax, mid_slice(row[key]), names[key], vmin=-1, vmax=1)
                 if key in ("fixed", "warped_affine", "warped") and "fixed_label" in row:
-                    lab = mid_slice(row["fixed_label"]).T
-                    ax.contour(lab, levels=np.arange(0.5, lab.max() + 0.5), colors="tab:cyan", linewidths=0.5)
+                    _contours(ax, row["fixed_label"])
             else:
                 ax.axis("off")
         if titles:
             axes[r, 0].text(-0.1, 0.5, titles[r], transform=axes[r, 0].transAxes, rotation=90, va="center",
                             ha="right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _contours(ax, label: torch.Tensor) -> None:
+    lab = mid_slice(label).T
+    ax.contour(lab, levels=np.arange(0.5, lab.max() + 0.5), colors="tab:cyan", linewidths=0.5)
+
+
+def method_panel(example: dict):
+    """One pair, every method: top row moving, fixed and each method's warped moving image (fixed-label
+    contours over them), bottom row each method's deformation grid.
+
+    ``example``: ``moving``, ``fixed``, ``fixed_label`` ``(1, *S)``; ``fields``: method → normalised
+    displacement ``(n, *S)`` (None for the unaligned pair, which is the moving image itself); ``id``.
+    """
+    methods = [m for m, u in example["fields"].items() if u is not None]
+    cols = 2 + len(methods)
+    fig, axes = plt.subplots(2, cols, figsize=(2.3 * cols, 4.9), squeeze=False)
+    show(axes[0, 0], mid_slice(example["moving"]), "moving", vmin=-1, vmax=1)
+    show(axes[0, 1], mid_slice(example["fixed"]), "fixed", vmin=-1, vmax=1)
+    _contours(axes[0, 0], example["fixed_label"])
+    _contours(axes[0, 1], example["fixed_label"])
+    for ax in axes[1, :2]:
+        ax.axis("off")
+    for c, m in enumerate(methods, start=2):
+        u = example["fields"][m]
+        warped = spatial.warp(example["moving"][None].float(), u[None].float())[0]
+        show(axes[0, c], mid_slice(warped), m, vmin=-1, vmax=1)
+        _contours(axes[0, c], example["fixed_label"])
+        draw_grid(axes[1, c], field_slice(u))
+        axes[1, c].set_title(f"{m} grid", fontsize=9)
+        axes[1, c].axis("off")
+    fig.suptitle(f"{example['id']} (cyan: fixed labels)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -1,14 +1,15 @@
-"""`fire evaluate`: results.json layout, the Dice table and the figures."""
+"""`fire evaluate` and `fire benchmark`: results.json layout, the tables and the figures."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 
 from fire_lightning.cli import main
-from fire_lightning.evaluate import METHODS, summarise
+from fire_lightning.evaluate import FIRE_METHODS, METHODS, summarise
 
 from .conftest import PHANTOM2D
 
@@ -28,10 +29,10 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
     printed = capsys.readouterr().out
     out = run
     results = json.loads((out / "results.json").read_text())
-    assert list(results["methods"]) == list(METHODS) == ["Unaligned", "FIRE-Affine", "FIRE"]
+    assert list(results["methods"]) == list(FIRE_METHODS) == ["Unaligned", "FIRE-Affine", "FIRE"]
     n = results["meta"]["n_pairs"]
     assert n == 2 == len(results["pair_ids"])
-    for method in METHODS:
+    for method in FIRE_METHODS:
         for s in ("CSF", "GM", "WM", "mean"):
             entry = results["methods"][method][f"dice_{s}"]
             assert set(entry) == {"mean", "std", "values"} and len(entry["values"]) == n
@@ -47,13 +48,53 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
         assert results["pair_ids"][i] == pair["id"]
         d = dice_per_label(pair["moving_label"][None], pair["fixed_label"][None], [1, 2, 3])[0]
         assert results["methods"]["Unaligned"]["dice_mean"]["values"][i] == pytest.approx(float(d.nanmean()))
-    assert "FIRE-Affine" in printed and "Dice WM" in printed
+    assert "FIRE-Affine" in printed and "Dice WM (%)" in printed
     p = results["paired"]["FIRE vs FIRE-Affine"]
     fire = results["methods"]["FIRE"]["dice_mean"]["values"]
     aff = results["methods"]["FIRE-Affine"]["dice_mean"]["values"]
     assert p["n"] == n and abs(p["mean_diff"] - float(np.mean(np.subtract(fire, aff)))) < 1e-12
-    for f in ("results.md", "example.png", "dice_boxplot.png"):
+    for f in ("results.md", "example.png", "dice_boxplot.png", "table2.csv", "per_pair.csv"):
         assert (out / f).stat().st_size > 0
+
+
+def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_overrides, tmp_path, capsys):
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    ckpt = run / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    # a checkpoint inside a run folder finds the run's data config; --max-pairs keeps it quick
+    assert main(["benchmark", str(ckpt), "--max-pairs", "2", "--threads", "1", "--out", str(tmp_path / "bm")]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "bm" / "results.json").read_text())
+    assert list(results["methods"]) == list(METHODS) == ["Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE"]
+    assert results["meta"]["n_pairs"] == 2 and results["meta"]["threads"] == 1
+    ants = results["meta"]["ants"]
+    assert ants["threads"] == 1 and ants["aff_random_sampling_rate"] == 1.0 and ants["reg_iterations"][-1] > 0
+    for method in METHODS:
+        res = results["methods"][method]
+        for key in ("dice_mean", "dice_WM", "hd95_mean", "hd95_CSF"):
+            assert len(res[key]["values"]) == 2, (method, key)
+        if method != "Unaligned":
+            for key in ("folding_pct", "logjac_std", "ice_mm"):
+                assert len(res[key]["values"]) == 2, (method, key)
+    for method in ("ANTs-Affine", "ANTs-SyN", "FIRE"):
+        assert all(v > 0 for v in results["methods"][method]["seconds_per_pair"]["values"])
+    # ANTs registers these pairs (multi-modal, 20-50 % scalings) well: a weak baseline would not
+    assert results["methods"]["ANTs-SyN"]["dice_mean"]["mean"] > results["methods"]["Unaligned"]["dice_mean"]["mean"] + 0.2
+    assert "Table 2" in printed and "Table 4" in printed and "ANTs-SyN / method" in printed
+    with open(tmp_path / "bm" / "table2.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert [r[0] for r in rows[1:]] == list(METHODS) and rows[0][:2] == ["method", "Dice CSF (%)"]
+    with open(tmp_path / "bm" / "per_pair.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 2 * len(METHODS)
+    for f in ("results.md", "table4.csv", "example.png", "dice_boxplot.png"):
+        assert (tmp_path / "bm" / f).stat().st_size > 0
+
+
+def test_benchmark_of_a_missing_run_is_a_one_line_error(tmp_path, capsys):
+    assert main(["benchmark", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0]
 
 
 def test_evaluate_a_corrupt_checkpoint_is_a_one_line_error(tiny_overrides, tmp_path, capsys):

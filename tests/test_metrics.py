@@ -1,0 +1,112 @@
+"""Registration metrics against known answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fire_lightning import metrics, spatial
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _labels(shape=(24, 20)) -> torch.Tensor:
+    lab = torch.zeros(1, 1, *shape, dtype=torch.long)
+    lab[..., 4:12, 5:15] = 1
+    lab[..., 14:20, 3:9] = 2
+    return lab
+
+
+def test_dice_of_identical_maps_is_one_and_of_disjoint_maps_zero():
+    lab = _labels()
+    assert torch.equal(metrics.dice_per_label(lab, lab, [1, 2]), torch.ones(1, 2, dtype=torch.float64))
+    other = torch.zeros_like(lab)
+    other[..., 0:2, 0:2] = 1
+    d = metrics.dice_per_label(other, lab, [1, 2, 3])
+    assert d[0, 0] == 0 and d[0, 1] == 0 and math.isnan(d[0, 2])  # 3 absent from both: NaN
+
+
+@pytest.mark.parametrize("k, axis, spacing", [(1, 0, (1.0, 1.0)), (3, 0, (2.0, 0.5)), (2, 1, (2.0, 0.5))])
+def test_hd95_of_a_stripe_shifted_by_k_voxels_is_k_times_the_spacing(k, axis, spacing):
+    # A one-voxel-thick stripe across the image: every surface point is exactly k voxels from the other.
+    a = torch.zeros(1, 1, 24, 20, dtype=torch.long)
+    index = [slice(None)] * 4
+    index[2 + axis] = 8
+    a[tuple(index)] = 1
+    b = torch.roll(a, k, dims=2 + axis)
+    hd = metrics.hd95_per_label(a, b, [1], spacing)
+    assert hd.shape == (1, 1)
+    assert hd[0, 0].item() == pytest.approx(k * spacing[axis])
+
+
+def test_hd95_is_zero_for_identical_maps_and_nan_for_an_absent_label():
+    lab = _labels()
+    hd = metrics.hd95_per_label(lab, lab, [1, 2, 3], (1.0, 1.0))
+    assert hd[0, 0] == 0 and hd[0, 1] == 0 and math.isnan(hd[0, 2])
+
+
+def test_hd95_in_3d_uses_the_spacing_of_the_shifted_axis():
+    a = torch.zeros(1, 1, 10, 12, 8, dtype=torch.long)
+    a[..., 3] = 1  # a plane normal to axis 2
+    b = torch.roll(a, 2, dims=4)
+    assert metrics.hd95_per_label(a, b, [1], (1.0, 1.0, 2.5))[0, 0].item() == pytest.approx(5.0)
+
+
+def test_folding_and_log_jacobian_of_known_fields():
+    zero = torch.zeros(2, 2, 16, 16)
+    assert torch.all(metrics.folding_percent(zero) == 0)
+    assert torch.allclose(metrics.log_jacobian_std(zero), torch.zeros(2, dtype=torch.float64))
+    grid = spatial.identity_grid((16, 16))
+    # a uniform scaling: det J constant (no spread of log det J), nothing folds
+    scale = 0.3 * grid
+    assert metrics.folding_percent(scale)[0] == 0
+    assert metrics.log_jacobian_std(scale)[0] < 1e-6
+    # u_0 = -2 p_0 mirrors axis 0: det J = -1 everywhere → everything folds
+    mirror = torch.cat([-2 * grid[:, :1], torch.zeros_like(grid[:, 1:])], dim=1)
+    assert metrics.folding_percent(mirror)[0] == 100
+    # a field folded on one half only: folding strictly between 0 and 100, log det J spread > 0
+    half = mirror * (grid[:, :1] > 0)
+    f = metrics.folding_percent(half)[0]
+    assert 0 < f < 100
+    assert metrics.log_jacobian_std(half)[0] > 1
+
+
+def test_inverse_consistency_error_in_mm():
+    shape, spacing = (16, 20), (2.0, 3.0)
+    t_vox = torch.tensor([1.5, -2.0]).view(1, 2, 1, 1).expand(1, 2, *shape)
+    t = spatial.voxel_to_normalised(t_vox)
+    assert metrics.inverse_consistency_error(t, -t, spacing)[0] == pytest.approx(0, abs=1e-5)
+    expected = math.hypot(1.5 * 2.0, 2.0 * 3.0)
+    assert metrics.inverse_consistency_error(t, torch.zeros_like(t), spacing)[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_score_methods_scores_every_method_the_same_way():
+    lab = _labels()
+    shift_vox = torch.zeros(1, 2, 24, 20)
+    shift_vox[:, 0] = 1.0  # sample one voxel further along axis 0: labels move by -1 voxel
+    shift = spatial.voxel_to_normalised(shift_vox)
+    names = {1: "A", 2: "B"}
+    res = metrics.score_methods(lab, lab, {"none": None, "shifted": shift}, names, (2.0, 1.0),
+                                inverse_fields={"shifted": -shift})
+    assert set(res) == {"none", "shifted"}
+    none, shifted = res["none"], res["shifted"]
+    assert none["dice_mean"][0] == 1 and none["hd95_mean"][0] == 0
+    assert "folding_pct" not in none and "ice_mm" not in none
+    assert shifted["dice_A"][0] == pytest.approx(2 * 7 * 10 / (2 * 8 * 10))
+    assert shifted["hd95_A"][0] == pytest.approx(2.0)  # one voxel along axis 0 at 2 mm
+    assert shifted["folding_pct"][0] == 0 and shifted["logjac_std"][0] < 1e-6
+    assert shifted["ice_mm"][0] < 0.2  # exact inside; the border voxels clamp
+    assert all(v.dtype == torch.float64 and v.shape == (1,) for r in res.values() for v in r.values())
+
+
+def test_inverse_consistency_of_an_exact_affine_inverse_is_zero_even_where_it_leaves_the_grid():
+    shape = (20, 24)
+    theta = torch.tensor([[[1.4, 0.2, 0.3], [-0.1, 0.8, -0.2]]])  # scales out of the grid in places
+    full = torch.cat([theta, torch.tensor([[[0.0, 0.0, 1.0]]])], dim=1)
+    inv = torch.linalg.inv(full)[:, :2]
+    u_ab, u_ba = spatial.affine_to_displacement(theta, shape), spatial.affine_to_displacement(inv, shape)
+    assert metrics.inverse_consistency_error(u_ab, u_ba, (1.0, 1.0))[0] < 0.01  # only the outer half-voxel clamps
+    # a field that maps everything outside: no point to measure
+    assert torch.isnan(metrics.inverse_consistency_error(u_ab, torch.full_like(u_ba, 3.0), (1.0, 1.0))[0])
