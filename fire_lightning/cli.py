@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="warped moving image (.nii / .nii.gz)")
     r.add_argument("--moving-labels", help="label map on the moving image's grid (needs --out-labels)")
     r.add_argument("--out-labels", help="warped labels, nearest neighbour (needs --moving-labels)")
-    r.add_argument("--field", help="ITK displacement field, fixed grid, LPS mm (.nii.gz, .nrrd, .mha)")
+    r.add_argument("--field", help="ITK displacement field, fixed grid, LPS mm (.nii.gz, .nrrd, .mha; 2D: .nrrd, .mha)")
     r.add_argument("--affine", help="FIRE's affine part as an ITK transform (.mat ANTs/Matlab, .txt/.tfm text)")
     r.add_argument("--csv", help="batch mode: a CSV of pairs")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
