@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install the package with its dev extras
 
-demo: $(STAMP)  ## the main job: train FIRE on the embedded 2D phantom, evaluate, report (CPU, < 20 min)
+demo: $(STAMP)  ## the main job: train FIRE on the embedded 2D phantom, benchmark it against ANTs, report (CPU, < 20 min)
 	$(VENV)/bin/fire demo $(ARGS)
 
 test: $(STAMP)  ## the default test run (CPU, a few minutes; slow tests excluded)

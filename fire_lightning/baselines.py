@@ -53,6 +53,16 @@ class AntsParams:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     random_seed: int = 1
 
+    @classmethod
+    def preset(cls, name: str, **kw) -> "AntsParams":
+        """``"fair"`` (the defaults above) or ``"antspyx-default"`` (antspyx's own defaults: random
+        20 % sampling, no SyN iterations at full resolution), to show what the fair settings change."""
+        if name == "fair":
+            return cls(**kw)
+        if name == "antspyx-default":
+            return cls(aff_random_sampling_rate=0.2, reg_iterations=(40, 20, 0), **kw)
+        raise ValueError(f"unknown ANTs preset {name!r}; use 'fair' or 'antspyx-default'")
+
     def affine_kwargs(self) -> dict:
         return dict(type_of_transform="Affine", aff_metric=self.aff_metric, aff_sampling=self.aff_sampling,
                     aff_random_sampling_rate=self.aff_random_sampling_rate,

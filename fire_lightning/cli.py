@@ -117,7 +117,8 @@ def _cmd_benchmark(args) -> int:
 
     model, dm, default_out = _benchmark_inputs(args.target, args.checkpoint, args.data, args.overrides)
     _evaluate_run(default_out.parent, model, dm, out_dir=args.out or default_out,
-                  ants=None if args.no_ants else AntsParams(), threads=args.threads, max_pairs=args.max_pairs)
+                  ants=None if args.no_ants else AntsParams.preset(args.ants_preset), threads=args.threads,
+                  max_pairs=args.max_pairs)
     return 0
 
 
@@ -195,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="CPU threads for FIRE and ANTs alike (default: all)")
     b.add_argument("--max-pairs", type=int, default=None, help="only the first N test pairs")
     b.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines")
+    b.add_argument("--ants-preset", default="fair", choices=["fair", "antspyx-default"],
+                   help="ANTs settings: dense sampling and full-resolution SyN (fair, default), or antspyx's defaults")
     b.set_defaults(func=_cmd_benchmark)
 
     d = sub.add_parser("demo", help="the main job: train on the embedded phantom, then the benchmark against ANTs")

@@ -55,3 +55,12 @@ def test_ants_parameters_are_recorded():
     assert rec["threads"] == 3 and rec["aff_random_sampling_rate"] == 1.0
     assert rec["reg_iterations"][-1] > 0  # SyN iterates at full resolution
     assert rec["affine_call"]["type_of_transform"] == "Affine" and "antspyx" in rec
+
+
+def test_the_antspyx_default_preset_differs_only_where_the_fair_settings_do():
+    fair, default = AntsParams.preset("fair").record(), AntsParams.preset("antspyx-default").record()
+    assert {k for k in fair if fair[k] != default[k]} == {"aff_random_sampling_rate", "reg_iterations", "affine_call",
+                                                          "syn_call"}
+    assert default["aff_random_sampling_rate"] == 0.2 and default["reg_iterations"] == [40, 20, 0]
+    with pytest.raises(ValueError, match="preset"):
+        AntsParams.preset("fast")

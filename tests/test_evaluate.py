@@ -106,3 +106,12 @@ def test_evaluate_a_corrupt_checkpoint_is_a_one_line_error(tiny_overrides, tmp_p
     assert main(["evaluate", str(run), "--checkpoint", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.ckpt" in err[0]
+
+
+def test_demo_trains_then_benchmarks_into_the_run_folder(tiny_overrides, tmp_path, capsys):
+    assert main(["demo", "--config", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    results = json.loads((run / "benchmark" / "results.json").read_text())
+    assert list(results["methods"]) == list(METHODS)
+    assert results["meta"]["n_pairs"] == 2  # TINY: 1 test image × 2 transforms
+    assert "Table 4" in capsys.readouterr().out
