@@ -56,24 +56,32 @@ def _cmd_train(args) -> int:
     result = train(cfg, resume_dir=resume_dir)
     print(f"run folder: {result['run_dir']}\nlast checkpoint: {result['checkpoint']}")
     if args.evaluate:
-        _evaluate_run(result["run_dir"], result["model"], result["datamodule"])
+        _evaluate_run(result["run_dir"], result["model"], result["datamodule"], checkpoint=result["checkpoint"],
+                      cfg=cfg)
     return 0
 
 
 def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, ants=None, threads=None,
-                  max_pairs=None) -> dict:
+                  max_pairs=None, cfg=None) -> dict:
     """Score ``model`` (or the run's checkpoint) on the test pairs of ``dm`` (or the run's data)."""
+    from omegaconf import OmegaConf
+
     from .evaluate import dice_table, evaluate, load_module
     from .train import load_run_config, make_datamodule
 
     run_dir = Path(run_dir)
+    checkpoint = Path(checkpoint or run_dir / "checkpoints" / "last.ckpt")
     if model is None:
-        model = load_module(checkpoint or run_dir / "checkpoints" / "last.ckpt")
+        model = load_module(checkpoint)
     if dm is None:
-        dm = make_datamodule(load_run_config(run_dir))
+        cfg = load_run_config(run_dir)
+        dm = make_datamodule(cfg)
         dm.setup("test")
+    meta = {"checkpoint": str(checkpoint)}
+    if cfg is not None:
+        meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)
-    results = evaluate(model, dm.test_dataset(), out_dir, ants=ants, threads=threads, max_pairs=max_pairs)
+    results = evaluate(model, dm.test_dataset(), out_dir, ants=ants, threads=threads, max_pairs=max_pairs, meta=meta)
     print(dice_table(results))
     print(f"\nresults: {out_dir / 'results.json'} (also results.md, table2.csv, table4.csv, per_pair.csv, "
           "dice_boxplot.png, example.png)")
@@ -85,15 +93,22 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+#: data keys that decide which anatomy is test anatomy: a benchmark must not move them
+SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fraction", "phantom_seed")
+
+
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
-    """``fire benchmark`` TARGET (run folder or checkpoint) → (model, data module, default output folder)."""
+    """``fire benchmark`` TARGET (run folder or checkpoint) → (model, config, data module, checkpoint, out folder)."""
     from .config import apply_overrides
     from .evaluate import load_module
     from .train import CONFIG_NAME, load_run_config, make_datamodule
 
     target = Path(target)
     if target.is_dir():
-        run_dir, ckpt = target, Path(checkpoint) if checkpoint else target / "checkpoints" / "last.ckpt"
+        run_dir = target
+        ckpt = Path(checkpoint) if checkpoint else target / "checkpoints" / "last.ckpt"
+        if checkpoint and not ckpt.exists() and (target / "checkpoints" / checkpoint).exists():
+            ckpt = target / "checkpoints" / checkpoint  # `--checkpoint iter800.ckpt`
     else:
         ckpt = target
         run_dir = ckpt.parent.parent if (ckpt.parent.parent / CONFIG_NAME).is_file() else None
@@ -104,21 +119,29 @@ def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, ove
         cfg = load_run_config(run_dir, overrides)
     else:  # a lone checkpoint: the data config it was trained with
         cfg = apply_overrides(model.cfg, overrides)
-    if cfg.data.spatial_dims != model.cfg.data.spatial_dims or float(cfg.data.spacing) != float(model.cfg.data.spacing):
-        raise ValueError(f"{ckpt}: the model is {model.cfg.data.spatial_dims}D at {model.cfg.data.spacing} mm, the data "
+    trained = model.cfg.data
+    if cfg.data.name == trained.name:  # same data: the test pairs must come from the same held-out anatomy
+        moved = [k for k in SPLIT_KEYS if k in trained and cfg.data[k] != trained[k]]
+        if moved:
+            raise ValueError(f"{ckpt}: the data config changes {', '.join('data.' + k for k in moved)} from what the "
+                             "model was trained with; that moves the held-out test anatomy (and could test on "
+                             "training anatomy)")
+    elif cfg.data.spatial_dims != trained.spatial_dims or float(cfg.data.spacing) != float(trained.spacing):
+        raise ValueError(f"{ckpt}: the model is {trained.spatial_dims}D at {trained.spacing} mm, the data "
                          f"config {cfg.data.spatial_dims}D at {cfg.data.spacing} mm")
     dm = make_datamodule(cfg)
     dm.setup("test")
-    return model, dm, (run_dir or ckpt.parent) / "benchmark"
+    name = "benchmark" if ckpt.name == "last.ckpt" else f"benchmark-{ckpt.stem}"
+    return model, cfg, dm, ckpt, (run_dir or ckpt.parent) / name
 
 
 def _cmd_benchmark(args) -> int:
     from .baselines import AntsParams
 
-    model, dm, default_out = _benchmark_inputs(args.target, args.checkpoint, args.data, args.overrides)
-    _evaluate_run(default_out.parent, model, dm, out_dir=args.out or default_out,
+    model, cfg, dm, ckpt, default_out = _benchmark_inputs(args.target, args.checkpoint, args.data, args.overrides)
+    _evaluate_run(default_out.parent, model, dm, checkpoint=ckpt, out_dir=args.out or default_out,
                   ants=None if args.no_ants else AntsParams.preset(args.ants_preset), threads=args.threads,
-                  max_pairs=args.max_pairs)
+                  max_pairs=args.max_pairs, cfg=cfg)
     return 0
 
 
@@ -130,8 +153,8 @@ def _cmd_demo(args) -> int:
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
     run_dir = Path(result["run_dir"])
-    _evaluate_run(run_dir, result["model"], result["datamodule"], out_dir=run_dir / "benchmark",
-                  ants=None if args.no_ants else AntsParams())
+    _evaluate_run(run_dir, result["model"], result["datamodule"], checkpoint=result["checkpoint"],
+                  out_dir=run_dir / "benchmark", ants=None if args.no_ants else AntsParams(), cfg=cfg)
     return 0
 
 
@@ -189,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE against ANTs-Affine and ANTs-SyN on the test pairs")
     b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2")
-    b.add_argument("--checkpoint", default=None, help="checkpoint inside the run folder (default: last.ckpt)")
+    b.add_argument("--checkpoint", default=None, help="checkpoint, a path or a name in RUN/checkpoints/ "
+                   "(default: last.ckpt; output then in RUN/benchmark-<name>)")
     b.add_argument("--data", default=None, help="experiment YAML whose data section gives the test pairs "
                    "(default: the run's own)")
     b.add_argument("--out", default=None, help="output folder (default: RUN/benchmark)")
@@ -240,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print("fire: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
+    except Exception as e:  # anything else (out of memory, an ANTs failure, ...): one line too, unless -v
+        if args.verbose:
+            raise
+        print(f"fire: error: {type(e).__name__}: " + " ".join(str(e).split())[:500] + " (run with -v for the traceback)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fire: interrupted (resume with --resume)", file=sys.stderr)
         return 130

@@ -30,6 +30,12 @@ import numpy as np
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
+def describe_error(e: BaseException) -> str:
+    """``"<Type>: <first line of the message>"`` (at most 200 characters), for one-line errors."""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {first}"
+
+
 def full_suffix(path: str | Path) -> str:
     """The file-type suffix, two-part for compressed NIfTI: ``a/b.nii.gz`` → ``.nii.gz``."""
     name = Path(path).name.lower()
@@ -72,8 +78,7 @@ def load_nifti(path: str | Path, what: str = "image", labels: bool = False) -> n
             raise TypeError(f"read as {type(img).__name__}")
         data = np.asanyarray(img.dataobj)  # reads (and decompresses) everything now
     except Exception as e:  # nibabel raises many types for damaged files
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"{path}: {what} cannot be read as NIfTI ({type(e).__name__}: {first})") from None
+        raise ValueError(f"{path}: {what} cannot be read as NIfTI ({describe_error(e)})") from None
     img = img.__class__(data, img.affine, img.header)
     check_image(img, f"{path}: {what}", labels=labels)
     return img
@@ -187,6 +192,5 @@ def save_atomic(writers: Mapping[str | Path, Callable[[Path], None]]) -> list[Pa
                 path.unlink()
             except FileNotFoundError:
                 pass
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise OSError(f"{current}: cannot write ({type(e).__name__}: {first})") from None
+        raise OSError(f"{current}: cannot write ({describe_error(e)})") from None
     return done

@@ -69,16 +69,20 @@ def hd95_per_label(pred: torch.Tensor, target: torch.Tensor, labels, spacing) ->
         spacing: voxel size in mm per spatial axis.
 
     Returns:
-        ``(B, L)``; NaN where the label is absent from either map (no surface to measure).
+        ``(B, L)``. A label present in one map only (a method erased or invented a structure)
+        scores the grid's diagonal in mm, the largest distance possible, so that losing a
+        structure cannot improve the mean; NaN where the label is absent from both maps.
     """
     onehot_p = torch.cat([(pred == lab) for lab in labels], dim=1)
     onehot_t = torch.cat([(target == lab) for lab in labels], dim=1)
-    with warnings.catch_warnings():  # MONAI warns about empty maps; they become NaN below
+    with warnings.catch_warnings():  # MONAI warns about empty maps; they are handled below
         warnings.simplefilter("ignore")
         hd = compute_hausdorff_distance(onehot_p, onehot_t, include_background=True, percentile=95,
                                         spacing=[float(s) for s in spacing]).double().cpu()
-    empty = ~(onehot_p.flatten(2).any(-1) & onehot_t.flatten(2).any(-1)).cpu()
-    hd[empty | ~torch.isfinite(hd)] = float("nan")
+    in_p, in_t = onehot_p.flatten(2).any(-1).cpu(), onehot_t.flatten(2).any(-1).cpu()
+    diagonal = float(sum((n * float(s)) ** 2 for n, s in zip(pred.shape[2:], spacing)) ** 0.5)
+    hd[in_p ^ in_t] = diagonal
+    hd[~(in_p | in_t)] = float("nan")
     return hd
 
 

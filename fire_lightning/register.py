@@ -168,21 +168,6 @@ def _voxel_points(shape, n: int, lo: int, hi: int, device) -> torch.Tensor:
     return torch.stack(mesh).unsqueeze(0)
 
 
-def _apply_theta(theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``theta (1, n, n+1)`` applied to normalised points ``(1, n, *S)``."""
-    n = theta.shape[1]
-    lead = [1] * (points.dim() - 2)
-    return torch.einsum("bij,bj...->bi...", theta[:, :, :n], points) + theta[:, :, n].view(1, n, *lead)
-
-
-def _invert_theta(theta: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``theta (1, n, n+1)`` as ``(1, n, n+1)``."""
-    n = theta.shape[1]
-    full = torch.eye(n + 1, dtype=theta.dtype, device=theta.device).unsqueeze(0).clone()
-    full[:, :n] = theta
-    return torch.linalg.inv(full)[:, :n]
-
-
 def _fire_and_affine(p: torch.Tensor, theta: torch.Tensor, u_nr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Where FIRE and its affine part send model-grid points.
 
@@ -197,7 +182,8 @@ def _fire_and_affine(p: torch.Tensor, theta: torch.Tensor, u_nr: torch.Tensor) -
     n = theta.shape[1]
     q = p[:, :n] + spatial.sample_at(u_nr, p[:, :n], "bilinear", "border")
     rest = p[:, n:]
-    return torch.cat([_apply_theta(theta, q), rest], 1), torch.cat([_apply_theta(theta, p[:, :n]), rest], 1)
+    fire = torch.cat([spatial.apply_affine(theta, q), rest], 1)
+    return fire, torch.cat([spatial.apply_affine(theta, p[:, :n]), rest], 1)
 
 
 def _slabs(tensor_shape):
@@ -218,7 +204,7 @@ def nonrigid_part(field: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         ``(1, n, *S)`` float64.
     """
     ident = spatial.identity_grid(field.shape[2:], field.device, torch.float64)
-    return _apply_theta(_invert_theta(theta.double()), ident + field.double()) - ident
+    return spatial.apply_affine(spatial.invert_affine(theta.double()), ident + field.double()) - ident
 
 
 def world_affine(theta: np.ndarray, grid: ModelGrid) -> np.ndarray:
@@ -364,8 +350,9 @@ def check_output_paths(out, out_labels=None, field=None, affine=None, n: int | N
     if len({p.resolve() for p in given}) < len(given):
         raise ValueError(f"{', '.join(map(str, given))}: two outputs name the same file")
     if n == 2 and field is not None and is_nifti_path(field):
+        stem = Path(field).name[: -len(full_suffix(field))]
         raise ValueError(f"{field}: ITK tools read a one-slice NIfTI vector image as 2D and lose the slice's "
-                         f"position, so a 2D model's field must be written as .nrrd or .mha")
+                         f"position, so a 2D model's field must be written as .nrrd or .mha (e.g. {stem}.nrrd)")
 
 
 # ---------------------------------------------------------------------------------- registrar

@@ -32,6 +32,8 @@ __all__ = [
     "warp_labels",
     "affine_to_displacement",
     "identity_affine",
+    "apply_affine",
+    "invert_affine",
     "compose",
     "compose_affine_displacement",
     "resize_field",
@@ -116,12 +118,20 @@ def identity_affine(batch: int, n: int, device=None, dtype=torch.float32) -> tor
     return eye.unsqueeze(0).repeat(batch, 1, 1)
 
 
-def _apply_affine(theta: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """``theta (B, n, n+1)`` applied to point fields ``coords (B, n, *S)``."""
+def apply_affine(theta: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """``theta (B, n, n+1)`` applied to point fields ``coords (B, n, *S)`` → ``(B, n, *S)``."""
     n = theta.shape[1]
     flat = coords.flatten(2)  # (B, n, P)
     out = torch.bmm(theta[:, :, :n], flat) + theta[:, :, n:]
     return out.view(coords.shape[0], n, *coords.shape[2:])
+
+
+def invert_affine(theta: torch.Tensor) -> torch.Tensor:
+    """The inverse transform of ``theta (B, n, n+1)``, as ``(B, n, n+1)``."""
+    n = theta.shape[1]
+    full = torch.eye(n + 1, dtype=theta.dtype, device=theta.device).repeat(theta.shape[0], 1, 1)
+    full[:, :n] = theta
+    return torch.linalg.inv(full)[:, :n]
 
 
 def affine_to_displacement(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -138,7 +148,7 @@ def affine_to_displacement(theta: torch.Tensor, shape: Sequence[int]) -> torch.T
     if len(shape) != n or theta.shape[2] != n + 1:
         raise ValueError(f"affine of shape {tuple(theta.shape)} does not fit a {len(shape)}-D grid")
     ident = identity_grid(shape, theta.device, theta.dtype).expand(theta.shape[0], *([-1] * (n + 1)))
-    return _apply_affine(theta, ident) - ident
+    return apply_affine(theta, ident) - ident
 
 
 def compose(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
@@ -169,7 +179,7 @@ def compose_affine_displacement(theta: torch.Tensor, u: torch.Tensor) -> torch.T
         ``(B, n, *S)``.
     """
     ident = identity_grid(u.shape[2:], u.device, u.dtype)
-    return _apply_affine(theta, ident + u) - ident.expand_as(u)
+    return apply_affine(theta, ident + u) - ident.expand_as(u)
 
 
 def resize_field(field: torch.Tensor, shape: Sequence[int], unit: str = "normalised") -> torch.Tensor:

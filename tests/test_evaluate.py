@@ -85,6 +85,14 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     with open(tmp_path / "bm" / "table2.csv") as fh:
         rows = list(csv.reader(fh))
     assert [r[0] for r in rows[1:]] == list(METHODS) and rows[0][:2] == ["method", "Dice CSF (%)"]
+    for row in rows[1:]:  # the table shows the JSON's means and stds
+        mean, std = row[rows[0].index("Dice mean (%)")].rstrip(")").split(" (")
+        entry = results["methods"][row[0]]["dice_mean"]
+        assert float(mean) == pytest.approx(100 * entry["mean"], abs=0.006)
+        assert float(std) == pytest.approx(100 * entry["std"], abs=0.006)
+    assert results["meta"]["checkpoint"] == str(ckpt) and results["meta"]["data"]["name"] == "phantom"
+    md = (tmp_path / "bm" / "results.md").read_text()
+    assert "FIRE mean Dice ≥ ANTs-SyN mean Dice" in md and "10× faster" in md
     with open(tmp_path / "bm" / "per_pair.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * len(METHODS)
     for f in ("results.md", "table4.csv", "example.png", "dice_boxplot.png"):
@@ -115,3 +123,13 @@ def test_demo_trains_then_benchmarks_into_the_run_folder(tiny_overrides, tmp_pat
     assert list(results["methods"]) == list(METHODS)
     assert results["meta"]["n_pairs"] == 2  # TINY: 1 test image × 2 transforms
     assert "Table 4" in capsys.readouterr().out
+
+
+def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overrides, tmp_path, capsys):
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    capsys.readouterr()
+    assert main(["benchmark", str(run), "data.split.gap_mm=0", "--no-ants"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.split" in err[0] and "last.ckpt" in err[0]
+    assert not (run / "benchmark").exists()

@@ -47,6 +47,16 @@ def test_hd95_is_zero_for_identical_maps_and_nan_for_an_absent_label():
     assert hd[0, 0] == 0 and hd[0, 1] == 0 and math.isnan(hd[0, 2])
 
 
+def test_hd95_of_an_erased_structure_is_the_largest_distance_not_a_gap():
+    lab = _labels()
+    erased = lab.clone()
+    erased[erased == 2] = 0
+    hd = metrics.hd95_per_label(erased, lab, [1, 2], (2.0, 1.0))
+    assert hd[0, 0] == 0
+    assert hd[0, 1].item() == pytest.approx(math.hypot(24 * 2.0, 20 * 1.0))  # the grid's diagonal in mm
+    assert metrics.hd95_per_label(lab, erased, [2], (2.0, 1.0))[0, 0] == hd[0, 1]  # invented: the same
+
+
 def test_hd95_in_3d_uses_the_spacing_of_the_shifted_axis():
     a = torch.zeros(1, 1, 10, 12, 8, dtype=torch.long)
     a[..., 3] = 1  # a plane normal to axis 2
@@ -97,7 +107,7 @@ def test_score_methods_scores_every_method_the_same_way():
     assert shifted["dice_A"][0] == pytest.approx(2 * 7 * 10 / (2 * 8 * 10))
     assert shifted["hd95_A"][0] == pytest.approx(2.0)  # one voxel along axis 0 at 2 mm
     assert shifted["folding_pct"][0] == 0 and shifted["logjac_std"][0] < 1e-6
-    assert shifted["ice_mm"][0] < 0.2  # exact inside; the border voxels clamp
+    assert shifted["ice_mm"][0] < 1e-5  # exact where phi_ba stays inside the grid
     assert all(v.dtype == torch.float64 and v.shape == (1,) for r in res.values() for v in r.values())
 
 

@@ -185,6 +185,15 @@ def test_warp_labels_nearest_neighbour_and_zero_outside(n):
 
 
 @DIMS
+def test_invert_affine_undoes_apply_affine(n):
+    theta = _random_affine(n, batch=3, seed=7).double()
+    inv = spatial.invert_affine(theta)
+    assert torch.allclose(inv, _invert_affine(theta), atol=1e-10)  # the block formula A^-1, -A^-1 b
+    pts = torch.randn(3, n, 5, 4, dtype=torch.float64)
+    assert torch.allclose(spatial.apply_affine(inv, spatial.apply_affine(theta, pts)), pts, atol=1e-10)
+
+
+@DIMS
 def test_compose_affine_with_its_inverse_is_identity(n):
     shape = SHAPES[n] if n == 2 else (12, 10, 8)
     theta = _random_affine(n, batch=2, seed=4)
