@@ -50,7 +50,7 @@ def _volume_count(shape: tuple) -> int:
     return int(np.prod(shape[3:], dtype=np.int64)) if len(shape) > 3 else 1
 
 
-def load_nifti(path: str | Path, what: str = "image", labels: bool = False) -> nib.Nifti1Image:
+def load_nifti(path: str | Path, what: str = "image", labels: bool = False, allow_4d: bool = False) -> nib.Nifti1Image:
     """Read a NIfTI file into memory, with checks.
 
     Checks (each failure is one line naming ``path`` and ``what``): the file exists; its name
@@ -62,6 +62,7 @@ def load_nifti(path: str | Path, what: str = "image", labels: bool = False) -> n
         path: the file.
         what: how messages call it (``"moving image"``, ``"fixed labels"``, ...).
         labels: also require integer values.
+        allow_4d: accept a series of volumes (X, Y, Z, T), e.g. a cine.
 
     Returns:
         a NIfTI-1 or NIfTI-2 image of the file's shape with its data in memory (the on-disk
@@ -80,16 +81,16 @@ def load_nifti(path: str | Path, what: str = "image", labels: bool = False) -> n
     except Exception as e:  # nibabel raises many types for damaged files
         raise ValueError(f"{path}: {what} cannot be read as NIfTI ({describe_error(e)})") from None
     img = img.__class__(data, img.affine, img.header)
-    check_image(img, f"{path}: {what}", labels=labels)
+    check_image(img, f"{path}: {what}", labels=labels, allow_4d=allow_4d)
     return img
 
 
-def check_image(img: nib.Nifti1Image, name: str, labels: bool = False) -> None:
+def check_image(img: nib.Nifti1Image, name: str, labels: bool = False, allow_4d: bool = False) -> None:
     """The checks of :func:`load_nifti` that concern the content (``name`` starts every message)."""
     shape = img.shape
     if len(shape) < 2:
         raise ValueError(f"{name} has {len(shape)} axis; need 2 or 3 spatial axes")
-    if _volume_count(shape) > 1:
+    if _volume_count(shape) > 1 and not (allow_4d and len(shape) == 4):
         raise ValueError(f"{name} is 4D (shape {shape}); give a single 2D or 3D volume")
     affine = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
