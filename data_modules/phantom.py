@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import apply_params, sample_params
+from .loading import make_loader
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -222,21 +223,6 @@ class FixedPairs(_PhantomPairs):
         return self._pair(z, rng, None, f"{self.split}-z{z}-t{k:02d}")
 
 
-def _worker_init(worker_id: int) -> None:
-    """One thread per loader worker: the training process already uses the cores."""
-    import SimpleITK as sitk
-
-    torch.set_num_threads(1)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def collate_pairs(items: list[dict]) -> dict:
-    """Stack pair dicts into a batch (``id`` stays a list of str)."""
-    out = {k: torch.stack([it[k] for it in items]) for k in ("moving", "fixed", "moving_label", "fixed_label")}
-    out["id"] = [it["id"] for it in items]
-    return out
-
-
 class PhantomDataModule(L.LightningDataModule):
     """Train/val/test loaders of phantom pairs for the ``data`` config (see module docstring)."""
 
@@ -263,21 +249,15 @@ class PhantomDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._prepared()
 
-    def _loader(self, ds, shuffle=False) -> DataLoader:
-        w = int(self.cfg.num_workers)
-        return DataLoader(ds, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=w,
-                          collate_fn=collate_pairs, persistent_workers=w > 0,
-                          worker_init_fn=_worker_init if w > 0 else None)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(TrainPairs(self._prepared(), self.cfg))
+        return make_loader(self.cfg, TrainPairs(self._prepared(), self.cfg))
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg
-        return self._loader(FixedPairs(self._prepared(), c, "val", c.n_val_images, c.val_transforms_per_image))
+        return make_loader(self.cfg, FixedPairs(self._prepared(), c, "val", c.n_val_images, c.val_transforms_per_image))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset())
+        return make_loader(self.cfg, self.test_dataset())
 
     def test_dataset(self) -> FixedPairs:
         """The held-out test pairs (seeded, identical in every run)."""

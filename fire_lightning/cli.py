@@ -8,6 +8,7 @@ Examples::
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
     fire demo                                                 # train on the phantom + the benchmark
+    fire data check /path/to/mrbrains --dataset mrbrains      # subjects, files, split (or what is wrong)
     fire register --checkpoint RUN/checkpoints/last.ckpt --moving t1.nii.gz --fixed flair.nii.gz \
         --out t1_in_flair.nii.gz [--field field.nii.gz --affine affine.mat]   # or --csv pairs.csv
 """
@@ -94,7 +95,8 @@ def _cmd_evaluate(args) -> int:
 
 
 #: data keys that decide which anatomy is test anatomy: a benchmark must not move them
-SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fraction", "phantom_seed")
+SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fraction", "phantom_seed",
+              "subject_split", "split_seed")
 
 
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
@@ -191,6 +193,20 @@ def _cmd_register(args) -> int:
     return 0
 
 
+def _cmd_data_check(args) -> int:
+    from .train import make_datamodule
+
+    overrides = [*args.overrides, f"data.name={args.dataset}", f"data.root={args.root}"]
+    cfg = load_config(args.config, overrides)
+    dm = make_datamodule(cfg)
+    if not callable(getattr(dm, "check", None)):
+        raise ValueError(f"data.name={args.dataset}: this dataset has no check (it is not read from data.root)")
+    for line in dm.check():
+        print(line)
+    print("ok")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fire", description="FIRE / ExFIRE multi-modal image registration")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -229,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*")
     d.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines in the benchmark")
     d.set_defaults(func=_cmd_demo)
+
+    dt = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
+    c = dt.add_parser("check", help="list a dataset's subjects, files, shapes, spacings, labels and the split, "
+                                    "or the one-line error of what is wrong")
+    c.add_argument("root", help="the dataset folder (as data.root)")
+    c.add_argument("--dataset", default="mrbrains", help="data.name (default: mrbrains)")
+    c.add_argument("--config", default=None, help="experiment YAML (default: the schema's defaults)")
+    c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.subject_split=[5,1,1]")
+    c.set_defaults(func=_cmd_data_check)
 
     r = sub.add_parser("register", help="register NIfTI images with a trained checkpoint",
                        description="Warp --moving onto --fixed (outputs in the fixed image's space), or every "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -69,6 +69,29 @@ class DataConfig:
     noise_std: float = 0.02
     bias_strength: float = 0.15
     root: Optional[str] = None  # dataset root (real datasets)
+    # --- real datasets (data.name: mrbrains); see data_modules/mrbrains.py and volumes.py ---
+    cache_dir: Optional[str] = None  # preprocessed volumes; None: $FIRE_CACHE_DIR, else ~/.cache/fire-lightning
+    subject_split: List[int] = field(default_factory=lambda: [8, 1, 3])  # subjects for train/val/test (FIRE §4.1)
+    split_seed: int = 0  # shuffles the subjects before the split
+    intensity_percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])  # foreground clip → [0, 1]
+    # Scored structures: name → source label values, output labels 1..K in this order; {} = the
+    # dataset's default (MRBrainS: {brainstem: [8], cerebellum: [7], WM: [3, 4]}; e.g. CSF/GM/WM:
+    # {CSF: [5, 6], GM: [1, 2], WM: [3, 4]}).
+    structures: Dict[str, List[int]] = field(default_factory=dict)
+    # Release → folder name under data.root.
+    releases: Dict[str, str] = field(default_factory=lambda: {"mrbrains13": "TrainingData", "mrbrains18": "training"})
+    # Release → modality (T1, IR, FLAIR) or "labels" → candidate file names (globs) inside a
+    # subject's folder, tried in order. MetaImage (.mhd + .raw) and NIfTI are both read.
+    files: Dict[str, Dict[str, List[str]]] = field(default_factory=lambda: {
+        "mrbrains13": {"T1": ["T1.mhd", "T1.nii.gz", "T1.nii"],
+                       "IR": ["T1_IR.mhd", "T1_IR.nii.gz", "T1_IR.nii"],
+                       "FLAIR": ["T2_FLAIR.mhd", "T2_FLAIR.nii.gz", "T2_FLAIR.nii"],
+                       "labels": ["LabelsForTraining.mhd", "LabelsForTraining.nii.gz", "LabelsForTraining.nii"]},
+        "mrbrains18": {"T1": ["pre/T1.nii.gz", "pre/reg_T1.nii.gz", "pre/T1.nii", "pre/reg_T1.nii"],
+                       "IR": ["pre/IR.nii.gz", "pre/IR.nii"],
+                       "FLAIR": ["pre/FLAIR.nii.gz", "pre/FLAIR.nii"],
+                       "labels": ["segm.nii.gz", "segm.nii"]},
+    })
 
 
 @dataclass

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from data_modules.phantom import collate_pairs
+from data_modules.loading import collate_pairs
 
 from . import metrics
 from .io import describe_error

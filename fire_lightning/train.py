@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -27,7 +28,11 @@ def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
         from data_modules.phantom import PhantomDataModule
 
         return PhantomDataModule(cfg.data)
-    raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}' (available: phantom)")
+    if cfg.data.name == "mrbrains":
+        from data_modules.mrbrains import MRBrainSDataModule
+
+        return MRBrainSDataModule(cfg.data)
+    raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}' (available: phantom, mrbrains)")
 
 
 def new_run_dir(cfg: DictConfig) -> Path:
@@ -140,6 +145,11 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
     log.info("run folder: %s", run_dir)
 
     dm = make_datamodule(cfg)
+    if callable(getattr(dm, "describe", None)):  # real datasets: which subjects went where
+        split_path = run_dir / "data_split.json"
+        tmp = split_path.with_name(f".{split_path.name}.tmp")
+        tmp.write_text(json.dumps(dm.describe(), indent=2))
+        os.replace(tmp, split_path)
     model = FIREModule(cfg, label_names=getattr(dm, "label_names", None))
     trainer = build_trainer(cfg, run_dir, model.n_optimizers)
     start = time.time()
