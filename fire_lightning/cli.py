@@ -9,6 +9,7 @@ Examples::
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
     fire demo                                                 # train on the phantom + the benchmark
     fire data check /path/to/mrbrains --dataset mrbrains      # subjects, files, split (or what is wrong)
+    fire data check /path/to/ACDC --dataset acdc              # ACDC patients, ED/ES frames, split
     fire register --checkpoint RUN/checkpoints/last.ckpt --moving t1.nii.gz --fixed flair.nii.gz \
         --out t1_in_flair.nii.gz [--field field.nii.gz --affine affine.mat]   # or --csv pairs.csv
 """

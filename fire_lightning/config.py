@@ -78,6 +78,10 @@ class DataConfig:
     # dataset's default (MRBrainS: {brainstem: [8], cerebellum: [7], WM: [3, 4]}; e.g. CSF/GM/WM:
     # {CSF: [5, 6], GM: [1, 2], WM: [3, 4]}).
     structures: Dict[str, List[int]] = field(default_factory=dict)
+    # --- ACDC 2017 (data.name: acdc); see data_modules/acdc.py ---
+    acdc_subsets: List[str] = field(default_factory=lambda: ["training"])  # ACDC folders used: training, testing
+    slice_spacing: float = 10.0  # mm between slices after resampling, 3D ACDC only (2D keeps the native slices)
+    acdc_augment: bool = False  # ACDC training: random affine + elastic transforms on top of the cardiac motion
     # Release → folder name under data.root.
     releases: Dict[str, str] = field(default_factory=lambda: {"mrbrains13": "TrainingData", "mrbrains18": "training"})
     # Release → modality (T1, IR, FLAIR) or "labels" → candidate file names (globs) inside a

@@ -38,20 +38,25 @@ class FIREModule(L.LightningModule):
       ``train/skipped_steps``.
     """
 
-    def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None):
+    def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None, spacing=None):
         super().__init__()
         # Onto the schema: a checkpoint saved before a key existed still loads, with its default.
         cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        n = int(cfg.data.spatial_dims)
+        # Voxel size (mm) per model axis: the data module's (anisotropic for ACDC 3D); None (and
+        # checkpoints saved before this argument existed): isotropic data.spacing.
+        spacing = (float(cfg.data.spacing),) * n if spacing is None else tuple(float(s) for s in spacing)
+        if len(spacing) != n:
+            raise ValueError(f"spacing {spacing} has {len(spacing)} values; data.spatial_dims is {n}")
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True),
-                                   "label_names": dict(label_names or LABEL_NAMES)})
+                                   "label_names": dict(label_names or LABEL_NAMES), "spacing": list(spacing)})
         self.cfg = cfg
         self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
         self.automatic_optimization = False
         self.net = build_net(cfg)
         m = cfg.model
         self.similarity = make_similarity(m.similarity, cfg.data.spatial_dims, m.mi_bins, m.mi_sigma_ratio, m.ncc_kernel)
-        s = float(cfg.data.spacing)
-        self.spacing = (s,) * cfg.data.spatial_dims
+        self.spacing = spacing
         self._n_optimizers = len(self.net.parameter_groups())
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self.val_examples: dict | None = None

@@ -32,7 +32,11 @@ def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
         from data_modules.mrbrains import MRBrainSDataModule
 
         return MRBrainSDataModule(cfg.data)
-    raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}' (available: phantom, mrbrains)")
+    if cfg.data.name == "acdc":
+        from data_modules.acdc import ACDCDataModule
+
+        return ACDCDataModule(cfg.data)
+    raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}' (available: phantom, mrbrains, acdc)")
 
 
 def new_run_dir(cfg: DictConfig) -> Path:
@@ -150,7 +154,7 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
         tmp = split_path.with_name(f".{split_path.name}.tmp")
         tmp.write_text(json.dumps(dm.describe(), indent=2))
         os.replace(tmp, split_path)
-    model = FIREModule(cfg, label_names=getattr(dm, "label_names", None))
+    model = FIREModule(cfg, label_names=getattr(dm, "label_names", None), spacing=getattr(dm, "spacing", None))
     trainer = build_trainer(cfg, run_dir, model.n_optimizers)
     start = time.time()
     trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -6,6 +6,10 @@ MRBrainS13: ``TrainingData/<id>/{T1,T1_1mm,T1_IR,T2_FLAIR,LabelsForTraining}`` a
 40 × 40 × 12 by default. The anatomy is a jittered ellipsoidal "head": extracerebral CSF,
 cortical GM, WM with a lesion, basal ganglia, ventricles, cerebellum and brain stem (MRBrainS
 label numbers), with a different contrast per modality.
+
+ACDC 2017: ``<subset>/patientNNN/`` with ``Info.cfg``, ``patientNNN_4d.nii.gz`` and the ED/ES
+``patientNNN_frameXX[_gt].nii.gz``; 24 × 20 × 6 voxels of 1.5625 × 1.5625 × 10 mm, a beating toy
+heart (:func:`acdc_heart`).
 """
 
 from __future__ import annotations
@@ -115,3 +119,48 @@ def write_mrbrains18(root: Path, ids=(1, 4, 5, 7, 14, 70, 148),
         write_nifti(folder / "pre" / "FLAIR.nii.gz", intensities(lab, "FLAIR", sid + 2))
         write_nifti(folder / "segm.nii.gz", lab.astype(np.uint8))
     return base
+
+
+# ------------------------------------------------------------------------------------ ACDC
+ACDC_SPACING = (1.5625, 1.5625, 10.0)  # a typical ACDC voxel
+ACDC_SHAPE = (24, 20, 6)
+
+
+def acdc_affine() -> np.ndarray:
+    return np.diag([*ACDC_SPACING, 1.0])
+
+
+def acdc_heart(t: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A beating toy heart: LV cavity disc, myocardium ring, RV crescent; the cavity shrinks towards ES."""
+    ii, jj = np.meshgrid(np.arange(ACDC_SHAPE[0]), np.arange(ACDC_SHAPE[1]), indexing="ij")
+    r = np.hypot(ii - 12, jj - 10)
+    r_cav = 4.5 - 1.5 * np.sin(np.pi * (t - 1) / max(frames - 1, 1))
+    lab2d = np.zeros(ACDC_SHAPE[:2], np.uint8)
+    lab2d[(np.hypot(ii - 12, jj - 3) < 5) & (r > r_cav + 2)] = 1
+    lab2d[(r >= r_cav) & (r < r_cav + 2)] = 2
+    lab2d[r < r_cav] = 3
+    lab = np.repeat(lab2d[:, :, None], ACDC_SHAPE[2], axis=2)
+    img = np.array([20.0, 180.0, 90.0, 230.0], np.float32)[lab] + np.linspace(0, 5, ACDC_SHAPE[2])[None, None, :]
+    return img.astype(np.float32), lab
+
+
+def write_acdc_patient(folder: Path, number: int, ed: int = 1, es: int = 4, frames: int = 6, gt: bool = True,
+                       group: str | None = "DCM") -> Path:
+    """``folder/patientNNN/``: Info.cfg, the (X, Y, Z, T) cine, the ED/ES frames and (``gt``)
+    their ground truth, as ACDC ships them (DATA.md)."""
+    pid = f"patient{number:03d}"
+    d = folder / pid
+    d.mkdir(parents=True)
+    lines = [f"ED: {ed}", f"ES: {es}"] + ([f"Group: {group}"] if group else []) + [
+        "Height: 180.0", f"NbFrame: {frames}", "Weight: 80.0"]
+    (d / "Info.cfg").write_text("\n".join(lines) + "\n")
+    cine = np.stack([acdc_heart(t, frames)[0] for t in range(1, frames + 1)], axis=-1)
+    img4 = nib.Nifti1Image(cine, acdc_affine())
+    img4.header.set_zooms((*ACDC_SPACING, 1.0))
+    nib.save(img4, d / f"{pid}_4d.nii.gz")
+    for t in {ed, es}:
+        image, lab = acdc_heart(t, frames)
+        nib.save(nib.Nifti1Image(image, acdc_affine()), d / f"{pid}_frame{t:02d}.nii.gz")
+        if gt:
+            nib.save(nib.Nifti1Image(lab, acdc_affine()), d / f"{pid}_frame{t:02d}_gt.nii.gz")
+    return d

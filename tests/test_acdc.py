@@ -10,46 +10,11 @@ import pytest
 
 from data_modules.acdc import LABEL_NAMES, check_patient, find_patients, parse_info_cfg, split_patients
 
-SPACING = (1.5625, 1.5625, 10.0)  # a typical ACDC voxel
-SHAPE = (24, 20, 6)
-
-
-def _affine() -> np.ndarray:
-    return np.diag([*SPACING, 1.0])
-
-
-def _heart(t: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """A beating toy heart: LV cavity disc, myocardium ring, RV crescent; the cavity shrinks towards ES."""
-    ii, jj = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
-    r = np.hypot(ii - 12, jj - 10)
-    r_cav = 4.5 - 1.5 * np.sin(np.pi * (t - 1) / max(frames - 1, 1))
-    lab2d = np.zeros(SHAPE[:2], np.uint8)
-    lab2d[(np.hypot(ii - 12, jj - 3) < 5) & (r > r_cav + 2)] = 1
-    lab2d[(r >= r_cav) & (r < r_cav + 2)] = 2
-    lab2d[r < r_cav] = 3
-    lab = np.repeat(lab2d[:, :, None], SHAPE[2], axis=2)
-    img = np.array([20.0, 180.0, 90.0, 230.0], np.float32)[lab] + np.linspace(0, 5, SHAPE[2])[None, None, :]
-    return img.astype(np.float32), lab
-
-
-def write_patient(folder: Path, number: int, ed: int = 1, es: int = 4, frames: int = 6, gt: bool = True,
-                  group: str | None = "DCM") -> Path:
-    pid = f"patient{number:03d}"
-    d = folder / pid
-    d.mkdir(parents=True)
-    lines = [f"ED: {ed}", f"ES: {es}"] + ([f"Group: {group}"] if group else []) + [
-        "Height: 180.0", f"NbFrame: {frames}", "Weight: 80.0"]
-    (d / "Info.cfg").write_text("\n".join(lines) + "\n")
-    cine = np.stack([_heart(t, frames)[0] for t in range(1, frames + 1)], axis=-1)
-    img4 = nib.Nifti1Image(cine, _affine())
-    img4.header.set_zooms((*SPACING, 1.0))
-    nib.save(img4, d / f"{pid}_4d.nii.gz")
-    for t in {ed, es}:
-        image, lab = _heart(t, frames)
-        nib.save(nib.Nifti1Image(image, _affine()), d / f"{pid}_frame{t:02d}.nii.gz")
-        if gt:
-            nib.save(nib.Nifti1Image(lab, _affine()), d / f"{pid}_frame{t:02d}_gt.nii.gz")
-    return d
+from .fake_datasets import ACDC_SHAPE as SHAPE
+from .fake_datasets import ACDC_SPACING as SPACING
+from .fake_datasets import acdc_affine as _affine
+from .fake_datasets import acdc_heart as _heart
+from .fake_datasets import write_acdc_patient as write_patient
 
 
 @pytest.fixture
