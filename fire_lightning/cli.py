@@ -97,7 +97,7 @@ def _cmd_evaluate(args) -> int:
 
 #: data keys that decide which anatomy is test anatomy: a benchmark must not move them
 SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fraction", "phantom_seed",
-              "subject_split", "split_seed")
+              "subject_split", "split_seed", "acdc_subsets", "releases")
 
 
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
