@@ -206,18 +206,23 @@ def _not_constant(img: nib.Nifti1Image, path: Path) -> None:
 def split_patients(patients: list[ACDCPatient], counts=(60, 10, 30), seed: int = 0) -> dict:
     """A seeded patient-level split ``{"train", "val", "test"}`` of ids (FIRE: 60/10/30).
 
-    Only patients with labels can be test patients; the split depends on the ids and the seed only.
+    Only patients with labels can be validation or test patients; the split depends on the ids
+    and the seed only.
     """
     n_train, n_val, n_test = (int(c) for c in counts)
     labelled = sorted(p.id for p in patients if p.has_labels)
     if len(patients) < n_train + n_val + n_test or len(labelled) < n_test:
         raise ValueError(f"the split {n_train}/{n_val}/{n_test} needs {n_train + n_val + n_test} patients "
                          f"({n_test} with ground truth); found {len(patients)} ({len(labelled)} with ground truth)")
+    if len(labelled) < n_test + n_val:
+        raise ValueError(f"the split {n_train}/{n_val}/{n_test} needs {n_val + n_test} patients with ground truth "
+                         f"for validation and test; found {len(labelled)}")
     rng = np.random.default_rng(seed)
-    test = sorted(rng.permutation(labelled)[:n_test].tolist())
-    rest = [p.id for p in sorted(patients, key=lambda p: p.id) if p.id not in set(test)]
+    order = rng.permutation(labelled).tolist()
+    test, val = sorted(order[:n_test]), sorted(order[n_test : n_test + n_val])
+    rest = [p.id for p in sorted(patients, key=lambda p: p.id) if p.id not in set(test) | set(val)]
     rest = rng.permutation(rest).tolist()
-    return {"train": sorted(rest[:n_train]), "val": sorted(rest[n_train : n_train + n_val]), "test": test}
+    return {"train": sorted(rest[:n_train]), "val": val, "test": test}
 
 
 # ---------------------------------------------------------------------------- data module
@@ -325,8 +330,11 @@ class ACDCDataModule(L.LightningDataModule):
         self.structures = structures
         self.label_names = {i: name for i, name in enumerate(structures, start=1)}
         s = float(cfg.spacing)
+        # reorient=False: the slices stay along the last array axis (RAS reordering could put an
+        # in-plane axis there for double-oblique short-axis stacks).
         self.preprocessing = Preprocessing((s, s, float(cfg.slice_spacing) if n == 3 else None),
-                                           tuple(float(p) for p in cfg.intensity_percentiles), structures)
+                                           tuple(float(p) for p in cfg.intensity_percentiles), structures,
+                                           reorient=False)
         self.patients = find_patients(cfg.root, tuple(subsets))
         split = split_patients(self.patients, tuple(cfg.subject_split), int(cfg.split_seed))
         used = set(split["train"]) | set(split["val"]) | set(split["test"])
@@ -368,8 +376,10 @@ class ACDCDataModule(L.LightningDataModule):
         ed, es = patient.ed - 1, patient.es - 1
         slices = []
         if ed in labels and es in labels:
-            fg = (labels[ed] > 0) | (labels[es] > 0)
-            slices = [int(z) for z in np.nonzero(fg.reshape(-1, fg.shape[-1]).any(0))[0]]
+            # slices with a scored structure in both phases: ED↔ES Dice is defined there (at the
+            # apex / base a structure may exist in one phase only)
+            both = [(lab > 0).reshape(-1, lab.shape[-1]).any(0) for lab in (labels[ed], labels[es])]
+            slices = [int(z) for z in np.nonzero(both[0] & both[1])[0]]
             if not slices and labels_required:
                 raise ValueError(f"{patient.gt(patient.ed)}: none of the structures {self.structures} inside the "
                                  f"{crop} crop at ED or ES; check data.size and data.structures")

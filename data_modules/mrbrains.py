@@ -114,6 +114,7 @@ def split_subjects(ids: list[str], counts, seed: int, where: str = "") -> dict:
     need = sum(counts)
     if len(ids) < need:
         raise ValueError(f"found {len(ids)} subjects{where}; data.subject_split {counts} needs {need}")
+    ids = sorted(ids)  # the split depends on the ids and the seed, not on the order they were found in
     order = [ids[i] for i in np.random.default_rng(int(seed)).permutation(len(ids))]
     a, b = counts[0], counts[0] + counts[1]
     return {"train": sorted(order[:a]), "val": sorted(order[a:b]), "test": sorted(order[b:need]),
@@ -236,6 +237,11 @@ class MRBrainSDataModule(L.LightningDataModule):
 
     def _item(self, subject: SubjectFiles) -> Item:
         vol = self.volume(subject)
+        missing = [name for name, values in self.structures.items() if not set(values) & set(vol.source_labels)]
+        if missing:  # scoring an absent structure would report it as perfectly matched background
+            raise ValueError(f"{subject.labels}: label map has no voxel of {', '.join(missing)} (labels present "
+                             f"{vol.source_labels}); check data.structures and data.files (e.g. LabelsForTraining, "
+                             "not the 3-class LabelsForTesting)")
         n, size = int(self.cfg.spatial_dims), list(self.cfg.size)
         crop = size[:2] if n == 2 else size
         images = {m: fit(vol.images[m], crop) for m in self.cfg.modalities}

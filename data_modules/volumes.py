@@ -62,16 +62,21 @@ class Preprocessing:
 
     ``spacing``: target mm, one number (isotropic) or three (``None``/0 = keep native);
     ``percentiles``: intensity clipping of the foreground; ``structures``: name → source label
-    values, in output-label order (``None``: labels kept as they are)."""
+    values, in output-label order (``None``: labels kept as they are); ``reorient``: to RAS
+    (``as_closest_canonical``, which may reorder the array axes), or keep the array's axes as
+    they are (cine stacks: the slice axis must stay the last one, even for double-oblique
+    short-axis slices)."""
 
     spacing: float | tuple = 1.0
     percentiles: tuple = (0.5, 99.5)
     structures: dict | None = None
+    reorient: bool = True
 
     def key(self) -> dict:
         sp = self.spacing if isinstance(self.spacing, (int, float)) else [None if not s else float(s) for s in self.spacing]
         st = None if self.structures is None else [[str(k), [int(v) for v in vals]] for k, vals in self.structures.items()]
-        return {"spacing": sp, "percentiles": [float(p) for p in self.percentiles], "structures": st}
+        return {"spacing": sp, "percentiles": [float(p) for p in self.percentiles], "structures": st,
+                "reorient": bool(self.reorient)}
 
 
 @dataclass
@@ -107,8 +112,10 @@ def metaimage_to_nifti(image) -> nib.Nifti1Image:
     """
     import SimpleITK as sitk
 
-    arr = sitk.GetArrayFromImage(image)
     dim = image.GetDimension()
+    if dim > 3:
+        raise ValueError(f"is {dim}D (size {image.GetSize()}); expected a 3D volume")
+    arr = sitk.GetArrayFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
         raise ValueError(f"has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected a scalar image")
     arr = arr.transpose(tuple(range(dim))[::-1])
@@ -185,9 +192,14 @@ def preprocess(images: dict, labels: Path, settings: Preprocessing) -> Volume:
         if not np.allclose(sp, ref_sp, rtol=1e-3, atol=1e-4):
             raise ValueError(f"{images[m]}: {m} image has voxel size {np.round(sp, 4).tolist()} mm but {ref_name} "
                              f"has {np.round(ref_sp, 4).tolist()} mm; expected the subject's files on one grid")
+        if not np.allclose(img.affine, ref.affine, atol=1e-3):
+            raise ValueError(f"{images[m]}: {m} image's voxel-to-world affine (orientation/origin) differs from "
+                             f"{ref_name}'s; expected the subject's files on one grid")
 
     def canonical(img, dtype):
-        img = nib.as_closest_canonical(nib.Nifti1Image(np.asanyarray(img.dataobj).astype(dtype), img.affine))
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj).astype(dtype), img.affine)
+        if settings.reorient:
+            img = nib.as_closest_canonical(img)
         return np.asanyarray(img.dataobj), img.affine
 
     lab_arr, lab_aff = canonical(lab, np.int16)
@@ -349,6 +361,8 @@ def preprocess_series(image: Path, labels: dict, settings: Preprocessing) -> Ser
         raw_labels[int(t)] = lab
 
     def canonical(arr, affine):
+        if not settings.reorient:
+            return arr, affine
         img = nib.as_closest_canonical(nib.Nifti1Image(arr, affine))
         return np.asanyarray(img.dataobj), img.affine
 

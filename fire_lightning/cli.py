@@ -133,9 +133,28 @@ def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, ove
         raise ValueError(f"{ckpt}: the model is {trained.spatial_dims}D at {trained.spacing} mm, the data "
                          f"config {cfg.data.spatial_dims}D at {cfg.data.spacing} mm")
     dm = make_datamodule(cfg)
+    _check_held_out(dm, run_dir, ckpt)
     dm.setup("test")
+    if tuple(float(v) for v in dm.spacing) != tuple(float(v) for v in model.spacing):
+        raise ValueError(f"{ckpt}: the model works at {tuple(model.spacing)} mm, the data at {tuple(dm.spacing)} mm")
     name = "benchmark" if ckpt.name == "last.ckpt" else f"benchmark-{ckpt.stem}"
     return model, cfg, dm, ckpt, (run_dir or ckpt.parent) / name
+
+
+def _check_held_out(dm, run_dir: Path | None, ckpt: Path) -> None:
+    """Real datasets: the test subjects must not be subjects the run trained or validated on
+    (``data_split.json`` in the run folder), whatever moved them (a new subject folder, ...)."""
+    import json
+
+    split_file = run_dir / "data_split.json" if run_dir is not None else None
+    if split_file is None or not split_file.is_file() or not callable(getattr(dm, "describe", None)):
+        return
+    trained = json.loads(split_file.read_text())
+    seen = set(trained.get("train", [])) | set(trained.get("val", []))
+    leaked = sorted(seen & set(dm.describe().get("test", [])))
+    if leaked:
+        raise ValueError(f"{ckpt}: test subjects {', '.join(leaked)} were training/validation subjects of this run "
+                         f"({split_file}); the data must keep the run's split")
 
 
 def _cmd_benchmark(args) -> int:

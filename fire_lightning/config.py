@@ -222,7 +222,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> Dict
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         try:
             dot = OmegaConf.from_dotlist(list(overrides))
-        except OmegaConfBaseException as e:
+        except Exception as e:  # OmegaConf's own errors, and YAML's for a malformed value
             raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
         cfg = _merge(cfg, dot, "command line")
     validate(cfg)

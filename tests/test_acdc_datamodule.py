@@ -216,3 +216,20 @@ def test_acdc_augment_transforms_the_training_pairs(acdc, tmp_path):
     pid, z, t1 = re.fullmatch(r"train-(patient\d{3})-z(\d{2})-t(\d{2})>t\d{2}", p["id"]).groups()
     plain = torch.from_numpy(items[pid].cine[:, :, int(z), int(t1) - 1].astype(np.float32)) * 2 - 1
     assert p["moving"].shape == (1, 24, 24) and not torch.allclose(p["moving"][0], plain, atol=1e-3)
+
+
+def test_an_oblique_cine_keeps_its_slices_on_the_last_axis(tmp_path):
+    """Short-axis stacks are double-oblique: RAS reordering would put an in-plane axis last."""
+    root = tmp_path / "ACDC"
+    for n in range(1, 5):
+        fake.write_acdc_patient(root / "training", n)
+    # patient001: the 10 mm slice axis points along world x (RAS reordering would move it first)
+    perm = np.array([[0.0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]]) @ fake.acdc_affine()
+    d = root / "training" / "patient001"
+    for f in d.glob("*.nii.gz"):
+        img = nib.load(f)
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), perm), f)
+    dm = ACDCDataModule(make_cfg(root, tmp_path / "c", "data.subject_split=[1,1,2]"))
+    ser = dm.series(_patient(dm, "patient001"))
+    assert ser.images.shape[2] == fake.ACDC_SHAPE[2]  # the native slices, still last
+    assert ser.images.shape[:2] == (25, 20)  # in-plane 24 x 20 at 1.5625 mm → 1.5 mm

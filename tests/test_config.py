@@ -56,3 +56,8 @@ def test_misspelt_nested_split_key_and_bad_list_values_are_errors():
         load_config(PHANTOM2D, ["data.size=[64,7x]"])
     with pytest.raises(ConfigError, match="change_range needs 2 values"):
         load_config(PHANTOM2D, ["data.augment.change_range=[0.2]"])
+
+
+def test_a_malformed_override_value_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot parse overrides"):
+        load_config(None, ["data.structures={WM:[3]}"])  # YAML flow mappings need "key: value"

@@ -187,7 +187,7 @@ def test_2d_test_pairs_spread_over_the_brain_and_identical_across_instances(data
     assert torch.equal(a[0]["fixed"], a[1]["fixed"])  # fixed image untransformed
 
 
-def test_fast_dev_run_training_writes_the_split(dataset, tmp_path, tiny_overrides):
+def test_fast_dev_run_training_writes_the_split(dataset, tmp_path, tiny_overrides, capsys):
     cfg = load_config(ROOT / "experiments" / "mrbrains2d_t1_flair.yaml",
                       tiny_overrides + [f"data.root={dataset}", f"data.cache_dir={tmp_path / 'cache'}",
                                         f"data.spacing={SP}", "data.size=[32,32]", "trainer.fast_dev_run=true",
@@ -196,6 +196,19 @@ def test_fast_dev_run_training_writes_the_split(dataset, tmp_path, tiny_override
     split = json.loads((result["run_dir"] / "data_split.json").read_text())
     assert [len(split[k]) for k in ("train", "val", "test")] == [8, 1, 3]
     assert (result["run_dir"] / "checkpoints" / "last.ckpt").is_file()
+
+    # the benchmark runs on the run's held-out subjects ...
+    run = str(result["run_dir"])
+    assert main(["benchmark", run, "--no-ants", "--max-pairs", "2", "--threads", "1"]) == 0
+    assert (result["run_dir"] / "benchmark" / "results.json").is_file()
+    # ... and refuses data whose test subjects the run trained on, however that came about
+    split["train"] = split["train"][:-1] + split["test"][:1]
+    (result["run_dir"] / "data_split.json").write_text(json.dumps(split))
+    capsys.readouterr()
+    assert main(["benchmark", run, "--no-ants", "--out", str(tmp_path / "leak")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and split["test"][0] in err[0] and "training/validation" in err[0]
+    assert not (tmp_path / "leak").exists()
 
 
 @pytest.mark.parametrize("name", ["mrbrains2d_t1_flair", "mrbrains3d_t1_flair", "mrbrains2d_ir_flair"])
@@ -232,6 +245,11 @@ def _damage(case: str, subj: Path) -> Path:
         return fake.write_nifti(flair, np.full(fake.SHAPE, 7.0, np.float32))
     if case == "4D image":
         return fake.write_nifti(flair, np.stack([fake.intensities(lab, "FLAIR", 0)] * 2, -1))
+    if case == "orientation mismatch":  # same shape and voxel size, another direction
+        arr = fake.intensities(lab, "FLAIR", 0)
+        img = nib.Nifti1Image(arr, fake.ras_affine() @ np.diag([-1.0, 1.0, 1.0, 1.0]))
+        nib.save(img, flair)
+        return flair
     if case == "truncated nifti":
         data = flair.read_bytes()
         flair.write_bytes(gzip.compress(gzip.decompress(data)[:5000]))
@@ -240,10 +258,10 @@ def _damage(case: str, subj: Path) -> Path:
 
 
 BAD_CASES = ["missing modality", "no labels", "labels all background", "shape mismatch", "spacing mismatch",
-             "nan voxels", "constant image", "4D image", "truncated nifti"]
+             "nan voxels", "constant image", "4D image", "truncated nifti", "orientation mismatch"]
 EXPECT = {"missing modality": "FLAIR", "no labels": "label map", "labels all background": "background",
           "shape mismatch": "shape", "spacing mismatch": "voxel size", "nan voxels": "NaN", "constant image": "constant",
-          "4D image": "4D", "truncated nifti": "cannot be read"}
+          "4D image": "4D", "truncated nifti": "cannot be read", "orientation mismatch": "affine"}
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -269,6 +287,25 @@ def test_truncated_metaimage_is_one_line_naming_the_file(tmp_path):
     assert "\n" not in msg and "T2_FLAIR.mhd" in msg and "MetaImage" in msg
 
 
+def test_4d_metaimage_is_one_line_naming_the_file(tmp_path):
+    import SimpleITK as sitk
+
+    fake.write_mrbrains13(tmp_path / "d", ids=(1, 2, 3), metaimage=(1, 2, 3))
+    mhd = tmp_path / "d" / "TrainingData" / "2" / "T2_FLAIR.mhd"
+    sitk.WriteImage(sitk.JoinSeries([sitk.ReadImage(str(mhd))] * 2), str(mhd))  # a 4D series
+    with pytest.raises(ValueError) as e:
+        MRBrainSDataModule(make_cfg(tmp_path / "d", tmp_path / "c", "data.subject_split=[1,1,1]")).setup()
+    msg = str(e.value)
+    assert "\n" not in msg and "T2_FLAIR.mhd" in msg and "4D" in msg, msg
+
+
+def test_the_split_does_not_depend_on_the_order_subjects_are_found_in():
+    from data_modules.mrbrains import split_subjects
+
+    ids = [f"s{i}" for i in range(12)]
+    assert split_subjects(ids, [8, 1, 3], 5) == split_subjects(ids[::-1], [8, 1, 3], 5)
+
+
 def test_fire_data_check_reports_subjects_and_split_or_one_error(dataset, tmp_path, capsys):
     rc = main(["data", "check", str(dataset), "--dataset", "mrbrains", f"data.cache_dir={tmp_path}"])
     out = capsys.readouterr().out
@@ -282,3 +319,12 @@ def test_fire_data_check_reports_subjects_and_split_or_one_error(dataset, tmp_pa
     rc = main(["data", "check", str(bad), "--dataset", "mrbrains"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(bad / "training" / "7") in err[0] and "segm.nii.gz" in err[0]
+
+
+def test_a_structure_absent_from_a_label_map_is_an_error_naming_it(tmp_path):
+    fake.write_mrbrains18(tmp_path / "d", ids=(1, 2, 3))
+    cfg = make_cfg(tmp_path / "d", tmp_path / "c", "data.subject_split=[1,1,1]", "data.structures={WM: [3], lesion: [42]}")
+    with pytest.raises(ValueError) as e:
+        MRBrainSDataModule(cfg).setup()
+    msg = str(e.value)
+    assert "\n" not in msg and "segm.nii.gz" in msg and "lesion" in msg and "WM" not in msg.split("labels present")[0]
