@@ -360,14 +360,24 @@ class ACDCDataModule(L.LightningDataModule):
         """The preprocessed (uncropped) cine and ED/ES ground truth of one patient, through the cache."""
         from .volumes import load_series
 
-        labels = {t - 1: patient.gt(t) for t in sorted({patient.ed, patient.es}) if patient.gt(t).is_file()}
-        return load_series(patient.cine, labels, self.preprocessing, self.cfg.cache_dir)
+        return load_series(patient.cine, self._gt_files(patient), self.preprocessing, self.cfg.cache_dir)
+
+    @staticmethod
+    def _gt_files(patient: ACDCPatient) -> dict:
+        """0-based frame → ground-truth file, for the ED/ES frames that have one."""
+        return {t - 1: patient.gt(t) for t in sorted({patient.ed, patient.es}) if patient.gt(t).is_file()}
 
     def item(self, patient: ACDCPatient, labels_required: bool = True) -> CineItem:
         """A checked, preprocessed and cropped patient."""
-        from .volumes import fit
+        from .volumes import fit, series_cache_path
 
-        check_patient(patient, labels_required=labels_required)
+        gt = self._gt_files(patient)
+        cached = patient.cine.is_file() and series_cache_path(patient.cine, gt, self.preprocessing,
+                                                              self.cfg.cache_dir).is_file()
+        if not cached or (labels_required and len(gt) < len({patient.ed, patient.es})):
+            # the full check reads every file; a cache entry (keyed by these files' size and mtime)
+            # was written only after it passed, so a hit skips it
+            check_patient(patient, labels_required=labels_required)
         ser = self.series(patient)
         n, size = int(self.cfg.spatial_dims), list(self.cfg.size)
         crop = size[:2] if n == 2 else size

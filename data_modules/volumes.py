@@ -237,6 +237,22 @@ def cache_root(configured: str | None = None) -> Path:
     return Path(configured or os.environ.get("FIRE_CACHE_DIR") or Path.home() / ".cache" / "fire-lightning").expanduser()
 
 
+def _metaimage_data_files(header: Path) -> list[Path]:
+    """The data file(s) a ``.mhd`` header names in ``ElementDataFile`` (``LOCAL``: none; a list
+    or a pattern: the ``.raw``-like files next to it)."""
+    for line in header.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile":
+            value = value.strip()
+            if value == "LOCAL":
+                return []
+            named = header.parent / value
+            if named.is_file():
+                return [named]
+            break
+    return sorted(f for f in header.parent.glob(header.stem + ".*") if f.suffix.lower() not in (".mhd",))
+
+
 def _sources(files) -> list:
     """(role, path) pairs → [role, resolved path, size, mtime, (MetaImage .raw data)...] for a cache key."""
     sources = []
@@ -244,8 +260,8 @@ def _sources(files) -> list:
         p = Path(p).resolve()
         st = p.stat()
         entry = [role, str(p), st.st_size, st.st_mtime_ns]
-        if p.suffix.lower() == ".mhd":  # the voxels live in the .raw file the header names
-            for data in p.parent.glob(p.stem + ".*raw"):
+        if p.suffix.lower() == ".mhd":  # the voxels live in the file the header names
+            for data in _metaimage_data_files(p):
                 ds = data.stat()
                 entry += [data.name, ds.st_size, ds.st_mtime_ns]
         sources.append(entry)
@@ -407,12 +423,17 @@ def series_cache_key(image: Path, labels: dict, settings: Preprocessing) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def series_cache_path(image: Path, labels: dict, settings: Preprocessing, cache_dir: str | Path | None = None) -> Path:
+    """Where :func:`load_series` keeps (or will keep) this series; ``.is_file()``: it is cached."""
+    return cache_root(cache_dir) / "series" / f"{series_cache_key(image, labels, settings)}.npz"
+
+
 def load_series(image: Path, labels: dict, settings: Preprocessing, cache_dir: str | Path | None = None) -> Series:
     """:func:`preprocess_series` through the on-disk cache (``<cache_dir>/series/<key>.npz``)."""
     for path, what in [(image, "image series"), *((p, f"label map of frame {int(t) + 1}") for t, p in labels.items())]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: {what} not found")
-    path = cache_root(cache_dir) / "series" / f"{series_cache_key(image, labels, settings)}.npz"
+    path = series_cache_path(image, labels, settings, cache_dir)
     frames = sorted(int(t) for t in labels)
     if path.is_file():
         try:

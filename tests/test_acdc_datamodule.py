@@ -233,3 +233,16 @@ def test_an_oblique_cine_keeps_its_slices_on_the_last_axis(tmp_path):
     ser = dm.series(_patient(dm, "patient001"))
     assert ser.images.shape[2] == fake.ACDC_SHAPE[2]  # the native slices, still last
     assert ser.images.shape[:2] == (25, 20)  # in-plane 24 x 20 at 1.5625 mm → 1.5 mm
+
+
+def test_a_cached_patient_is_not_read_and_checked_again(acdc, tmp_path, monkeypatch):
+    import data_modules.acdc as acdc_module
+
+    calls = []
+    real = acdc_module.check_patient
+    monkeypatch.setattr(acdc_module, "check_patient", lambda p, **kw: calls.append(p.id) or real(p, **kw))
+    ACDCDataModule(make_cfg(acdc, tmp_path)).setup()
+    assert len(calls) == 6  # 3 + 1 + 2 patients, all new
+    calls.clear()
+    ACDCDataModule(make_cfg(acdc, tmp_path)).setup()
+    assert calls == []  # every series came from the cache, which was written after its check passed

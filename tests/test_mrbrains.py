@@ -148,6 +148,25 @@ def test_a_changed_file_invalidates_its_entry(tmp_path, monkeypatch):
     assert len(calls) == 4
 
 
+def test_a_changed_metaimage_data_file_invalidates_its_entry(tmp_path, monkeypatch):
+    import os
+
+    fake.write_mrbrains13(tmp_path / "d", ids=(1, 2, 3), metaimage=(1, 2, 3))
+    calls = []
+    real = volumes.preprocess
+    monkeypatch.setattr(volumes, "preprocess", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = make_cfg(tmp_path / "d", tmp_path / "c", "data.subject_split=[1,1,1]")
+    MRBrainSDataModule(cfg).setup()
+    # the header is untouched; only the voxels it points to change (same size)
+    raw = next((tmp_path / "d" / "TrainingData" / "2").glob("T2_FLAIR.*raw"))
+    data = bytearray(raw.read_bytes())
+    data[: len(data) // 2] = bytes(len(data) // 2)
+    raw.write_bytes(bytes(data))
+    os.utime(raw, ns=(raw.stat().st_atime_ns, raw.stat().st_mtime_ns + 10**9))
+    MRBrainSDataModule(cfg).setup()
+    assert len(calls) == 4
+
+
 # ------------------------------------------------------------------------------------ pairs
 @pytest.mark.parametrize("dims", [2, 3])
 def test_batches_have_the_phantom_format(dataset, tmp_path, dims):
