@@ -17,7 +17,8 @@ Layout (DATA.md)::
 * patients: ``find_patients(data.root, data.acdc_subsets)``, split by patient with
   :func:`split_patients` (``data.subject_split``, paper 60/10/30; ``data.split_seed``); every
   patient used is checked with :func:`check_patient` (ground truth required for val/test);
-* preprocessing (:func:`data_modules.volumes.load_series`, cached): the cine → RAS, in-plane
+* preprocessing (:func:`data_modules.volumes.load_series`, cached): the cine with its own
+  array axes (not reordered to RAS: the slices of a double-oblique stack stay last), in-plane
   ``data.spacing`` mm; 2D keeps the native slices, 3D resamples the slice axis to
   ``data.slice_spacing`` mm; one [0, 1] intensity normalisation for the whole cine
   (``data.intensity_percentiles``); the ED/ES ground truths (nearest neighbour, same grid) mapped
@@ -26,8 +27,8 @@ Layout (DATA.md)::
 * pairs, 2D+t (items = patient × slice): training = a random training patient and slice, two
   different random phases t1 ≠ t2 (moving t1, fixed t2), labels 0 (unsupervised; optional
   synthetic transforms with ``data.acdc_augment``); 3D (items = patient × phase): two different
-  phases of one patient's volume. Val/test: ED→ES and ES→ED of every slice with a labelled
-  structure in ED or ES (2D; ``n_*_images`` > 0: that many slices per patient spread over the
+  phases of one patient's volume. Val/test: ED→ES and ES→ED of every slice with a scored
+  structure in both ED and ES (2D; ``n_*_images`` > 0: that many slices per patient spread over the
   heart) or of the volume (3D), with the ground truth; deterministic, no random transforms.
   Batches are those of :mod:`data_modules.phantom`; ``data.modalities`` is unused (cine MRI only).
 """
@@ -230,7 +231,7 @@ def split_patients(patients: list[ACDCPatient], counts=(60, 10, 30), seed: int =
 class CineItem:
     """A preprocessed, cropped patient: ``cine`` (X, Y, Z, T) float16 in [0, 1]; ``labels``
     0-based frame → (X, Y, Z) int16 (ED and ES); ``ed`` / ``es`` 0-based; ``slices``: the slices
-    with a labelled structure in ED or ES (2D evaluation)."""
+    with a scored structure in both ED and ES (2D evaluation)."""
 
     id: str
     cine: np.ndarray
@@ -392,7 +393,7 @@ class ACDCDataModule(L.LightningDataModule):
             slices = [int(z) for z in np.nonzero(both[0] & both[1])[0]]
             if not slices and labels_required:
                 raise ValueError(f"{patient.gt(patient.ed)}: none of the structures {self.structures} inside the "
-                                 f"{crop} crop at ED or ES; check data.size and data.structures")
+                                 f"{crop} crop in both ED and ES; check data.size and data.structures")
         return CineItem(patient.id, cine, labels, ed, es, slices)
 
     def _prepared(self) -> dict:
