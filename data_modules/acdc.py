@@ -289,12 +289,12 @@ class EDESPairs(_CinePairs):
     with the ground truth; deterministic (no random transforms: the motion is real)."""
 
     def __init__(self, items, cfg, spacing, split: str, n_images: int):
-        from .mrbrains import _spread
+        from .loading import spread
 
         super().__init__(items, cfg, spacing)
         self.split = split
         self.pairs = [(it, z, d) for it in items
-                      for z in (_spread(it.slices, int(n_images)) if self.n == 2 else [None])
+                      for z in (spread(it.slices, int(n_images)) if self.n == 2 else [None])
                       for d in ("ED>ES", "ES>ED")]
 
     def __len__(self) -> int:

@@ -1,9 +1,18 @@
-"""Batching shared by the data modules: pair dicts → batches, and their DataLoaders."""
+"""Shared by the data modules: choosing evaluation items, pair dicts → batches, DataLoaders."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+
+def spread(items: list[int], count: int) -> list[int]:
+    """``count`` items evenly spread over ``items`` (all of them if fewer)."""
+    if count <= 0 or count >= len(items):
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in idx]
 
 
 def _worker_init(worker_id: int) -> None:

@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import apply_params, sample_params
-from .loading import make_loader
+from .loading import make_loader, spread
 from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
 
 log = logging.getLogger(__name__)
@@ -168,12 +168,6 @@ class TrainPairs(_Pairs):
         return self._pair(item, z, rng, rng_b, f"train-{item.id}" + (f"-z{z}" if z is not None else ""))
 
 
-def _spread(zs: list[int], count: int) -> list[int]:
-    if count <= 0 or count >= len(zs):
-        return list(zs)
-    return [zs[i] for i in np.linspace(0, len(zs) - 1, count).round().astype(int)]
-
-
 class FixedPairs(_Pairs):
     """Seeded evaluation pairs: per subject ``n_images`` slices (2D; the volume in 3D) ×
     ``per_image`` transforms of the moving image; the fixed image untransformed."""
@@ -182,7 +176,7 @@ class FixedPairs(_Pairs):
         super().__init__(items, cfg, spacing)
         self.split, self.per_image = split, int(per_image)
         self.salt = {"train": 0, "val": 1, "test": 2}[split]
-        self.images = [(it, z) for it in items for z in (_spread(it.slices, n_images) if self.n == 2 else [None])]
+        self.images = [(it, z) for it in items for z in (spread(it.slices, n_images) if self.n == 2 else [None])]
 
     def __len__(self) -> int:
         return len(self.images) * self.per_image

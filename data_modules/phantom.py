@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import apply_params, sample_params
-from .loading import make_loader
+from .loading import make_loader, spread
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,6 @@ def prepare_phantom(cfg) -> PreparedPhantom:
 def items_in(ranges, thickness: int) -> list[int]:
     """All item start indices ``z`` with ``[z, z + thickness)`` inside one range."""
     return [z for a, b in ranges for z in range(a, b - thickness + 1)]
-
-
-def spread(items: list[int], count: int) -> list[int]:
-    """``count`` items evenly spread over ``items`` (all of them if fewer)."""
-    if count <= 0 or count >= len(items):
-        return list(items)
-    idx = np.linspace(0, len(items) - 1, count).round().astype(int)
-    return [items[i] for i in idx]
 
 
 class _PhantomPairs(Dataset):

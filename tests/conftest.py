@@ -53,3 +53,13 @@ def single_thread():
 def gen(seed: int = 0) -> torch.Generator:
     """A seeded CPU generator."""
     return torch.Generator().manual_seed(seed)
+
+
+def assert_pair_batch(b: dict, batch: int, shape) -> None:
+    """``b`` is a batch of registration pairs as every data module yields them (data_modules/loading.py)."""
+    for k in ("moving", "fixed"):
+        assert b[k].shape == (batch, 1, *shape) and b[k].dtype == torch.float32
+        assert b[k].min() >= -1 and b[k].max() <= 1 and b[k].max() > 0
+    for k in ("moving_label", "fixed_label"):
+        assert b[k].shape == (batch, 1, *shape) and b[k].dtype == torch.int64
+    assert isinstance(b["id"], list) and len(b["id"]) == batch and isinstance(b["id"][0], str)

@@ -19,7 +19,7 @@ from fire_lightning.config import load_config
 from fire_lightning.train import train
 
 from . import fake_datasets as fake
-from .conftest import ROOT, TINY
+from .conftest import ROOT, TINY, assert_pair_batch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -58,13 +58,7 @@ def test_batches_have_the_common_format(acdc, tmp_path, dims):
     assert dm.spacing == ((SP, SP) if dims == 2 else (SP, SP, 20.0))
     assert dm.label_names == {1: "LV", 2: "myocardium"}
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
-        b = next(iter(loader))
-        for k in ("moving", "fixed"):
-            assert b[k].shape == (2, 1, *shape) and b[k].dtype == torch.float32
-            assert b[k].min() >= -1 and b[k].max() <= 1 and b[k].max() > 0
-        for k in ("moving_label", "fixed_label"):
-            assert b[k].shape == (2, 1, *shape) and b[k].dtype == torch.int64
-        assert isinstance(b["id"], list) and isinstance(b["id"][0], str)
+        assert_pair_batch(next(iter(loader)), 2, shape)
     test = dm.test_dataset()
     assert len(test) == 2 * 2  # 2 test patients x 1 image (TINY n_test_images; 3D: the volume) x ED>ES, ES>ED
     ids = [test[i]["id"] for i in range(len(test))]

@@ -21,7 +21,7 @@ from fire_lightning.config import load_config
 from fire_lightning.train import train
 
 from . import fake_datasets as fake
-from .conftest import ROOT, TINY
+from .conftest import ROOT, TINY, assert_pair_batch
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -176,13 +176,9 @@ def test_batches_have_the_phantom_format(dataset, tmp_path, dims):
     assert dm.spacing == (SP,) * dims
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         b = next(iter(loader))
-        for k in ("moving", "fixed"):
-            assert b[k].shape == (2, 1, *shape) and b[k].dtype == torch.float32
-            assert b[k].min() >= -1 and b[k].max() <= 1 and b[k].max() > 0
+        assert_pair_batch(b, 2, shape)
         for k in ("moving_label", "fixed_label"):
-            assert b[k].shape == (2, 1, *shape) and b[k].dtype == torch.int64
             assert set(b[k].unique().tolist()) <= {0, 1, 2, 3}
-        assert isinstance(b["id"], list) and isinstance(b["id"][0], str)
     test = dm.test_dataset()
     assert len(test) == 3 * 1 * 2  # 3 test subjects x 1 image (TINY n_test_images; 3D: the volume) x 2 transforms
     assert {i.split("-t")[0].split("-z")[0].removeprefix("test-") for i in (test[j]["id"] for j in range(len(test)))} \
