@@ -114,6 +114,7 @@ class ModelConfig:
     integration_steps: int = 7
     adversarial: bool = False
     disc_width: int = 16
+    adv_weight: float = 1.0  # weight of the generators' LSGAN term in L when adversarial (ExFIRE: unweighted, 1)
 
 
 @dataclass
@@ -259,6 +260,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.smooth_units must be 'voxel' or 'normalised', got '{cfg.model.smooth_units}'")
     if cfg.model.width < 1:
         raise ConfigError(f"model.width must be positive, got {cfg.model.width}")
+    if cfg.model.adv_weight < 0:
+        raise ConfigError(f"model.adv_weight must be >= 0, got {cfg.model.adv_weight}")
     if cfg.trainer.max_steps < 1:
         raise ConfigError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
 

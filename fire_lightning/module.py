@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from . import metrics, spatial
 from .config import Config
-from .losses import FIRELoss, FIREOutputs, fire_forward, fire_loss, make_similarity
+from .losses import (
+    FIRELoss,
+    FIREOutputs,
+    adversarial_images,
+    discriminators,
+    fire_forward,
+    fire_loss,
+    generator_adversarial_loss,
+    lsgan_discriminator_loss,
+    make_similarity,
+)
 from .networks import FIRENet
 
 log = logging.getLogger(__name__)
 
 LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}  # the phantom's; data modules pass their own
+
+# Optimiser names (FIRENet.parameter_groups, in configure_optimizers' order): the ones that
+# minimise L (§3.8), then ExFIRE's discriminators.
+GENERATOR_GROUPS = ("T_af", "T_nr", "G_F")
+DISCRIMINATOR_GROUPS = ("D_A", "D_B")
 
 
 def build_net(cfg: DictConfig) -> FIRENet:
@@ -27,14 +45,36 @@ def build_net(cfg: DictConfig) -> FIRENet:
     )
 
 
+@contextmanager
+def frozen(*modules: nn.Module):
+    """Inside the block the parameters of ``modules`` do not require grad; their previous
+    flags come back on exit, also on an exception."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
 class FIREModule(L.LightningModule):
     """Trains :class:`FIRENet` on batches ``{"moving", "fixed", "moving_label", "fixed_label"}``.
 
     * Optimisers, in order: T_af (both directions), T_nr (both), G + both F; then D^A, D^B
-      when ``model.adversarial`` (their steps live in a later issue's code path).
+      when ``model.adversarial`` (ExFIRE).
+    * One training iteration: (1) generator step: one forward, L of (1) (plus
+      ``model.adv_weight`` × the LSGAN generator term when adversarial, with D^A, D^B frozen),
+      one backward, clip and step T_af, T_nr, G_F; (2) when adversarial, discriminator step on
+      the same forward's images, detached: the sum of both LSGAN discriminator losses, one
+      backward, clip each, step D_A then D_B.
     * Lightning counts every optimiser step in ``global_step``; :attr:`iteration` is the number
-      of training iterations (batches that stepped), which is what configs count.
-    * A step whose loss is not finite is skipped (no parameter changes) and counted in
+      of training iterations (batches that stepped), which is what configs count. So every
+      iteration steps every optimiser once.
+    * An iteration whose L is not finite is skipped (no parameter changes, no step counted);
+      a non-finite discriminator loss skips only the discriminator update. Both are counted in
       ``train/skipped_steps``.
     """
 
@@ -57,7 +97,11 @@ class FIREModule(L.LightningModule):
         m = cfg.model
         self.similarity = make_similarity(m.similarity, cfg.data.spatial_dims, m.mi_bins, m.mi_sigma_ratio, m.ncc_kernel)
         self.spacing = spacing
-        self._n_optimizers = len(self.net.parameter_groups())
+        self._group_names = tuple(self.net.parameter_groups())
+        expected = GENERATOR_GROUPS + (DISCRIMINATOR_GROUPS if self.net.D_a is not None else ())
+        if self._group_names != expected:
+            raise RuntimeError(f"FIRENet.parameter_groups() gives {self._group_names}; training_step expects {expected}")
+        self._n_optimizers = len(self._group_names)
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self.val_examples: dict | None = None
 
@@ -78,12 +122,39 @@ class FIREModule(L.LightningModule):
         betas = tuple(o.betas)
         return [torch.optim.Adam(params, lr=lrs[name], betas=betas) for name, params in self.net.parameter_groups().items()]
 
+    def _optimizers_by_name(self) -> dict[str, LightningOptimizer]:
+        """Optimiser by parameter-group name (``T_af``, ``T_nr``, ``G_F``[, ``D_A``, ``D_B``])."""
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        return dict(zip(self._group_names, opts, strict=True))
+
+    def _step(self, opts: list[LightningOptimizer], loss: torch.Tensor) -> None:
+        """Zero ``opts``' gradients, backpropagate ``loss`` once, clip per optimiser, step each in order."""
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clip = float(self.cfg.optim.grad_clip)
+        for opt in opts:
+            if clip > 0:
+                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+            opt.step()
+
+    def _count_skipped(self, what: str, value: torch.Tensor) -> None:
+        self.skipped_steps += 1
+        log.warning("iteration %d: non-finite %s (%s); step skipped", self.iteration, what, value.item())
+
     # ------------------------------------------------------------------ shared step
     def _forward_loss(self, batch) -> tuple[FIREOutputs, FIRELoss]:
+        """The training graph and L (1); with ExFIRE on, L includes ``adv_weight`` × the
+        generators' LSGAN term (gradients reach D's parameters unless they are frozen)."""
         x_a, x_b = batch["moving"], batch["fixed"]
         out = fire_forward(self.net, x_a, x_b)
-        return out, fire_loss(out, x_a, x_b, self.similarity, similarity_input=self.cfg.model.similarity_input,
-                               smooth_units=self.cfg.model.smooth_units)
+        adv = None
+        if self.net.D_a is not None:  # ExFIRE §3: G, F, T learn to confuse D^A and D^B
+            adv = self.cfg.model.adv_weight * generator_adversarial_loss(self.net, adversarial_images(out, x_a, x_b))
+        m = self.cfg.model
+        return out, fire_loss(out, x_a, x_b, self.similarity, adversarial=adv, similarity_input=m.similarity_input,
+                               smooth_units=m.smooth_units)
 
     def _log_loss(self, loss: FIRELoss, stage: str, batch_size: int) -> None:
         on_step = stage == "train"
@@ -93,26 +164,45 @@ class FIREModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         bs = batch["moving"].shape[0]
-        opts = self.optimizers()
-        opts = opts if isinstance(opts, list) else [opts]
-        out, loss = self._forward_loss(batch)
-        if not torch.isfinite(loss.total):
-            self.skipped_steps += 1
-            log.warning("iteration %d: non-finite loss (%s); step skipped", self.iteration, loss.total.item())
-            self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
-            return None
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss.total)
-        clip = float(self.cfg.optim.grad_clip)
-        for opt in opts:
-            if clip > 0:
-                self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
-            opt.step()
+        opts = self._optimizers_by_name()
+        # Generator step: D^A, D^B are frozen, so L (adversarial term included) trains T, G, F only.
+        with frozen(*discriminators(self.net).values()):
+            out, loss = self._forward_loss(batch)
+            if not torch.isfinite(loss.total):
+                self._count_skipped("loss", loss.total)
+                self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
+                return None
+            self._step([opts[k] for k in GENERATOR_GROUPS], loss.total)
+        if self.net.D_a is not None:
+            self._discriminator_step(out, batch, [opts[k] for k in DISCRIMINATOR_GROUPS], bs)
         self._log_loss(loss, "train", bs)
         self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
         self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
         return loss.total.detach()
+
+    def _discriminator_step(self, out: FIREOutputs, batch, opts: list[LightningOptimizer], bs: int) -> None:
+        """ExFIRE §3: D^A, D^B learn real (inputs and warped inputs) from synthesised, on the
+        generator step's images (detached). ``opts``: D_A's then D_B's optimiser.
+
+        A non-finite loss updates nothing, but both optimisers are still stepped (without
+        gradients, which Adam leaves alone): Lightning's ``global_step`` must count
+        ``n_optimizers`` steps in every iteration that the generators stepped (:attr:`iteration`).
+        """
+        images = adversarial_images(out, batch["moving"], batch["fixed"])
+        losses = []
+        for name, disc in discriminators(self.net).items():
+            loss, real, fake = lsgan_discriminator_loss(disc, images[name].real, images[name].fake)
+            self.log_dict({f"train/loss_disc_{name}": loss.detach(), f"train/d_real_{name}": real,
+                           f"train/d_fake_{name}": fake}, on_step=True, batch_size=bs)
+            losses.append(loss)
+        total = sum(losses)
+        if torch.isfinite(total):
+            self._step(opts, total)
+            return
+        self._count_skipped("discriminator loss", total)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+            opt.step()
 
     def _eval_step(self, batch, stage: str):
         bs = batch["moving"].shape[0]
