@@ -64,7 +64,7 @@ def _cmd_train(args) -> int:
 
 
 def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, ants=None, threads=None,
-                  max_pairs=None, cfg=None) -> dict:
+                  max_pairs=None, cfg=None, explain: bool = False) -> dict:
     """Score ``model`` (or the run's checkpoint) on the test pairs of ``dm`` (or the run's data)."""
     from omegaconf import OmegaConf
 
@@ -83,8 +83,16 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
     if cfg is not None:
         meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)
-    results = evaluate(model, dm.test_dataset(), out_dir, ants=ants, threads=threads, max_pairs=max_pairs, meta=meta)
+    settings = None
+    if explain:
+        from .explain import ExplainSettings
+
+        settings = ExplainSettings.from_config(cfg if cfg is not None else model.cfg)
+    results = evaluate(model, dm.test_dataset(), out_dir, ants=ants, threads=threads, max_pairs=max_pairs, meta=meta,
+                       explain=settings)
     print(dice_table(results))
+    if explain:
+        print("\n" + (out_dir / "explain.md").read_text())
     print(f"\nresults: {out_dir / 'results.json'} (also results.md, table2.csv, table4.csv, per_pair.csv, "
           "dice_boxplot.png, example.png)")
     return results
@@ -163,7 +171,7 @@ def _cmd_benchmark(args) -> int:
     model, cfg, dm, ckpt, default_out = _benchmark_inputs(args.target, args.checkpoint, args.data, args.overrides)
     _evaluate_run(default_out.parent, model, dm, checkpoint=ckpt, out_dir=args.out or default_out,
                   ants=None if args.no_ants else AntsParams.preset(args.ants_preset), threads=args.threads,
-                  max_pairs=args.max_pairs, cfg=cfg)
+                  max_pairs=args.max_pairs, cfg=cfg, explain=args.explain)
     return 0
 
 
@@ -176,7 +184,7 @@ def _cmd_demo(args) -> int:
     result = train(cfg)
     run_dir = Path(result["run_dir"])
     _evaluate_run(run_dir, result["model"], result["datamodule"], checkpoint=result["checkpoint"],
-                  out_dir=run_dir / "benchmark", ants=None if args.no_ants else AntsParams(), cfg=cfg)
+                  out_dir=run_dir / "benchmark", ants=None if args.no_ants else AntsParams(), cfg=cfg, explain=True)
     return 0
 
 
@@ -210,6 +218,17 @@ def _cmd_register(args) -> int:
     except OSError as e:  # a failed write: one line like the other errors
         raise ValueError(" ".join(str(e).split())) from None
     print(f"warped image: {args.out} ({result.seconds:.1f} s)")
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    from .explain_report import explain_files
+
+    out = args.out or f"{Path(args.fixed).name.split('.')[0]}_explain"
+    result = explain_files(args.checkpoint, args.moving, args.fixed, out, moving_labels=args.moving_labels,
+                           fixed_labels=args.fixed_labels, overrides=args.overrides, device=args.device)
+    print(result["table"])
+    print(f"Grad-CAM maps (NIfTI, fixed image's space), gradcam_panel.png, explain.json: {out}/")
     return 0
 
 
@@ -258,9 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines")
     b.add_argument("--ants-preset", default="fair", choices=["fair", "antspyx-default"],
                    help="ANTs settings: dense sampling and full-resolution SyN (fair, default), or antspyx's defaults")
+    b.add_argument("--explain", action="store_true", help="add the Grad-CAM measures of every test pair: share per "
+                   "structure, A→B/B→A symmetry, discriminator divergence and its correlation with registration "
+                   "error (explain.md, gradcam_example.png, and explain_correlation.png for adversarial models); explain.* "
+                   "overrides choose what is explained")
     b.set_defaults(func=_cmd_benchmark)
 
-    d = sub.add_parser("demo", help="the main job: train on the embedded phantom, then the benchmark against ANTs")
+    d = sub.add_parser("demo", help="the main job: train on the embedded phantom, then the benchmark against ANTs "
+                                    "with the Grad-CAM measures (fire benchmark --explain)")
     d.add_argument("--config", default=str(DEFAULT_EXPERIMENT))
     d.add_argument("overrides", nargs="*")
     d.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines in the benchmark")
@@ -291,6 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto (default): CUDA when present, else CPU")
     r.set_defaults(func=_cmd_register)
+
+    x = sub.add_parser("explain", help="Grad-CAM maps of every FIRE component for one pair (ExFIRE)",
+                       description="Grad-CAM of G, T_af and T_nr (both directions) and D^A, D^B (adversarial "
+                                   "models) for --moving → --fixed: each map as NIfTI in the fixed image's space, "
+                                   "a panel like ExFIRE Figs 2-4, and a table of the share of each map inside each "
+                                   "structure (with labels), the A→B/B→A symmetry and the discriminators' "
+                                   "real-vs-synthetic divergence.")
+    x.add_argument("--checkpoint", required=True, help="e.g. RUN/checkpoints/last.ckpt")
+    x.add_argument("--moving", required=True, help="moving image x^A (.nii / .nii.gz)")
+    x.add_argument("--fixed", required=True, help="fixed image x^B (the maps are written on its grid)")
+    x.add_argument("--moving-labels", help="label map on the moving image's grid (share of Grad-CAM per structure)")
+    x.add_argument("--fixed-labels", help="label map on the fixed image's grid (share per structure; explain.region)")
+    x.add_argument("--out", help="output folder (default: <fixed name>_explain)")
+    x.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    x.add_argument("overrides", nargs="*", help="explain.* settings, e.g. explain.scalar_T_nr=nonrigid "
+                                               "explain.region=[3] explain.layer=output")
+    x.set_defaults(func=_cmd_explain)
     return p
 
 

@@ -153,6 +153,32 @@ class LoggerConfig:
     image_every_n_val: int = 1  # log image grids every N validations (0 = never)
 
 
+EXPLAIN_SCALARS = ("displacement", "nonrigid", "affine")  # G, T_af, T_nr (fire_lightning/explain.py)
+EXPLAIN_D_SCALARS = ("realness", "fakeness")
+EXPLAIN_METHODS = ("gradcam", "hirescam")
+EXPLAIN_LAYERS = ("feature", "output")
+
+
+@dataclass
+class ExplainConfig:
+    """ExFIRE Grad-CAM (fire_lightning/explain.py): what is explained, how, and the training callback."""
+
+    scalar_G: str = "displacement"  # displacement | nonrigid | affine (METHOD.md defaults)
+    scalar_T_af: str = "affine"
+    scalar_T_nr: str = "displacement"
+    scalar_D: str = "realness"  # realness | fakeness (minus the mean patch score)
+    # gradcam (Captum LayerGradCam) | hirescam (gradient x activation, no spatial mean of the
+    # gradient): G's readers normalise every channel, so Grad-CAM's weights vanish for G (explain.py)
+    method_G: str = "hirescam"
+    method_T_af: str = "gradcam"
+    method_T_nr: str = "gradcam"
+    method_D: str = "gradcam"
+    region: List[int] = field(default_factory=list)  # labels the displacement is averaged over; [] = all
+    layer: str = "feature"  # feature: each component's last conv block | output: T_nr's and D's output projections
+    every_n_epochs: int = 10  # Grad-CAM callback during training (and at its end); 0 = off
+    n_pairs: int = 2  # fixed validation pairs it explains
+
+
 @dataclass
 class RunConfig:
     root: str = "runs"
@@ -169,6 +195,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
 
 
 def _suggest(key: str, cfg: DictConfig) -> str:
@@ -262,8 +289,22 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.width must be positive, got {cfg.model.width}")
     if cfg.model.adv_weight < 0:
         raise ConfigError(f"model.adv_weight must be >= 0, got {cfg.model.adv_weight}")
+    check_explain_settings(cfg.explain)
+    if cfg.explain.every_n_epochs < 0 or cfg.explain.n_pairs < 1:
+        raise ConfigError(f"explain.every_n_epochs must be >= 0 and explain.n_pairs >= 1, got "
+                          f"{cfg.explain.every_n_epochs} and {cfg.explain.n_pairs}")
     if cfg.trainer.max_steps < 1:
         raise ConfigError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
+
+
+def check_explain_settings(e) -> None:
+    """The ``explain`` section's choices (a config section or :class:`explain.ExplainSettings`)."""
+    choices = {**{f"scalar_{c}": EXPLAIN_SCALARS for c in ("G", "T_af", "T_nr")}, "scalar_D": EXPLAIN_D_SCALARS,
+               **{f"method_{c}": EXPLAIN_METHODS for c in ("G", "T_af", "T_nr", "D")}, "layer": EXPLAIN_LAYERS}
+    for key, allowed in choices.items():
+        value = getattr(e, key)
+        if value not in allowed:
+            raise ConfigError(f"explain.{key} must be one of {allowed}, got '{value}'")
 
 
 def to_yaml(cfg: DictConfig) -> str:

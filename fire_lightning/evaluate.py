@@ -98,7 +98,7 @@ def _time_fire(model: FIREModule, dataset, device: torch.device, repeats: int = 
 @torch.no_grad()
 def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads: int | None = None,
              batch_size: int = 16, device: str | None = None, max_pairs: int | None = None,
-             meta: dict | None = None) -> dict:
+             meta: dict | None = None, explain=None) -> dict:
     """Score every pair of ``dataset`` (dicts as produced by the data modules) and write the reports.
 
     Args:
@@ -106,6 +106,9 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
         threads: CPU threads for FIRE and ANTs alike (default: all cores).
         max_pairs: score only the first ``max_pairs`` pairs (recorded in ``meta``).
         meta: more to record in ``results.json``'s ``meta`` (the checkpoint, the data config).
+        explain: :class:`explain.ExplainSettings` to add the explainability measures of every
+            pair (``results["explain"]``, ``explain.md``, ``explain_correlation.png``,
+            ``gradcam_example.png``); None to skip them.
 
     Returns:
         the ``results.json`` content.
@@ -114,7 +117,7 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        results, example = _run(model, dataset, ants, threads, batch_size, device, max_pairs)
+        results, example = _run(model, dataset, ants, threads, batch_size, device, max_pairs, explain)
     finally:
         torch.set_num_threads(prev_threads)
     results["meta"].update(meta or {}, max_pairs=max_pairs)
@@ -122,10 +125,13 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder
     _write_reports(results, out_dir)
     _figures(results, example, out_dir)
+    if explain is not None:
+        _explain_reports(results, example, out_dir)
     return results
 
 
-def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device, max_pairs) -> tuple[dict, dict]:
+def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device, max_pairs,
+         explain=None) -> tuple[dict, dict]:
     """The benchmark itself (see :func:`evaluate`) → (results without the extra meta, example pair)."""
     if ants is not None:
         from .baselines import register_pair
@@ -138,6 +144,7 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
     names, spacing = model.label_names, model.spacing
     methods = METHODS if ants is not None else FIRE_METHODS
     per: dict = {m: {} for m in methods}
+    per_explain: dict[str, list] = {}
     ids: list[str] = []
     example = None
 
@@ -168,8 +175,14 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
                 for key, vals in scores[method].items():
                     per[method].setdefault(key, []).extend(vals.numpy().tolist())
             ids.extend(batch["id"])
+            maps = None
+            if explain is not None:
+                maps = _explain_batch(model, batch, reg["field"], explain, per_explain, device)
             if example is None:
                 example = _example(batch, {m: fields[m] for m in methods})
+                if maps is not None:
+                    example["gradcam"] = {k: dataclasses.replace(m, cam=m.cam[:1].cpu(), background=m.background[:1].cpu(),
+                                                                 scalar=m.scalar[:1].cpu()) for k, m in maps.items()}
     finally:
         bar.close()
 
@@ -197,7 +210,55 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
             "ants": ants.record() if ants is not None else None,
         },
     }
+    if explain is not None:
+        from .explain_report import correlations, summarise as summarise_explain
+
+        dice = {m: per[m]["dice_mean"] for m in ("FIRE", "FIRE-Affine")}
+        results["explain"] = {"settings": dataclasses.asdict(explain), "measures": summarise_explain(per_explain),
+                              "correlations": correlations(per_explain, dice),
+                              "maps": list(example["gradcam"]) if example and "gradcam" in example else []}
     return results, example
+
+
+def _explain_batch(model: FIREModule, batch: dict, field: torch.Tensor, settings, per: dict, device,
+                   chunk: int = 4) -> dict:
+    """Grad-CAM maps of a batch (``chunk`` pairs at a time: they keep activations and gradients)
+    and their per-pair measures, appended to ``per`` (``{key: [floats]}``); returns the first chunk's maps."""
+    from .explain import explain_pair
+    from .explain_report import pair_values
+
+    first = None
+    for lo in range(0, batch["moving"].shape[0], chunk):
+        sl = slice(lo, lo + chunk)
+        labels = {"A": batch["moving_label"][sl].to(device), "B": batch["fixed_label"][sl].to(device)}
+        maps = explain_pair(model.net, batch["moving"][sl].to(device), batch["fixed"][sl].to(device), settings,
+                            fixed_label=labels["B"], moving_label=labels["A"])
+        for k, v in pair_values(maps, field[sl].to(device), labels, model.label_names).items():
+            per.setdefault(k, []).extend(v)
+        first = first or maps
+    return first
+
+
+def _explain_reports(results: dict, example: dict | None, out_dir: Path) -> None:
+    """``explain.md`` (also appended to ``results.md``), ``explain_correlation.png``, ``gradcam_example.png``."""
+    import matplotlib.pyplot as plt
+
+    from .explain import ExplainSettings
+    from .explain_report import correlation_figure, tables
+    from .viz import gradcam_panel
+
+    e = results["explain"]
+    settings = ExplainSettings(**{**e["settings"], "region": tuple(e["settings"]["region"])})
+    text = (f"## Explainability (Grad-CAM, ExFIRE), {results['meta']['n_pairs']} test pairs\n\n"
+            + tables(e["measures"], e["maps"], results["structures"], settings, e["correlations"]))
+    (out_dir / "explain.md").write_text(text)
+    with open(out_dir / "results.md", "a") as fh:
+        fh.write("\n" + text)
+    correlation_figure(e["correlations"], out_dir / "explain_correlation.png")
+    if example is not None and "gradcam" in example:
+        fig = gradcam_panel(example["gradcam"], 0, title=str(example.get("id", "")))
+        fig.savefig(out_dir / "gradcam_example.png", dpi=100)
+        plt.close(fig)
 
 
 def _cpu_name() -> str:
@@ -293,7 +354,7 @@ def check_targets(results: dict) -> list[str]:
 
 
 def _write_reports(results: dict, out_dir: Path) -> None:
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     (out_dir / "results.md").write_text(dice_table(results) + "\n")
     for name, (header, rows) in (("table2.csv", table2_rows(results)), ("table4.csv", table4_rows(results))):
         with open(out_dir / name, "w", newline="") as fh:

@@ -64,8 +64,13 @@ class Encoder(nn.Module):
 
     @property
     def last_conv(self) -> nn.Module:
-        """The last convolution (Grad-CAM target)."""
+        """The last convolution (inside the last ResBlock, before its instance norm)."""
         return self.net[-1].body[1]
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Grad-CAM's target: the last ResBlock, whose output is G(x) (see explain.py on why not the conv)."""
+        return self.net[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -124,7 +129,13 @@ class AffineNet(nn.Module):
 
     @property
     def last_conv(self) -> nn.Module:
+        """The last convolution before the global average pooling (no norm follows it)."""
         return self.features[-1][0]
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Grad-CAM's target: the last convolution."""
+        return self.last_conv
 
     #: smallest feature grid the three stride-2 blocks reduce to more than one point (instance norm needs 2)
     min_size = 16
@@ -156,7 +167,13 @@ class NonRigidNet(nn.Module):
 
     @property
     def last_conv(self) -> nn.Module:
+        """The displacement head."""
         return self.head
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Grad-CAM's target: the ResBlock whose features the head reads."""
+        return self.res
 
     def forward(self, fa_af: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         h = torch.cat([self.branch_a(fa_af), self.branch_b(fb)], dim=1)
@@ -224,7 +241,13 @@ class Discriminator(nn.Module):
 
     @property
     def last_conv(self) -> nn.Module:
+        """The one-channel patch-score projection."""
         return self.net[-1]
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Grad-CAM's target: the instance norm after the last feature convolution (before the projection)."""
+        return self.net[-3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

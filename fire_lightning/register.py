@@ -280,11 +280,31 @@ def model_input(data3: np.ndarray, affine: np.ndarray, grid: ModelGrid, device) 
     Returns:
         ``(1, 1, *grid.tensor_shape)`` float32 in ``[-1, 1]``.
     """
+    return on_grid(normalise_intensity(data3), affine, grid, device) * 2 - 1
+
+
+def on_grid(data3: np.ndarray, affine: np.ndarray, grid: ModelGrid, device, mode: str = "bilinear",
+            dtype=torch.float32) -> torch.Tensor:
+    """``(X, Y, Z)`` data with voxel → world ``affine`` resampled onto the model grid through world
+    coordinates (0 outside): ``(1, 1, *grid.tensor_shape)`` (``mode="nearest"``, float64 for labels)."""
     n = grid.n
-    src = _tensor(normalise_intensity(data3), n, device)
+    src = _tensor(data3, n, device, dtype)
     to_src = normaliser(data3.shape) @ np.linalg.inv(affine) @ grid.affine  # grid voxel → source normalised
     coords = _transform_points(to_src, _voxel_points(grid.shape, n, 0, grid.shape[n - 1], device))
-    return spatial.sample_at(src, coords[:, :n], "bilinear", "zeros") * 2 - 1
+    return spatial.sample_at(src, coords[:, :n], mode, "zeros")
+
+
+def grid_to_fixed(volume: torch.Tensor, grid: ModelGrid, fixed_affine: np.ndarray, fixed_shape) -> np.ndarray:
+    """A map on the model grid ``(1, 1, *grid.tensor_shape)`` sampled (linearly, 0 outside) at every
+    voxel of the fixed image: ``(X, Y, Z)`` float32, the fixed image's 3-axis ``fixed_shape``."""
+    n = grid.n
+    to_grid = normaliser(grid.shape) @ np.linalg.inv(grid.affine) @ fixed_affine  # fixed voxel → grid normalised
+    out = np.zeros(tuple(fixed_shape[:n]), np.float32)
+    for lo, hi in _slabs(out.shape):
+        sl = (slice(None),) * (n - 1) + (slice(lo, hi),)
+        p = _transform_points(to_grid, _voxel_points(fixed_shape, n, lo, hi, volume.device))
+        out[sl] = spatial.sample_at(volume.double(), p[:, :n], "bilinear", "zeros")[0, 0].cpu().numpy()
+    return out.reshape(tuple(fixed_shape))
 
 
 # ---------------------------------------------------------------------------------- result
@@ -356,6 +376,29 @@ def check_output_paths(out, out_labels=None, field=None, affine=None, n: int | N
 
 
 # ---------------------------------------------------------------------------------- registrar
+@dataclass
+class Prepared:
+    """A checked pair on the model grid (:meth:`Registrar.prepare`).
+
+    Attributes:
+        moving, fixed: ``(1, 1, *grid.tensor_shape)`` model inputs in [-1, 1].
+        moving_labels, fixed_labels: ``(1, 1, *grid.tensor_shape)`` int64 labels on the model grid, or None.
+        grid: the model grid; moving_image, fixed_image, moving_label_image: the loaded NIfTI.
+        moving_name, fixed_name: the names messages use.
+    """
+
+    moving: torch.Tensor
+    fixed: torch.Tensor
+    moving_labels: torch.Tensor | None
+    fixed_labels: torch.Tensor | None
+    grid: ModelGrid
+    moving_image: nib.Nifti1Image
+    fixed_image: nib.Nifti1Image
+    moving_label_image: nib.Nifti1Image | None
+    moving_name: str
+    fixed_name: str
+
+
 def resolve_device(device=None) -> torch.device:
     """``None`` / ``"auto"``: CUDA when available, else CPU."""
     if device is None or str(device) == "auto":
@@ -404,13 +447,14 @@ class Registrar:
         return image, name
 
     @staticmethod
-    def _check_labels(labels: nib.Nifti1Image, labels_name: str, moving: nib.Nifti1Image, moving_name: str) -> None:
-        if spatial_shape(labels) != spatial_shape(moving):
-            raise ValueError(f"{labels_name}: moving labels have shape {tuple(labels.shape)}, the moving image "
-                             f"{moving_name} {tuple(moving.shape)}; they must share the grid")
-        if not np.allclose(labels.affine, moving.affine, rtol=0, atol=1e-3):
-            raise ValueError(f"{labels_name}: moving labels' voxel-to-world affine differs from the moving image "
-                             f"{moving_name}'s; they must share the grid")
+    def _check_labels(labels: nib.Nifti1Image, labels_name: str, image: nib.Nifti1Image, image_name: str,
+                      role: str = "moving") -> None:
+        if spatial_shape(labels) != spatial_shape(image):
+            raise ValueError(f"{labels_name}: {role} labels have shape {tuple(labels.shape)}, the {role} image "
+                             f"{image_name} {tuple(image.shape)}; they must share the grid")
+        if not np.allclose(labels.affine, image.affine, rtol=0, atol=1e-3):
+            raise ValueError(f"{labels_name}: {role} labels' voxel-to-world affine differs from the {role} image "
+                             f"{image_name}'s; they must share the grid")
 
     def _warn_if_not_coplanar(self, fixed: nib.Nifti1Image, moving: nib.Nifti1Image) -> None:
         """2D: the fixed slice's corners should lie within half a slice of the moving slice's plane."""
@@ -421,6 +465,44 @@ class Registrar:
             log.warning("the 2D slices are not in the same plane (the fixed slice is up to %.2f slices off the "
                         "moving one); the moving slice is sampled where points project onto it, and the field / "
                         "affine outputs assume one plane", off.max())
+
+    # ------------------------------------------------------------------ model inputs
+    def prepare(self, moving, fixed, moving_labels=None, fixed_labels=None, keep_labels: bool = False) -> "Prepared":
+        """Check and load a pair (paths or nibabel images) and put it on the model grid.
+
+        Every input is checked before anything is computed (one-line errors naming the file).
+        Labels are resampled nearest-neighbour onto the model grid (``keep_labels``: the moving
+        labels are only loaded, for sampling later at full resolution).
+        """
+        mov, mov_name = self._load(moving, "moving image")
+        fix, fix_name = self._load(fixed, "fixed image")
+        labels = {}
+        for role, path, image, image_name in (("moving", moving_labels, mov, mov_name),
+                                              ("fixed", fixed_labels, fix, fix_name)):
+            if path is not None:
+                lab, lab_name = self._load(path, f"{role} labels", labels=True)
+                self._check_labels(lab, lab_name, image, image_name, role)
+                labels[role] = lab
+        log.info("moving %s: %s", mov_name, _describe(mov))
+        log.info("fixed %s: %s", fix_name, _describe(fix))
+        if self.n == 2:
+            self._warn_if_not_coplanar(fix, mov)
+        grid = model_grid(fix.affine, spatial_shape(fix), self.spacing, self.n)
+        log.info("model grid: shape %s, %s mm voxels, %s", grid.tensor_shape, self.spacing,
+                 "".join(nib.aff2axcodes(grid.affine)))
+
+        def on_model_grid(role):
+            if role not in labels or (keep_labels and role == "moving"):
+                return None
+            lab = labels[role]
+            return on_grid(spatial_data(lab, np.float64), lab.affine, grid, self.device, "nearest",
+                           torch.float64).round().long()
+
+        return Prepared(moving=model_input(spatial_data(mov), mov.affine, grid, self.device),
+                        fixed=model_input(spatial_data(fix), fix.affine, grid, self.device),
+                        moving_labels=on_model_grid("moving"), fixed_labels=on_model_grid("fixed"),
+                        grid=grid, moving_image=mov, fixed_image=fix, moving_label_image=labels.get("moving"),
+                        moving_name=mov_name, fixed_name=fix_name)
 
     # ------------------------------------------------------------------ registration
     @torch.no_grad()
@@ -435,24 +517,11 @@ class Registrar:
             :class:`RegistrationResult` (all in the fixed image's space).
         """
         t0 = time.perf_counter()
-        mov, mov_name = self._load(moving, "moving image")
-        fix, fix_name = self._load(fixed, "fixed image")
-        lab = None
-        if moving_labels is not None:
-            lab, lab_name = self._load(moving_labels, "moving labels", labels=True)
-            self._check_labels(lab, lab_name, mov, mov_name)
-        log.info("moving %s: %s", mov_name, _describe(mov))
-        log.info("fixed %s: %s", fix_name, _describe(fix))
-        if self.n == 2:
-            self._warn_if_not_coplanar(fix, mov)
-
+        pair = self.prepare(moving, fixed, moving_labels=moving_labels, keep_labels=True)
+        mov, fix, lab, grid = pair.moving_image, pair.fixed_image, pair.moving_label_image, pair.grid
         mov_data, fix_data = spatial_data(mov), spatial_data(fix)
-        grid = model_grid(fix.affine, fix_data.shape, self.spacing, self.n)
-        log.info("model grid: shape %s, %s mm voxels, %s", grid.tensor_shape, self.spacing,
-                 "".join(nib.aff2axcodes(grid.affine)))
         t_model = time.perf_counter()
-        reg = self.module.register(model_input(mov_data, mov.affine, grid, self.device),
-                                   model_input(fix_data, fix.affine, grid, self.device))
+        reg = self.module.register(pair.moving, pair.fixed)
         t_model = time.perf_counter() - t_model
         theta = reg["theta"].double()
         u_nr = nonrigid_part(reg["field"], theta)

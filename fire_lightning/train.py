@@ -89,7 +89,10 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Trainer:
     """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
+    from callbacks.gradcam import GradCAMCallback
     from callbacks.image_logging import ValidationImages
+
+    from .explain import ExplainSettings
     from callbacks.interrupt import SaveOnInterrupt
 
     t = cfg.trainer
@@ -97,7 +100,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Traine
                            auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps * n_optimizers,
                            save_top_k=-1, save_last=True)
     callbacks = [ckpt, SaveOnInterrupt(run_dir / "checkpoints"),
-                 ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images")]
+                 ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images"),
+                 GradCAMCallback(ExplainSettings.from_config(cfg), cfg.explain.every_n_epochs, cfg.explain.n_pairs,
+                                 out_dir=run_dir / "gradcam")]
     loggers = _loggers(cfg, run_dir)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))

@@ -118,3 +118,54 @@ def method_panel(example: dict):
     fig.suptitle(f"{example['id']} (cyan: fixed labels)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+#: ExFIRE's figures as rows of the Grad-CAM panel: (row title, [(map name, column title), ...]).
+#: Fig. 2: G over each image, for both directions; Fig. 3: T_af and T_nr of each direction over
+#: that direction's fixed image; Fig. 4: each discriminator on real and synthetic, rigid and
+#: non-rigid images (all in B's space; see fire_lightning/explain.py).
+GRADCAM_ROWS = (
+    ("encoder G (Fig. 2)", [("G/AtoB/x_A", "G, A→B, on x^A"), ("G/BtoA/x_A", "G, B→A, on x^A"),
+                            ("G/AtoB/x_B", "G, A→B, on x^B"), ("G/BtoA/x_B", "G, B→A, on x^B")]),
+    ("transformation T (Fig. 3)", [("T_af/AtoB/on_x_B", "T_af A→B (over x^B)"), ("T_nr/AtoB/on_x_B", "T_nr A→B (over x^B)"),
+                                   ("T_af/BtoA/on_x_A", "T_af B→A (over x^A)"), ("T_nr/BtoA/on_x_A", "T_nr B→A (over x^A)")]),
+    ("discriminator D^A (Fig. 4)", [("D_A/real_rigid", "D^A real x^A∘φ_af"), ("D_A/real_nonrigid", "D^A real x^A∘φ"),
+                                    ("D_A/synth", "D^A synth x̂^A")]),
+    ("discriminator D^B (Fig. 4)", [("D_B/real", "D^B real x^B"), ("D_B/synth_rigid", "D^B synth, rigid"),
+                                    ("D_B/synth_nonrigid", "D^B synth, non-rigid")]),
+)
+
+
+def overlay(ax, image: torch.Tensor, cam: torch.Tensor, title: str, alpha: float = 0.5) -> None:
+    """Image ``(1, *S)`` in grey with a heat map ``(1, *S)`` (scaled to its maximum) over it."""
+    show(ax, mid_slice(image), title, vmin=-1, vmax=1)
+    heat = mid_slice(cam)
+    top = float(heat.max())
+    ax.imshow((heat / top if top > 0 else heat).T, cmap="jet", origin="lower", alpha=alpha, vmin=0, vmax=1)
+
+
+def gradcam_panel(maps: dict, index: int = 0, title: str = ""):
+    """The Grad-CAM maps of one pair laid out like ExFIRE Figs 2–4 (:data:`GRADCAM_ROWS`).
+
+    ``maps``: :func:`fire_lightning.explain.explain_pair` output; ``index``: the pair in the batch.
+    Rows whose maps are absent (no discriminators) are left out. Each map is scaled to its own
+    maximum; the explained scalar is in the title. 3D: the middle slice of the last axis.
+    """
+    rows = [(name, cols) for name, cols in GRADCAM_ROWS if all(k in maps for k, _ in cols)]
+    ncols = max(len(cols) for _, cols in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.3 * ncols, 2.5 * len(rows)), squeeze=False)
+    for r, (row_title, cols) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(cols):
+                ax.axis("off")
+                continue
+            key, col_title = cols[c]
+            m = maps[key]
+            overlay(ax, m.background[index], m.cam[index], f"{col_title}\n{float(m.scalar[index]):.3g}")
+        axes[r, 0].text(-0.08, 0.5, row_title, transform=axes[r, 0].transAxes, rotation=90, va="center",
+                        ha="right", fontsize=8)
+    fig.suptitle(title + ("  " if title else "") + "(Grad-CAM scaled to each map's maximum; value explained under "
+                                                   "each title)", fontsize=8)
+    fig.tight_layout()
+    return fig

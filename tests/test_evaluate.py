@@ -122,7 +122,10 @@ def test_demo_trains_then_benchmarks_into_the_run_folder(tiny_overrides, tmp_pat
     results = json.loads((run / "benchmark" / "results.json").read_text())
     assert list(results["methods"]) == list(METHODS)
     assert results["meta"]["n_pairs"] == 2  # TINY: 1 test image × 2 transforms
-    assert "Table 4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Table 4" in printed and "Explainability" in printed  # the demo reports the Grad-CAM measures too
+    assert len(results["explain"]["measures"]["symmetry/T_nr"]["values"]) == 2
+    assert (run / "benchmark" / "gradcam_example.png").is_file() and list((run / "gradcam").glob("*.png"))
 
 
 def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overrides, tmp_path, capsys):
