@@ -193,10 +193,10 @@ def explain_files(checkpoint, moving, fixed, out_dir, moving_labels=None, fixed_
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: exists and is not a folder")
-    inputs = reg.prepare(moving, fixed, moving_labels=moving_labels, fixed_labels=fixed_labels)
     if settings.region and (moving_labels is None or fixed_labels is None):
         raise ValueError(f"explain.region={list(settings.region)} needs --moving-labels and --fixed-labels (each "
                          "direction's displacement is averaged over its own fixed image's region)")
+    inputs = reg.prepare(moving, fixed, moving_labels=moving_labels, fixed_labels=fixed_labels)
     x_a, x_b, lab_a, lab_b = inputs.moving, inputs.fixed, inputs.moving_labels, inputs.fixed_labels
     fix, grid = inputs.fixed_image, inputs.grid
     net = module.net.eval()
