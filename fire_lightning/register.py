@@ -383,7 +383,8 @@ class Prepared:
     Attributes:
         moving, fixed: ``(1, 1, *grid.tensor_shape)`` model inputs in [-1, 1].
         moving_labels, fixed_labels: ``(1, 1, *grid.tensor_shape)`` int64 labels on the model grid, or None.
-        grid: the model grid; moving_image, fixed_image, moving_label_image: the loaded NIfTI.
+        grid: the model grid; moving_image, fixed_image, moving_label_image: the loaded NIfTI;
+            moving_data: the moving image's ``(X, Y, Z)`` array (read once).
         moving_name, fixed_name: the names messages use.
     """
 
@@ -394,6 +395,7 @@ class Prepared:
     grid: ModelGrid
     moving_image: nib.Nifti1Image
     fixed_image: nib.Nifti1Image
+    moving_data: np.ndarray
     moving_label_image: nib.Nifti1Image | None
     moving_name: str
     fixed_name: str
@@ -498,10 +500,12 @@ class Registrar:
             return on_grid(spatial_data(lab, np.float64), lab.affine, grid, self.device, "nearest",
                            torch.float64).round().long()
 
-        return Prepared(moving=model_input(spatial_data(mov), mov.affine, grid, self.device),
+        mov_data = spatial_data(mov)
+        return Prepared(moving=model_input(mov_data, mov.affine, grid, self.device),
                         fixed=model_input(spatial_data(fix), fix.affine, grid, self.device),
                         moving_labels=on_model_grid("moving"), fixed_labels=on_model_grid("fixed"),
-                        grid=grid, moving_image=mov, fixed_image=fix, moving_label_image=labels.get("moving"),
+                        grid=grid, moving_image=mov, fixed_image=fix, moving_data=mov_data,
+                        moving_label_image=labels.get("moving"),
                         moving_name=mov_name, fixed_name=fix_name)
 
     # ------------------------------------------------------------------ registration
@@ -519,7 +523,6 @@ class Registrar:
         t0 = time.perf_counter()
         pair = self.prepare(moving, fixed, moving_labels=moving_labels, keep_labels=True)
         mov, fix, lab, grid = pair.moving_image, pair.fixed_image, pair.moving_label_image, pair.grid
-        mov_data, fix_data = spatial_data(mov), spatial_data(fix)
         t_model = time.perf_counter()
         reg = self.module.register(pair.moving, pair.fixed)
         t_model = time.perf_counter() - t_model
@@ -527,8 +530,8 @@ class Registrar:
         u_nr = nonrigid_part(reg["field"], theta)
 
         lab_data = spatial_data(lab, np.float64) if lab is not None else None
-        warped, warped_aff, warped_lab, disp = self._map_to_fixed(fix, fix_data.shape, mov, mov_data, lab_data,
-                                                                  grid, theta, u_nr)
+        warped, warped_aff, warped_lab, disp = self._map_to_fixed(fix, spatial_shape(fix), mov, pair.moving_data,
+                                                                  lab_data, grid, theta, u_nr)
         affine_ras = world_affine(theta[0].cpu().numpy(), grid)
         result = RegistrationResult(
             warped=image_like(fix, warped, np.float32, "fire register: warped moving image"),
