@@ -214,8 +214,8 @@ def cam_layer(net: FIRENet, component: str, direction: str = "AtoB", layer: str 
 
 # ---------------------------------------------------------------------------------- all maps
 @torch.no_grad()
-def _discriminator_inputs(net: FIRENet, x_a, x_b, g_a, g_b) -> dict[str, tuple[torch.Tensor, str]]:
-    """The images each discriminator is explained on (module docstring), all in B's space."""
+def _discriminator_inputs(net: FIRENet, x_a, x_b, g_a, g_b) -> dict[str, torch.Tensor]:
+    """The images each discriminator is explained on (module docstring), each ``(B, 1, *S)`` in B's space."""
     shape, fshape = x_a.shape[2:], g_a.shape[2:]
     t = net.T_ab(g_a, g_b)
     return {
