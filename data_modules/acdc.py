@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .loading import make_loader, split_suggestion, spread
+
 from fire_lightning.io import load_nifti, spatial_shape
 
 log = logging.getLogger(__name__)
@@ -212,12 +214,14 @@ def split_patients(patients: list[ACDCPatient], counts=(60, 10, 30), seed: int =
     """
     n_train, n_val, n_test = (int(c) for c in counts)
     labelled = sorted(p.id for p in patients if p.has_labels)
+    hint = split_suggestion((n_train, n_val, n_test), len(patients), len(labelled))
     if len(patients) < n_train + n_val + n_test or len(labelled) < n_test:
         raise ValueError(f"the split {n_train}/{n_val}/{n_test} needs {n_train + n_val + n_test} patients "
-                         f"({n_test} with ground truth); found {len(patients)} ({len(labelled)} with ground truth)")
+                         f"({n_test} with ground truth); found {len(patients)} ({len(labelled)} with ground truth); "
+                         f"{hint}")
     if len(labelled) < n_test + n_val:
         raise ValueError(f"the split {n_train}/{n_val}/{n_test} needs {n_val + n_test} patients with ground truth "
-                         f"for validation and test; found {len(labelled)}")
+                         f"for validation and test; found {len(labelled)}; {hint}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(labelled).tolist()
     test, val = sorted(order[:n_test]), sorted(order[n_test : n_test + n_val])
@@ -289,7 +293,6 @@ class EDESPairs(_CinePairs):
     with the ground truth; deterministic (no random transforms: the motion is real)."""
 
     def __init__(self, items, cfg, spacing, split: str, n_images: int):
-        from .loading import spread
 
         super().__init__(items, cfg, spacing)
         self.split = split
@@ -408,18 +411,15 @@ class ACDCDataModule(L.LightningDataModule):
         self._prepared()
 
     def train_dataloader(self) -> DataLoader:
-        from .loading import make_loader
 
         return make_loader(self.cfg, CineTrainPairs(self._prepared()["train"], self.cfg, self.spacing))
 
     def val_dataloader(self) -> DataLoader:
-        from .loading import make_loader
 
         return make_loader(self.cfg, EDESPairs(self._prepared()["val"], self.cfg, self.spacing, "val",
                                                self.cfg.n_val_images))
 
     def test_dataloader(self) -> DataLoader:
-        from .loading import make_loader
 
         return make_loader(self.cfg, self.test_dataset())
 

@@ -15,6 +15,27 @@ def spread(items: list[int], count: int) -> list[int]:
     return [items[i] for i in idx]
 
 
+def split_suggestion(counts, available: int, labelled: int | None = None) -> str:
+    """The ``data.subject_split`` override that fits a partial download: ``counts`` scaled to the
+    ``available`` subjects, each at least 1, validation + test within the ``labelled`` ones."""
+    counts = [int(c) for c in counts]
+    labelled = available if labelled is None else labelled
+    if available < 3 or labelled < 2:
+        return f"a split needs at least 3 subjects, 2 of them labelled; found {available} ({labelled} labelled)"
+    total = sum(counts)
+    val = max(1, round(counts[1] * available / total))
+    test = max(1, round(counts[2] * available / total))
+    while val + test > labelled or val + test > available - 1:
+        if test >= val and test > 1:
+            test -= 1
+        elif val > 1:
+            val -= 1
+        else:
+            break
+    train = max(1, available - val - test)
+    return f"to use what is there, override data.subject_split=[{train},{val},{test}]"
+
+
 def _worker_init(worker_id: int) -> None:
     """One thread per loader worker: the training process already uses the cores."""
     import SimpleITK as sitk
@@ -23,10 +44,52 @@ def _worker_init(worker_id: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
+#: tensors every pair dict has; the known transform's keys are there only for evaluation pairs
+PAIR_KEYS = ("moving", "fixed", "moving_label", "fixed_label")
+TRUTH_KEYS = ("true_theta", "true_elastic")
+
+
 def collate_pairs(items: list[dict]) -> dict:
-    """Stack pair dicts into a batch (``id`` stays a list of str)."""
-    out = {k: torch.stack([it[k] for it in items]) for k in ("moving", "fixed", "moving_label", "fixed_label")}
+    """Stack pair dicts into a batch (``id`` stays a list of str); the known transform is kept
+    when every pair has one."""
+    keys = PAIR_KEYS + tuple(k for k in TRUTH_KEYS if all(k in it for it in items))
+    out = {k: torch.stack([it[k] for it in items]) for k in keys}
     out["id"] = [it["id"] for it in items]
+    return out
+
+
+def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Tensor, spacing, extent, augment,
+                     rng_a, rng_b, ident: str, known: bool = False) -> dict:
+    """The pair dict of two registered modalities of one anatomy, each randomly transformed or not.
+
+    Args:
+        moving, fixed: ``(1, *S)`` images in [0, 1] (clipped), on the same grid; ``labels`` ``(1, *S)`` theirs.
+        spacing, extent: voxel size and grid size in mm per axis.
+        augment: the ``data.augment`` config.
+        rng_a, rng_b: generators of the moving and the fixed image's transform; None: untransformed.
+        known: evaluation pairs (moving transformed, fixed not): also return the transform a perfect
+            registration undoes (reading it off TorchIO costs about twice the pair itself).
+
+    Returns:
+        ``moving``, ``fixed`` ``(1, *S)`` in [-1, 1], ``moving_label``, ``fixed_label`` int64, ``id``; with
+        ``known``, also :class:`augment.KnownTransform`'s ``true_theta`` ``(n, n+1)``, ``true_elastic`` ``(n, *S)``.
+    """
+    from .augment import apply_params, known_transform, sample_params
+
+    n = moving.dim() - 1
+    lab_m, lab_f = labels.long(), labels.long().clone()
+    truth = None
+    if rng_a is not None:
+        params = sample_params(rng_a, n, extent, augment)
+        moving, lab_m = apply_params(moving, lab_m, spacing, params)
+        if known and rng_b is None:
+            truth = known_transform(params, spacing, moving.shape[1:])
+    if rng_b is not None:
+        fixed, lab_f = apply_params(fixed, lab_f, spacing, sample_params(rng_b, n, extent, augment))
+    out = {"moving": moving.float().clamp(0, 1) * 2 - 1, "fixed": fixed.float().clamp(0, 1) * 2 - 1,
+           "moving_label": lab_m.long(), "fixed_label": lab_f.long(), "id": ident}
+    if truth is not None:
+        out.update(true_theta=truth.theta, true_elastic=truth.elastic)
     return out
 
 

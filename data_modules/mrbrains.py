@@ -40,8 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import apply_params, sample_params
-from .loading import make_loader, spread
+from .loading import make_loader, split_suggestion, spread, transformed_pair
 from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
 
 log = logging.getLogger(__name__)
@@ -113,7 +112,8 @@ def split_subjects(ids: list[str], counts, seed: int, where: str = "") -> dict:
         raise ValueError(f"data.subject_split must be 3 counts [train, val, test], each >= 1, got {counts}")
     need = sum(counts)
     if len(ids) < need:
-        raise ValueError(f"found {len(ids)} subjects{where}; data.subject_split {counts} needs {need}")
+        raise ValueError(f"found {len(ids)} subjects{where}; data.subject_split {counts} needs {need}; "
+                         f"{split_suggestion(counts, len(ids))}")
     ids = sorted(ids)  # the split depends on the ids and the seed, not on the order they were found in
     order = [ids[i] for i in np.random.default_rng(int(seed)).permutation(len(ids))]
     a, b = counts[0], counts[0] + counts[1]
@@ -143,15 +143,10 @@ class _Pairs(Dataset):
         block = arr if z is None else arr[:, :, z]
         return torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
 
-    def _pair(self, item: Item, z, rng_a, rng_b, ident: str) -> dict:
-        mov, lab_m = self._cut(item.images[self.mod_a], z), self._cut(item.labels, z).long()
-        fix, lab_f = self._cut(item.images[self.mod_b], z), lab_m.clone()
-        if rng_a is not None:
-            mov, lab_m = apply_params(mov, lab_m, self.spacing, sample_params(rng_a, self.n, self.extent, self.cfg.augment))
-        if rng_b is not None:
-            fix, lab_f = apply_params(fix, lab_f, self.spacing, sample_params(rng_b, self.n, self.extent, self.cfg.augment))
-        return {"moving": mov.float().clamp(0, 1) * 2 - 1, "fixed": fix.float().clamp(0, 1) * 2 - 1,
-                "moving_label": lab_m.long(), "fixed_label": lab_f.long(), "id": ident}
+    def _pair(self, item: Item, z, rng_a, rng_b, ident: str, known: bool = False) -> dict:
+        return transformed_pair(self._cut(item.images[self.mod_a], z), self._cut(item.images[self.mod_b], z),
+                                self._cut(item.labels, z), self.spacing, self.extent, self.cfg.augment,
+                                rng_a, rng_b, ident, known)
 
 
 class TrainPairs(_Pairs):
@@ -186,7 +181,7 @@ class FixedPairs(_Pairs):
         subject_seed = zlib.crc32(item.id.encode())  # stable across processes (unlike hash())
         rng = np.random.default_rng([int(self.cfg.test_seed), self.salt, subject_seed, k, *([] if z is None else [z])])
         ident = f"{self.split}-{item.id}" + (f"-z{z}" if z is not None else "") + f"-t{k:02d}"
-        return self._pair(item, z, rng, None, ident)
+        return self._pair(item, z, rng, None, ident, known=True)
 
 
 class MRBrainSDataModule(L.LightningDataModule):

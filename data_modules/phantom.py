@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import apply_params, sample_params
-from .loading import make_loader, spread
+from .loading import make_loader, spread, transformed_pair
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -152,20 +151,10 @@ class _PhantomPairs(Dataset):
             block = block[:, :, 0]
         return torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
 
-    def _pair(self, z: int, rng_a, rng_b, ident: str) -> dict:
-        mov, lab_m = self._cut(self.prep.images[self.mod_a], z), self._cut(self.prep.labels, z)
-        fix, lab_f = self._cut(self.prep.images[self.mod_b], z), lab_m.clone()
-        if rng_a is not None:
-            mov, lab_m = apply_params(mov, lab_m, self.spacing, sample_params(rng_a, self.n, self.extent, self.cfg.augment))
-        if rng_b is not None:
-            fix, lab_f = apply_params(fix, lab_f, self.spacing, sample_params(rng_b, self.n, self.extent, self.cfg.augment))
-        return {
-            "moving": mov.clamp(0, 1) * 2 - 1,
-            "fixed": fix.clamp(0, 1) * 2 - 1,
-            "moving_label": lab_m.long(),
-            "fixed_label": lab_f.long(),
-            "id": ident,
-        }
+    def _pair(self, z: int, rng_a, rng_b, ident: str, known: bool = False) -> dict:
+        return transformed_pair(self._cut(self.prep.images[self.mod_a], z), self._cut(self.prep.images[self.mod_b], z),
+                                self._cut(self.prep.labels, z), self.spacing, self.extent, self.cfg.augment,
+                                rng_a, rng_b, ident, known)
 
 
 class TrainPairs(_PhantomPairs):
@@ -212,7 +201,7 @@ class FixedPairs(_PhantomPairs):
     def __getitem__(self, i: int) -> dict:
         z, k = self.zs[i // self.per_image], i % self.per_image
         rng = np.random.default_rng([int(self.cfg.test_seed), self.salt, z, k])
-        return self._pair(z, rng, None, f"{self.split}-z{z}-t{k:02d}")
+        return self._pair(z, rng, None, f"{self.split}-z{z}-t{k:02d}", known=True)
 
 
 class PhantomDataModule(L.LightningDataModule):

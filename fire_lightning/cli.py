@@ -7,6 +7,7 @@ Examples::
     fire train experiments/phantom2d.yaml --resume runs/phantom2d-20261121-101500
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
+    fire ablation runs/a runs/b --out ablation/               # one table of several benchmarked runs
     fire demo                                                 # train on the phantom + the benchmark
     fire data check /path/to/mrbrains --dataset mrbrains      # subjects, files, split (or what is wrong)
     fire data check /path/to/ACDC --dataset acdc              # ACDC patients, ED/ES frames, split
@@ -64,11 +65,12 @@ def _cmd_train(args) -> int:
 
 
 def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, ants=None, threads=None,
-                  max_pairs=None, cfg=None, explain: bool = False) -> dict:
+                  max_pairs=None, cfg=None, explain: bool = False, refine=None) -> dict:
     """Score ``model`` (or the run's checkpoint) on the test pairs of ``dm`` (or the run's data)."""
     from omegaconf import OmegaConf
 
-    from .evaluate import dice_table, evaluate, load_module
+    from .evaluate import dice_table, evaluate
+    from .module import load_module
     from .train import load_run_config, make_datamodule
 
     run_dir = Path(run_dir)
@@ -89,7 +91,7 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
 
         settings = ExplainSettings.from_config(cfg if cfg is not None else model.cfg)
     results = evaluate(model, dm.test_dataset(), out_dir, ants=ants, threads=threads, max_pairs=max_pairs, meta=meta,
-                       explain=settings)
+                       explain=settings, refine=refine)
     print(dice_table(results))
     if explain:
         print("\n" + (out_dir / "explain.md").read_text())
@@ -111,7 +113,7 @@ SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fra
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
     """``fire benchmark`` TARGET (run folder or checkpoint) → (model, config, data module, checkpoint, out folder)."""
     from .config import apply_overrides
-    from .evaluate import load_module
+    from .module import load_module
     from .train import CONFIG_NAME, load_run_config, make_datamodule
 
     target = Path(target)
@@ -167,24 +169,56 @@ def _check_held_out(dm, run_dir: Path | None, ckpt: Path) -> None:
 
 def _cmd_benchmark(args) -> int:
     from .baselines import AntsParams
+    from .refine import settings_from_cli
 
+    refine = settings_from_cli(args.refine, args.refine_lr_affine, args.refine_lr_field)
+    curve_steps = None
+    if args.refine_curve is not None:
+        from .refine_curve import parse_steps
+
+        curve_steps = parse_steps(args.refine_curve)
     model, cfg, dm, ckpt, default_out = _benchmark_inputs(args.target, args.checkpoint, args.data, args.overrides)
-    _evaluate_run(default_out.parent, model, dm, checkpoint=ckpt, out_dir=args.out or default_out,
-                  ants=None if args.no_ants else AntsParams.preset(args.ants_preset), threads=args.threads,
-                  max_pairs=args.max_pairs, cfg=cfg, explain=args.explain)
+    out_dir = Path(args.out or default_out)
+    results = _evaluate_run(default_out.parent, model, dm, checkpoint=ckpt, out_dir=out_dir,
+                            ants=None if args.no_ants else AntsParams.preset(args.ants_preset), threads=args.threads,
+                            max_pairs=args.max_pairs, cfg=cfg, explain=args.explain, refine=refine)
+    if curve_steps is not None:
+        from .refine import RefineSettings
+        from .refine_curve import refine_curve
+
+        curve = refine_curve(model, dm.test_dataset(), curve_steps, out_dir, settings=refine or RefineSettings(),
+                             reference=results, max_pairs=args.max_pairs, threads=args.threads)
+        print("\n" + (out_dir / "refine_curve.md").read_text())
+        print(f"refinement curve: {out_dir / 'refine_curve.png'} (also refine_curve.json, .csv, .md); "
+              f"{len(curve['rows'])} values of N")
     return 0
 
 
+#: FIRE+IO steps in the demo's benchmark (the trade-off measured in the README's refinement curve)
+DEMO_REFINE_STEPS = 10
+
+
 def _cmd_demo(args) -> int:
+    from .baselines import AntsParams
+    from .refine import settings_from_cli
     from .train import train
 
-    from .baselines import AntsParams
-
+    refine = settings_from_cli(args.refine, args.refine_lr_affine, args.refine_lr_field)
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
     run_dir = Path(result["run_dir"])
     _evaluate_run(run_dir, result["model"], result["datamodule"], checkpoint=result["checkpoint"],
-                  out_dir=run_dir / "benchmark", ants=None if args.no_ants else AntsParams(), cfg=cfg, explain=True)
+                  out_dir=run_dir / "benchmark", ants=None if args.no_ants else AntsParams(), cfg=cfg, explain=True,
+                  refine=refine)
+    return 0
+
+
+def _cmd_ablation(args) -> int:
+    from .ablation import ablation
+
+    print(ablation(args.runs, args.base, args.out))
+    if args.out:
+        print(f"written: {Path(args.out) / 'ablation.md'} and ablation.csv")
     return 0
 
 
@@ -193,6 +227,9 @@ def _cmd_register(args) -> int:
 
     from .register import Registrar, register_csv
 
+    from .refine import settings_from_cli
+
+    refine = settings_from_cli(args.refine, args.refine_lr_affine, args.refine_lr_field)
     single = {"--moving": args.moving, "--fixed": args.fixed, "--out": args.out, "--moving-labels": args.moving_labels,
               "--out-labels": args.out_labels, "--field": args.field, "--affine": args.affine}
     if args.csv is not None:
@@ -200,7 +237,7 @@ def _cmd_register(args) -> int:
         if given:
             raise ValueError(f"{args.csv}: --csv takes every path from the CSV file; drop {', '.join(given)}")
         report = register_csv(args.checkpoint, args.csv, device=args.device,
-                              on_error=lambda msg: tqdm.write("fire: error: " + msg, file=sys.stderr))
+                              on_error=lambda msg: tqdm.write("fire: error: " + msg, file=sys.stderr), refine=refine)
         if report.failures:
             rows = ", ".join(str(i) for i, _ in report.failures)
             print(f"fire: error: {len(report.failures)} of {report.rows} pairs in {args.csv} failed (rows {rows})",
@@ -212,7 +249,7 @@ def _cmd_register(args) -> int:
     if missing:
         raise ValueError(f"register needs {', '.join(missing)} (or --csv PAIRS.csv)")
     try:
-        result = Registrar(args.checkpoint, device=args.device).register_files(
+        result = Registrar(args.checkpoint, device=args.device, refine=refine).register_files(
             args.moving, args.fixed, args.out, moving_labels=args.moving_labels, out_labels=args.out_labels,
             field=args.field, affine=args.affine)
     except OSError as e:  # a failed write: one line like the other errors
@@ -232,11 +269,18 @@ def _cmd_explain(args) -> int:
     return 0
 
 
+#: the experiment whose data section ``fire data check --dataset NAME`` checks against when no --config is given
+DATASET_CONFIGS = {"acdc": "acdc2d.yaml", "mrbrains": "mrbrains2d_t1_flair.yaml"}
+
+
 def _cmd_data_check(args) -> int:
     from .train import make_datamodule
 
     overrides = [*args.overrides, f"data.name={args.dataset}", f"data.root={args.root}"]
-    cfg = load_config(args.config, overrides)
+    config = args.config
+    if config is None and args.dataset in DATASET_CONFIGS:  # the dataset's own defaults (ACDC: 60/10/30)
+        config = DEFAULT_EXPERIMENT.parent / DATASET_CONFIGS[args.dataset]
+    cfg = load_config(config, overrides)
     dm = make_datamodule(cfg)
     if not callable(getattr(dm, "check", None)):
         raise ValueError(f"data.name={args.dataset}: this dataset has no check (it is not read from data.root)")
@@ -244,6 +288,13 @@ def _cmd_data_check(args) -> int:
         print(line)
     print("ok")
     return 0
+
+
+def _refine_options(parser) -> None:
+    parser.add_argument("--refine", default=None, metavar="N", help="FIRE+IO: N steps of per-pair optimisation "
+                        "(MI + smoothness) from the network's transform; 0 reproduces the network's output")
+    parser.add_argument("--refine-lr-affine", default=None, metavar="LR", help="Adam step of the affine part (default 1e-2)")
+    parser.add_argument("--refine-lr-field", default=None, metavar="LR", help="Adam step of the non-rigid field (default 2e-3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "structure, A→B/B→A symmetry, discriminator divergence and its correlation with registration "
                    "error (explain.md, gradcam_example.png, and explain_correlation.png for adversarial models); explain.* "
                    "overrides choose what is explained")
+    _refine_options(b)
+    b.add_argument("--refine-curve", default=None, metavar="N1,N2,...", help="also FIRE+IO's Dice and seconds per "
+                   "pair at each N (e.g. 0,10,25,50,100,200) against the ANTs rows: refine_curve.png/.md/.csv/.json")
     b.set_defaults(func=_cmd_benchmark)
 
     d = sub.add_parser("demo", help="the main job: train on the embedded phantom, then the benchmark against ANTs "
@@ -288,14 +342,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default=str(DEFAULT_EXPERIMENT))
     d.add_argument("overrides", nargs="*")
     d.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines in the benchmark")
+    _refine_options(d)
+    d.set_defaults(refine=str(DEMO_REFINE_STEPS))
     d.set_defaults(func=_cmd_demo)
+
+    a = sub.add_parser("ablation", help="one table of several runs' benchmarks (same test pairs), each row with "
+                                        "the command that reproduces it")
+    a.add_argument("runs", nargs="+", help="run folders, each benchmarked (RUN/benchmark/results.json)")
+    a.add_argument("--base", default=str(DEFAULT_EXPERIMENT),
+                   help="the experiment the commands start from (default: experiments/phantom2d.yaml)")
+    a.add_argument("--out", default=None, help="folder for ablation.md and ablation.csv")
+    a.set_defaults(func=_cmd_ablation)
 
     dt = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
     c = dt.add_parser("check", help="list a dataset's subjects, files, shapes, spacings, labels and the split, "
                                     "or the one-line error of what is wrong")
     c.add_argument("root", help="the dataset folder (as data.root)")
     c.add_argument("--dataset", default="mrbrains", help="data.name (default: mrbrains)")
-    c.add_argument("--config", default=None, help="experiment YAML (default: the schema's defaults)")
+    c.add_argument("--config", default=None, help="experiment YAML (default: the dataset's own, "
+                   "experiments/acdc2d.yaml or experiments/mrbrains2d_t1_flair.yaml)")
     c.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.subject_split=[5,1,1]")
     c.set_defaults(func=_cmd_data_check)
 
@@ -314,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--csv", help="batch mode: a CSV of pairs")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto (default): CUDA when present, else CPU")
+    _refine_options(r)
     r.set_defaults(func=_cmd_register)
 
     x = sub.add_parser("explain", help="Grad-CAM maps of every FIRE component for one pair (ExFIRE)",

@@ -104,6 +104,12 @@ class ModelConfig:
     n_res: int = 4  # ResNet blocks in G and in each F (paper: 4)
     affine_channels: List[int] = field(default_factory=lambda: [32, 64, 64])
     affine_hidden: int = 64
+    # How T_af produces theta (networks.TransformationNet); the paper: regress, identity, 1 pass, 3.
+    affine_head: str = "regress"  # regress (conv → global pooling → FC) | dense (least-squares fit to a dense field)
+    affine_init: str = "identity"  # identity | com | scale | principal: the images' foreground moments first
+    affine_passes: int = 1  # recursive cascade: the affine head applied K times, each on the re-warped features
+    affine_mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
+    down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
     similarity: str = "rms"  # rms | mi | lncc, used in (7)
     similarity_input: str = "synthesised"  # (7) compares F(G(x^A∘φ)) (paper) or the warped image itself ("image")
     mi_bins: int = 32
@@ -125,6 +131,9 @@ class OptimConfig:
     lr_discriminator: float = 1e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0  # max gradient norm per optimiser; 0 = off
+    # Beyond the paper: the first N iterations train G and T_af on MI of the affinely warped image
+    # alone (no decoders: a fraction of an iteration's cost); 0 = the paper's training from the start.
+    affine_warmup_steps: int = 0
 
 
 @dataclass
@@ -285,6 +294,20 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.similarity_input must be 'synthesised' or 'image', got '{cfg.model.similarity_input}'")
     if cfg.model.smooth_units not in ("voxel", "normalised"):
         raise ConfigError(f"model.smooth_units must be 'voxel' or 'normalised', got '{cfg.model.smooth_units}'")
+    from .networks import AFFINE_HEADS, AFFINE_INITS
+
+    for key, allowed in (("affine_head", AFFINE_HEADS), ("affine_init", AFFINE_INITS)):
+        if cfg.model[key] not in allowed:
+            raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
+    if cfg.model.affine_passes < 1:
+        raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
+    if cfg.model.down_kernel not in (3, 4):
+        raise ConfigError(f"model.down_kernel must be 3 (paper) or 4 (grid-aligned), got {cfg.model.down_kernel}")
+    if cfg.optim.affine_warmup_steps < 0 or cfg.optim.affine_warmup_steps >= cfg.trainer.max_steps:
+        raise ConfigError(f"optim.affine_warmup_steps must be in [0, trainer.max_steps), got "
+                          f"{cfg.optim.affine_warmup_steps} (max_steps {cfg.trainer.max_steps})")
+    if cfg.model.affine_mi_weight < 0:
+        raise ConfigError(f"model.affine_mi_weight must be >= 0, got {cfg.model.affine_mi_weight}")
     if cfg.model.width < 1:
         raise ConfigError(f"model.width must be positive, got {cfg.model.width}")
     if cfg.model.adv_weight < 0:

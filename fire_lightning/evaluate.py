@@ -31,50 +31,36 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from data_modules.loading import collate_pairs
 
-from . import metrics
-from .io import describe_error
+from . import metrics, spatial
+from .truth import ERROR_COLUMNS, true_fields
 from .module import FIREModule
+from .tables import markdown_table, paired, summarise
 
 log = logging.getLogger(__name__)
 
 METHODS = ("Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE")
 FIRE_METHODS = ("Unaligned", "FIRE-Affine", "FIRE")
+#: the ceiling, where the pairs' transform is known (:mod:`.truth`): its true inverse, affine part and full
+TRUE_METHODS = ("True", "True-Affine")
+#: FIRE's transform refined on each pair (:mod:`.refine`), when the benchmark is asked for it
+IO_METHOD = "FIRE+IO"
 #: extra metric columns of Table 2: key → (header, format)
-COLUMNS = {"hd95_mean": ("HD95 (mm)", "{:.2f}"), "folding_pct": ("% det J ≤ 0", "{:.3f}"),
-           "logjac_std": ("std log J", "{:.3f}"), "ice_mm": ("ICE (mm)", "{:.2f}")}
+COLUMNS = {"dice1r_mean": ("Dice mean, 1 resampling (%)", "{:.2f}"), "hd95_mean": ("HD95 (mm)", "{:.2f}"),
+           "folding_pct": ("% det J ≤ 0", "{:.3f}"), "logjac_std": ("std log J", "{:.3f}"),
+           "ice_mm": ("ICE (mm)", "{:.2f}"), "affine_err_mm": ("affine error (mm)", "{:.2f}")}
+PERCENT_COLUMNS = ("dice1r_mean",)
 
 
-def summarise(values) -> dict:
-    """``{"mean", "std", "values"}`` of per-pair values (NaN entries ignored in mean/std)."""
-    arr = np.asarray(values, dtype=float)
-    finite = arr[np.isfinite(arr)]
-    return {  # None, not NaN, where nothing is finite: results.json stays valid JSON
-        "mean": float(finite.mean()) if finite.size else None,
-        "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
-        "values": [None if not np.isfinite(v) else float(v) for v in arr],
-    }
-
-
-def paired(a: dict, b: dict) -> dict:
-    """Per-pair difference ``a - b`` of two metric summaries: mean, std, % of pairs where a > b."""
-    pairs = [(x, y) for x, y in zip(a["values"], b["values"]) if x is not None and y is not None]
-    diff = np.array([x - y for x, y in pairs])
-    if not diff.size:
-        return {"mean_diff": None, "std_diff": None, "pct_pairs_better": None, "n": 0}
-    return {"mean_diff": float(diff.mean()), "std_diff": float(diff.std(ddof=1)) if diff.size > 1 else 0.0,
-            "pct_pairs_better": float((diff > 0).mean() * 100), "n": int(diff.size)}
-
-
-def _time_fire(model: FIREModule, dataset, device: torch.device, repeats: int = 1) -> list[float]:
-    """Seconds per pair of ``model.register``, one pair of ``dataset`` at a time (after one warm-up
-    call); pairs are fetched one by one, so no more than one is held for timing."""
+def _time_fire(model: FIREModule, dataset, device: torch.device, repeats: int = 1, refine=None) -> list[float]:
+    """Seconds per pair of ``model.register`` (with ``refine``: FIRE+IO end to end), one pair of
+    ``dataset`` at a time (after one warm-up call); pairs are fetched one by one, so no more than one
+    is held for timing."""
     model = model.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -82,14 +68,14 @@ def _time_fire(model: FIREModule, dataset, device: torch.device, repeats: int = 
         item = dataset[i]
         return item["moving"][None].to(device), item["fixed"][None].to(device)
 
-    model.register(*pair(0))  # warm-up: allocations, kernels, caches
+    model.register(*pair(0), refine=refine)  # warm-up: allocations, kernels, caches
     out = []
     for i in range(len(dataset)):
         mov, fix = pair(i)
         sync()
         t0 = time.perf_counter()
         for _ in range(repeats):
-            model.register(mov, fix)
+            model.register(mov, fix, refine=refine)
         sync()
         out.append((time.perf_counter() - t0) / repeats)
     return out
@@ -98,7 +84,7 @@ def _time_fire(model: FIREModule, dataset, device: torch.device, repeats: int = 
 @torch.no_grad()
 def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads: int | None = None,
              batch_size: int = 16, device: str | None = None, max_pairs: int | None = None,
-             meta: dict | None = None, explain=None) -> dict:
+             meta: dict | None = None, explain=None, refine=None) -> dict:
     """Score every pair of ``dataset`` (dicts as produced by the data modules) and write the reports.
 
     Args:
@@ -109,6 +95,8 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
         explain: :class:`explain.ExplainSettings` to add the explainability measures of every
             pair (``results["explain"]``, ``explain.md``, ``explain_correlation.png``,
             ``gradcam_example.png``); None to skip them.
+        refine: :class:`refine.RefineSettings` with ``steps > 0`` to add the method ``FIRE+IO`` (the
+            network's transform refined on each pair, timed end to end like the others).
 
     Returns:
         the ``results.json`` content.
@@ -117,7 +105,7 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        results, example = _run(model, dataset, ants, threads, batch_size, device, max_pairs, explain)
+        results, example = _run(model, dataset, ants, threads, batch_size, device, max_pairs, explain, refine)
     finally:
         torch.set_num_threads(prev_threads)
     results["meta"].update(meta or {}, max_pairs=max_pairs)
@@ -131,7 +119,7 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
 
 
 def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device, max_pairs,
-         explain=None) -> tuple[dict, dict]:
+         explain=None, refine=None) -> tuple[dict, dict]:
     """The benchmark itself (see :func:`evaluate`) → (results without the extra meta, example pair)."""
     if ants is not None:
         from .baselines import register_pair
@@ -142,7 +130,9 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
         dataset = Subset(dataset, range(min(int(max_pairs), len(dataset))))
     model = model.to(device).eval()
     names, spacing = model.label_names, model.spacing
-    methods = METHODS if ants is not None else FIRE_METHODS
+    known = "true_theta" in dataset[0]  # evaluation pairs with a known transform: the ceiling and affine errors
+    io = refine is not None and refine.steps > 0
+    methods = (TRUE_METHODS if known else ()) + (METHODS if ants is not None else FIRE_METHODS) + (IO_METHOD,) * io
     per: dict = {m: {} for m in methods}
     per_explain: dict[str, list] = {}
     ids: list[str] = []
@@ -154,10 +144,14 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
         for batch in loader:
             mov, fix = batch["moving"].to(device), batch["fixed"].to(device)
             reg = model.register(mov, fix)
-            back = model.net.T_ba(reg["g_fixed"], reg["g_moving"])
+            back = model.net.transform("BtoA", reg["g_fixed"], reg["g_moving"], fix, mov)
             shape = mov.shape[2:]
             fields = {"Unaligned": None, "FIRE-Affine": reg["affine_field"].cpu(), "FIRE": reg["field"].cpu()}
             inverse = {"FIRE-Affine": back.affine_field(shape).cpu(), "FIRE": back.field(shape).cpu()}
+            if io:  # both directions refined, as FIRE's T^{B→A} gives the inverse
+                t_io = model.refined(reg["transform"], mov, fix, refine)
+                fields[IO_METHOD], refined_theta = t_io.field(shape).cpu(), t_io.theta.cpu()
+                inverse[IO_METHOD] = model.refined(back, fix, mov, refine).field(shape).cpu()
             ants_out = []
             if ants is not None:
                 for i in range(mov.shape[0]):
@@ -169,8 +163,17 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
                     per[name].setdefault("seconds_per_pair", []).extend(o[name]["seconds"] for o in ants_out)
             else:
                 bar.update(mov.shape[0])
+            truth, thetas = None, None
+            if known:
+                truth = {k: batch[k] for k in ("true_theta", "true_elastic")}
+                fields.update(true_fields(truth["true_theta"], truth["true_elastic"]))
+                thetas = {"FIRE-Affine": reg["theta"].cpu()}
+                if io:
+                    thetas[IO_METHOD] = refined_theta
+                if ants is not None:
+                    thetas["ANTs-Affine"] = spatial.fit_affine_to_field(fields["ANTs-Affine"].double()).float()
             scores = metrics.score_methods(batch["moving_label"], batch["fixed_label"], fields, names, spacing,
-                                           inverse_fields=inverse)
+                                           inverse_fields=inverse, truth=truth, thetas=thetas)
             for method in methods:
                 for key, vals in scores[method].items():
                     per[method].setdefault(key, []).extend(vals.numpy().tolist())
@@ -188,17 +191,22 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
 
     # Table 4: one pair at a time, same threads as ANTs.
     per["FIRE"]["seconds_per_pair"] = _time_fire(model, dataset, torch.device("cpu"))
+    if io:
+        per[IO_METHOD]["seconds_per_pair"] = _time_fire(model, dataset, torch.device("cpu"), refine=refine)
     gpu_name = None
     if torch.cuda.is_available():
         per["FIRE"]["seconds_per_pair_gpu"] = _time_fire(model, dataset, torch.device("cuda"), repeats=5)
+        if io:
+            per[IO_METHOD]["seconds_per_pair_gpu"] = _time_fire(model, dataset, torch.device("cuda"), refine=refine)
         gpu_name = torch.cuda.get_device_name(0)
     model.to(device)
 
     summary = {m: {k: summarise(v) for k, v in per[m].items()} for m in methods}
     results = {
         "methods": summary,
-        "paired": {f"FIRE vs {m}": paired(summary["FIRE"]["dice_mean"], summary[m]["dice_mean"])
-                   for m in methods if m != "FIRE"},
+        "paired": {f"{a} vs {m}": paired(summary[a]["dice_mean"], summary[m]["dice_mean"])
+                   for a in ("FIRE", IO_METHOD) if a in summary for m in methods
+                   if m != a and (a == "FIRE" or m in ("FIRE", "ANTs-SyN", "ANTs-Affine"))},
         "pair_ids": ids,
         "structures": list(names.values()),
         "meta": {
@@ -208,6 +216,7 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
             "timing": "seconds per pair, one pair at a time; FIRE = model.register (both fields, warped image) "
                       "after one warm-up call; ANTs = ants.registration calls (ANTs-SyN includes its affine stage)",
             "ants": ants.record() if ants is not None else None,
+            "refine": dataclasses.asdict(refine) if io else None,
         },
     }
     if explain is not None:
@@ -291,8 +300,16 @@ def table2_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for m, res in results["methods"].items():
         row = [m] + [_cell(res.get(f"dice_{s}"), 100) for s in structures]
-        row += [_cell(res.get(k), 1, fmt) for k, (_, fmt) in COLUMNS.items()]
+        row += [_cell(res.get(k), 100 if k in PERCENT_COLUMNS else 1, fmt) for k, (_, fmt) in COLUMNS.items()]
         rows.append(row)
+    return header, rows
+
+
+def affine_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the affine-error table (methods with an affine part, known transforms only)."""
+    header = ["method"] + [h for h, _ in ERROR_COLUMNS.values()]
+    rows = [[m] + [_cell(res.get(k), 1, fmt) for k, (_, fmt) in ERROR_COLUMNS.items()]
+            for m, res in results["methods"].items() if "affine_err_mm" in res]
     return header, rows
 
 
@@ -310,21 +327,26 @@ def table4_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def dice_table(results: dict) -> str:
     """Markdown: Table 2, Table 4 and the paired differences (what ``results.md`` holds)."""
     n = results["meta"]["n_pairs"]
-    parts = [f"Table 2: mean (std) over {n} test pairs.", "", _markdown(*table2_rows(results)), ""]
+    parts = [f"Table 2: mean (std) over {n} test pairs.", "", markdown_table(*table2_rows(results)), ""]
+    if any(m in results["methods"] for m in TRUE_METHODS):
+        parts += ["True / True-Affine: the inverse of each pair's known test transform (in full / its affine part), "
+                  "the ceiling. Dice: the moving labels warped by the method (labels resampled twice: by the test "
+                  "transform, then by the method). Dice, 1 resampling: the untransformed labels sent once through the "
+                  "test transform composed with the method's field (True scores 100 by construction).", ""]
+    header, rows = affine_rows(results)
+    if rows:
+        parts += ["Affine error against the known transform, over the fixed brain: mean distance between where the "
+                  "method's affine and the true one send each point; the error transform's translation (at the "
+                  "brain's centroid), rotation, scale and shear (polar decomposition).", "",
+                  markdown_table(header, rows), ""]
     header, rows = table4_rows(results)
     if rows:
         parts += ["Table 4: seconds per pair, one pair at a time, same CPU threads for all (ANTs' times include "
                   "antspyx writing its transforms to disk; FIRE's are the network and the warp).", "",
-                  _markdown(header, rows), ""]
+                  markdown_table(header, rows), ""]
     for name, p in results.get("paired", {}).items():
         if p["n"]:
             parts.append(f"{name}: mean Dice difference {100 * p['mean_diff']:+.2f} (std {100 * p['std_diff']:.2f}) "
@@ -336,27 +358,43 @@ def dice_table(results: dict) -> str:
 
 
 def check_targets(results: dict) -> list[str]:
-    """The benchmark's targets against ANTs-SyN, each as "met" / "MISSED" with the figures."""
+    """The benchmark's targets against ANTs (accuracy issue), each "met" / "MISSED" with the figures."""
     m = results["methods"]
-    if "ANTs-SyN" not in m or "FIRE" not in m:
+    if not all(k in m for k in ("ANTs-SyN", "ANTs-Affine", "FIRE", "FIRE-Affine")):
         return []
-    fire_d, syn_d = m["FIRE"]["dice_mean"]["mean"], m["ANTs-SyN"]["dice_mean"]["mean"]
-    speed = m["ANTs-SyN"]["seconds_per_pair"]["mean"] / m["FIRE"]["seconds_per_pair"]["mean"]
-    fold = m["FIRE"]["folding_pct"]["mean"]
+    dice = {k: 100 * m[k]["dice_mean"]["mean"] for k in (*METHODS[1:], IO_METHOD) if k in m}
+
+    def speed(method: str) -> float:
+        return m["ANTs-SyN"]["seconds_per_pair"]["mean"] / m[method]["seconds_per_pair"]["mean"]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    return [f"FIRE mean Dice ≥ ANTs-SyN mean Dice: {verdict(fire_d >= syn_d)} "
-            f"({100 * fire_d:.2f} vs {100 * syn_d:.2f}, {100 * (fire_d - syn_d):+.2f} points)",
-            f"FIRE ≥ 10× faster than ANTs-SyN per pair on the CPU: {verdict(speed >= 10)} ({speed:.1f}×)",
-            f"FIRE folding < 0.5 %: {verdict(fold < 0.5)} ({fold:.3f} %)"]
+    def versus(a: str, b: str, margin: float, stretch: str = "") -> str:
+        gap = dice[a] - dice[b]
+        goal = f"{b} {'+' if margin < 0 else '−'} {abs(margin):g}" if margin else b
+        return (f"{stretch}{a} mean Dice ≥ {goal}: {verdict(gap >= -margin)} "
+                f"({dice[a]:.2f} vs {dice[b]:.2f}, {gap:+.2f} points)")
+
+    out = [versus("FIRE", "ANTs-Affine", 2), versus("FIRE-Affine", "ANTs-Affine", 4),
+           versus("FIRE", "ANTs-SyN", 0, "(stretch) "),
+           f"FIRE ≥ 20× faster than ANTs-SyN per pair on the CPU: {verdict(speed('FIRE') >= 20)} ({speed('FIRE'):.1f}×)",
+           f"FIRE folding < 0.5 %: {verdict(m['FIRE']['folding_pct']['mean'] < 0.5)} "
+           f"({m['FIRE']['folding_pct']['mean']:.3f} %)"]
+    if IO_METHOD in m:
+        fold = m[IO_METHOD]["folding_pct"]["mean"]
+        out += [versus(IO_METHOD, "ANTs-SyN", -1),
+                f"{IO_METHOD} ≥ 5× faster than ANTs-SyN per pair on the CPU: {verdict(speed(IO_METHOD) >= 5)} "
+                f"({speed(IO_METHOD):.1f}×)",
+                f"{IO_METHOD} folding < 0.5 %: {verdict(fold < 0.5)} ({fold:.3f} %)"]
+    return out
 
 
 def _write_reports(results: dict, out_dir: Path) -> None:
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     (out_dir / "results.md").write_text(dice_table(results) + "\n")
-    for name, (header, rows) in (("table2.csv", table2_rows(results)), ("table4.csv", table4_rows(results))):
+    for name, (header, rows) in (("table2.csv", table2_rows(results)), ("table4.csv", table4_rows(results)),
+                                 ("affine_error.csv", affine_rows(results))):
         with open(out_dir / name, "w", newline="") as fh:
             csv.writer(fh).writerows([header, *rows])
     keys = sorted({k for res in results["methods"].values() for k in res})
@@ -393,14 +431,3 @@ def _figures(results: dict, example: dict | None, out_dir: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "dice_boxplot.png", dpi=100)
     plt.close(fig)
-
-
-def load_module(checkpoint: str | Path, map_location: str = "cpu") -> FIREModule:
-    """Load a :class:`FIREModule` from a Lightning checkpoint, with a clear error if it is not one."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        return FIREModule.load_from_checkpoint(str(path), map_location=map_location)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable fire-lightning checkpoint ({describe_error(e)})") from None

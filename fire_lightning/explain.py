@@ -175,7 +175,7 @@ def region_mask(fixed_label: torch.Tensor | None, region) -> torch.Tensor | None
 
 
 def transform_scalar(net: FIRENet, direction: str, g_a: torch.Tensor, g_b: torch.Tensor, kind: str,
-                     shape, mask: torch.Tensor | None = None) -> torch.Tensor:
+                     shape, mask: torch.Tensor | None = None, images: tuple | None = None) -> torch.Tensor:
     """The scalar explained for a transformation: ``(B,)``.
 
     Args:
@@ -183,8 +183,10 @@ def transform_scalar(net: FIRENet, direction: str, g_a: torch.Tensor, g_b: torch
         g_a, g_b: ``(B, C, *S/4)`` encodings.
         kind: ``displacement``, ``nonrigid`` or ``affine``.
         shape: image grid ``S``; mask: ``(B, 1, *S)`` or None (mean over the mask's points).
+        images: ``(x_a, x_b)``, the encoded images (for a model whose T_af starts from their moments).
     """
-    t = net.T_ab(g_a, g_b) if direction == "AtoB" else net.T_ba(g_b, g_a)
+    x_a, x_b = images if images is not None else (None, None)
+    t = net.transform("AtoB", g_a, g_b, x_a, x_b) if direction == "AtoB" else net.transform("BtoA", g_b, g_a, x_b, x_a)
     if kind == "affine":
         n = t.theta.shape[1]
         eye = torch.eye(n, n + 1, dtype=t.theta.dtype, device=t.theta.device)
@@ -217,7 +219,7 @@ def cam_layer(net: FIRENet, component: str, direction: str = "AtoB", layer: str 
 def _discriminator_inputs(net: FIRENet, x_a, x_b, g_a, g_b) -> dict[str, torch.Tensor]:
     """The images each discriminator is explained on (module docstring), each ``(B, 1, *S)`` in B's space."""
     shape, fshape = x_a.shape[2:], g_a.shape[2:]
-    t = net.T_ab(g_a, g_b)
+    t = net.transform("AtoB", g_a, g_b, x_a, x_b)
     return {
         "D_A/real_rigid": spatial.warp(x_a, t.affine_field(shape)),
         "D_A/real_nonrigid": spatial.warp(x_a, t.field(shape)),
@@ -271,7 +273,7 @@ def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: E
 
             def through_g(xa, xb, kind=scal["G"]):
                 ga, gb = net.G(torch.cat([xa, xb])).split(xa.shape[0])
-                return transform_scalar(net, direction, ga, gb, kind, shape, mask)
+                return transform_scalar(net, direction, ga, gb, kind, shape, mask, (x_a, x_b))
 
             cam = grad_cam(through_g, cam_layer(net, "G"), (x_a, x_b), shape, method["G"])
             value = explained(through_g(x_a, x_b))
@@ -280,7 +282,7 @@ def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: E
                                                       value)
             for comp in ("T_af", "T_nr"):
                 def through_t(ga, gb, kind=scal[comp]):
-                    return transform_scalar(net, direction, ga, gb, kind, shape, mask)
+                    return transform_scalar(net, direction, ga, gb, kind, shape, mask, (x_a, x_b))
 
                 cam = grad_cam(through_t, cam_layer(net, comp, direction, settings.layer), (g_a, g_b), shape,
                                method[comp])

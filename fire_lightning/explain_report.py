@@ -46,7 +46,7 @@ def pair_values(maps: dict[str, ex.CamMap], u_ab: torch.Tensor, labels: dict, la
 def summarise(per: dict[str, list]) -> dict[str, dict]:
     """``{key: {"mean", "std", "values"}}`` as :func:`evaluate.summarise` (None, not NaN, where a
     value is undefined, e.g. the share of an all-zero map: the JSON stays valid)."""
-    from .evaluate import summarise as one
+    from .tables import summarise as one
 
     return {k: one(v) for k, v in per.items()}
 
@@ -94,7 +94,7 @@ def tables(summary: dict[str, dict], map_names: list[str], structures: list[str]
            corr: dict | None = None) -> str:
     """Markdown: share of Grad-CAM mass per structure, symmetry, discriminator divergence
     (and correlations when given). Cells are mean (std) over pairs; a single pair shows the value."""
-    from .evaluate import _markdown as _md
+    from .tables import markdown_table as _md
 
     key = {"D_A": "D", "D_B": "D"}
     rows = []

@@ -117,7 +117,7 @@ def inverse_consistency_error(u_ab: torch.Tensor, u_ba: torch.Tensor, spacing) -
 
 
 def score_methods(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_names: dict, spacing,
-                  inverse_fields: dict | None = None) -> dict:
+                  inverse_fields: dict | None = None, truth: dict | None = None, thetas: dict | None = None) -> dict:
     """Every metric for every method, per pair.
 
     Args:
@@ -128,21 +128,35 @@ def score_methods(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_
         spacing: voxel size in mm per spatial axis.
         inverse_fields: method → the method's own fixed → moving field, for the inverse-consistency
             error (methods absent here get no ``ice_mm``).
+        truth: the pairs' known transform, ``{"true_theta", "true_elastic"}`` (evaluation pairs whose
+            fixed image is the untransformed source, so ``lab_f`` holds the source labels), or None.
+            Adds ``dice1r_<S>`` / ``dice1r_mean``: Dice of the source labels resampled once
+            (:func:`truth.single_resampling_labels`).
+        thetas: method → its affine ``(B, n, n+1)``; with ``truth``, adds the affine errors of
+            :func:`truth.affine_error` over the fixed image's labelled region.
 
     Returns:
         method → metric → ``(B,)`` float64 on the CPU: ``dice_<S>``, ``dice_mean``, ``hd95_<S>``,
         ``hd95_mean`` (mm), and for methods with a field ``folding_pct``, ``logjac_std``, ``ice_mm``.
     """
+    from . import truth as known
+
     labels = list(label_names)
     out = {}
     for method, u in fields.items():
         warped = lab_m if u is None else spatial.warp_labels(lab_m, u)
         res = _per_structure(dice_per_label(warped, lab_f, labels).cpu(), "dice", label_names)
         res.update(_per_structure(hd95_per_label(warped, lab_f, labels, spacing), "hd95", label_names))
+        if truth is not None:
+            once = known.single_resampling_labels(lab_f, u, truth["true_theta"], truth["true_elastic"])
+            res.update(_per_structure(dice_per_label(once, lab_f, labels).cpu(), "dice1r", label_names))
+            if thetas and method in thetas:
+                res.update(known.affine_error(thetas[method], truth["true_theta"], lab_f.shape[2:], spacing,
+                                              region=lab_f > 0))
         if u is not None:
             res["folding_pct"] = folding_percent(u).cpu()
             res["logjac_std"] = log_jacobian_std(u).cpu()
             if inverse_fields and method in inverse_fields:
                 res["ice_mm"] = inverse_consistency_error(u, inverse_fields[method], spacing).cpu()
-        out[method] = {k: v.double() for k, v in res.items()}
+        out[method] = {k: v.double().cpu() for k, v in res.items()}
     return out

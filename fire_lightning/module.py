@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from contextlib import contextmanager
 
 import lightning as L
@@ -13,8 +14,11 @@ from torch import nn
 
 from . import metrics, spatial
 from .config import Config
+from .io import describe_error
+from .truth import affine_error, affine_parameters, single_resampling_labels, slope_and_correlation
 from .losses import (
     FIRELoss,
+    affine_warmup_loss,
     FIREOutputs,
     adversarial_images,
     discriminators,
@@ -24,7 +28,9 @@ from .losses import (
     lsgan_discriminator_loss,
     make_similarity,
 )
-from .networks import FIRENet
+from .networks import FIRENet, Transform
+from .refine import RefineSettings
+from .refine import refine as refine_pair
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +42,14 @@ GENERATOR_GROUPS = ("T_af", "T_nr", "G_F")
 DISCRIMINATOR_GROUPS = ("D_A", "D_B")
 
 
-def build_net(cfg: DictConfig) -> FIRENet:
+def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
+    """The networks of ``cfg.model``; ``spacing``: voxel size per axis (mm), for the moments initialisation."""
     m = cfg.model
     return FIRENet(
         n=cfg.data.spatial_dims, width=m.width, affine_channels=tuple(m.affine_channels), affine_hidden=m.affine_hidden,
         diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
-        disc_width=m.disc_width, n_res=m.n_res,
+        disc_width=m.disc_width, n_res=m.n_res, affine_head=m.affine_head, affine_passes=m.affine_passes,
+        affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel,
     )
 
 
@@ -93,9 +101,11 @@ class FIREModule(L.LightningModule):
         self.cfg = cfg
         self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
         self.automatic_optimization = False
-        self.net = build_net(cfg)
+        self.net = build_net(cfg, spacing)
         m = cfg.model
         self.similarity = make_similarity(m.similarity, cfg.data.spatial_dims, m.mi_bins, m.mi_sigma_ratio, m.ncc_kernel)
+        wants_mi = m.affine_mi_weight > 0 or cfg.optim.affine_warmup_steps > 0
+        self.affine_similarity = make_similarity("mi", n, m.mi_bins, m.mi_sigma_ratio) if wants_mi else None
         self.spacing = spacing
         self._group_names = tuple(self.net.parameter_groups())
         expected = GENERATOR_GROUPS + (DISCRIMINATOR_GROUPS if self.net.D_a is not None else ())
@@ -104,6 +114,7 @@ class FIREModule(L.LightningModule):
         self._n_optimizers = len(self._group_names)
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self.val_examples: dict | None = None
+        self._val_thetas: list = []
 
     # ------------------------------------------------------------------ optimisation
     @property
@@ -154,7 +165,8 @@ class FIREModule(L.LightningModule):
             adv = self.cfg.model.adv_weight * generator_adversarial_loss(self.net, adversarial_images(out, x_a, x_b))
         m = self.cfg.model
         return out, fire_loss(out, x_a, x_b, self.similarity, adversarial=adv, similarity_input=m.similarity_input,
-                               smooth_units=m.smooth_units)
+                               smooth_units=m.smooth_units, affine_similarity=self.affine_similarity,
+                               affine_weight=m.affine_mi_weight)
 
     def _log_loss(self, loss: FIRELoss, stage: str, batch_size: int) -> None:
         on_step = stage == "train"
@@ -165,6 +177,8 @@ class FIREModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         bs = batch["moving"].shape[0]
         opts = self._optimizers_by_name()
+        if self.iteration < self.cfg.optim.affine_warmup_steps:
+            return self._warmup_step(batch, opts, bs)
         # Generator step: D^A, D^B are frozen, so L (adversarial term included) trains T, G, F only.
         with frozen(*discriminators(self.net).values()):
             out, loss = self._forward_loss(batch)
@@ -179,6 +193,25 @@ class FIREModule(L.LightningModule):
         self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
         self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
         return loss.total.detach()
+
+    def _warmup_step(self, batch, opts: dict[str, LightningOptimizer], bs: int):
+        """Affine warm-up (``optim.affine_warmup_steps``, beyond the paper): G and T_af learn the affine
+        from MI between the affinely warped and the fixed image alone (:func:`losses.affine_warmup_loss`),
+        without the decoders, for a fraction of a FIRE iteration's cost. Every optimiser is stepped
+        (those without gradients change nothing), so :attr:`iteration` keeps counting."""
+        loss = affine_warmup_loss(self.net, batch["moving"], batch["fixed"], self.affine_similarity)
+        if not torch.isfinite(loss):
+            self._count_skipped("warm-up loss", loss)
+            return None
+        others = [o for k, o in opts.items() if k not in ("T_af", "G_F")]
+        for opt in others:
+            opt.zero_grad(set_to_none=True)
+        self._step([opts["T_af"], opts["G_F"]], loss)
+        for opt in others:
+            opt.step()
+        self.log("train/loss_warmup", loss.detach(), on_step=True, batch_size=bs, prog_bar=True)
+        self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
+        return loss.detach()
 
     def _discriminator_step(self, out: FIREOutputs, batch, opts: list[LightningOptimizer], bs: int) -> None:
         """ExFIRE §3: D^A, D^B learn real (inputs and warped inputs) from synthesised, on the
@@ -215,9 +248,27 @@ class FIREModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self._eval_step(batch, "val")
+        if "true_theta" in batch:  # known transforms: predicted against true affine parameters, at the epoch's end
+            self._val_thetas.append((out.t_ab.theta.detach().double().cpu(), batch["true_theta"].double().cpu()))
         if batch_idx == 0:
             self.val_examples = {"batch": {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in batch.items()},
                                  "out": out}
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_thetas = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Slope and correlation of the predicted against the true rotation, log-scale and translation
+        over the validation pairs (pooled over axes): is each part of the affine being learned?"""
+        if not self._val_thetas:
+            return
+        pred, true = (torch.cat(t) for t in zip(*self._val_thetas))
+        self._val_thetas = []
+        shape, spacing = tuple(self.cfg.data.size), self.spacing
+        p, t = affine_parameters(pred, shape, spacing), affine_parameters(true, shape, spacing)
+        for key, name in (("rotation_deg", "rotation"), ("log_scale", "scale"), ("translation_mm", "translation")):
+            slope, corr = slope_and_correlation(p[key], t[key])
+            self.log_dict({f"val/affine_{name}_slope": slope, f"val/affine_{name}_corr": corr}, on_epoch=True)
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")
@@ -233,20 +284,62 @@ class FIREModule(L.LightningModule):
         scores["dice_unaligned_mean"] = by["Unaligned"]["dice_mean"]
         scores["folding_pct"] = metrics.folding_percent(out.u_ab)
         scores["ice_mm"] = metrics.inverse_consistency_error(out.u_ab, out.u_ba, self.spacing)
+        if "true_theta" in batch:  # evaluation pairs with a known transform (fire_lightning/truth.py)
+            theta, elastic, lab_f = batch["true_theta"], batch["true_elastic"], batch["fixed_label"]
+            for key, u in (("dice1r_mean", out.u_ab), ("dice1r_affine_mean", out.af_ab)):
+                once = single_resampling_labels(lab_f, u.detach(), theta, elastic)
+                scores[key] = metrics.dice_per_label(once, lab_f, list(self.label_names)).nanmean(1)
+            scores.update(affine_error(out.t_ab.theta.detach(), theta, lab_f.shape[2:], self.spacing, region=lab_f > 0))
         return {k: v.float() for k, v in scores.items()}
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def register(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor, refine: RefineSettings | None = None,
+                 progress: bool = False) -> dict[str, torch.Tensor]:
         """Inference (§3.4): ``moving, fixed (B,1,*S)`` in [-1, 1] → fields and warped images.
+
+        Args:
+            refine: FIRE+IO (:mod:`.refine`): that many steps of per-pair optimisation from the
+                network's transform; None or 0 steps: the network's output, bit for bit.
+            progress: a progress bar over the refinement steps.
 
         Returns:
             ``field`` / ``affine_field`` ``(B,n,*S)`` normalised, ``theta`` ``(B,n,n+1)``,
-            ``warped`` / ``warped_affine`` ``(B,1,*S)``, and the encodings ``g_moving`` / ``g_fixed``.
+            ``warped`` / ``warped_affine`` ``(B,1,*S)``, the encodings ``g_moving`` / ``g_fixed``, and
+            ``transform`` (the :class:`networks.Transform`).
         """
         g_m, g_f = self.net.G(moving), self.net.G(fixed)
-        t = self.net.T_ab(g_m, g_f)
+        t = self.net.transform("AtoB", g_m, g_f, moving, fixed)
+        if refine is not None and refine.steps > 0:
+            t = self.refined(t, moving, fixed, refine, progress)
         shape = moving.shape[2:]
         u, af = t.field(shape), t.affine_field(shape)
         return {"field": u, "affine_field": af, "theta": t.theta, "warped": spatial.warp(moving, u),
-                "warped_affine": spatial.warp(moving, af), "g_moving": g_m, "g_fixed": g_f}
+                "warped_affine": spatial.warp(moving, af), "g_moving": g_m, "g_fixed": g_f, "transform": t}
+
+    def refined(self, t: Transform, moving: torch.Tensor, fixed: torch.Tensor, settings: RefineSettings,
+                progress: bool = False, on_step=None) -> Transform:
+        """``t`` (moving → fixed) after :func:`refine.refine` on the pair; ``on_step(k, transform)`` is
+        called with the transform after each step ``k`` (for refinement curves)."""
+        m = self.cfg.model
+        hook = None if on_step is None else (lambda k, th, raw: on_step(k, self.with_parameters(t, th, raw)))
+        theta, raw, _ = refine_pair(moving, fixed, t.theta, t.nr_feat, settings, m.diffeomorphic, m.integration_steps,
+                                    progress, on_step=hook)
+        return self.with_parameters(t, theta, raw)
+
+    def with_parameters(self, t: Transform, theta: torch.Tensor, raw: torch.Tensor) -> Transform:
+        """``t`` with its affine ``theta`` and raw non-rigid output ``raw`` replaced."""
+        m = self.cfg.model
+        disp = spatial.integrate_velocity(raw, m.integration_steps) if m.diffeomorphic else raw
+        return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=t.feat_affine)
+
+
+def load_module(checkpoint: str | Path, map_location: str = "cpu") -> FIREModule:
+    """Load a :class:`FIREModule` from a Lightning checkpoint, with a clear error if it is not one."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return FIREModule.load_from_checkpoint(str(path), map_location=map_location)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable fire-lightning checkpoint ({describe_error(e)})") from None

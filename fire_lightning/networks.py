@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,15 @@ def inorm(n: int, ch: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """conv → instance norm → activation (ReLU or LeakyReLU(0.2))."""
+    """conv → instance norm → activation (ReLU or LeakyReLU(0.2)).
+
+    Padding ``(k - 1) // 2``: "same" for odd kernels; an even kernel of stride 2 halves the grid with
+    its output point ``o`` centred on input ``2o + 0.5``, where ``align_corners=False`` puts it.
+    """
 
     def __init__(self, n: int, cin: int, cout: int, k: int, stride: int = 1, leaky: bool = False):
         super().__init__(
-            conv(n, cin, cout, k, stride=stride, padding=k // 2),
+            conv(n, cin, cout, k, stride=stride, padding=(k - 1) // 2),
             inorm(n, cout),
             nn.LeakyReLU(0.2, inplace=True) if leaky else nn.ReLU(inplace=True),
         )
@@ -49,15 +54,24 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """G: ``(B, 1, *S) -> (B, 4w, *S/4)``; conv7(w) → conv3 s2 (2w) → conv3 s2 (4w) → 4 ResBlocks."""
+    """G: ``(B, 1, *S) -> (B, 4w, *S/4)``; conv7(w) → conv3 s2 (2w) → conv3 s2 (4w) → 4 ResBlocks.
 
-    def __init__(self, n: int, width: int, in_channels: int = 1, n_res: int = 4):
+    ``down_kernel``: the stride-2 convolutions' kernel. 3 (METHOD.md) centres feature point ``o`` on
+    image pixel ``4o`` after two levels, while every warp of G's features (``align_corners=False``)
+    assumes ``4o + 1.5``: a 1.5-pixel offset, which an affine warp of the features turns into an
+    error of up to (scale − 1) × 1.5 pixels. 4 (padding 1) puts each level's points where the grid
+    convention does.
+    """
+
+    def __init__(self, n: int, width: int, in_channels: int = 1, n_res: int = 4, down_kernel: int = 3):
         super().__init__()
+        if down_kernel not in (3, 4):
+            raise ValueError(f"down_kernel must be 3 (paper) or 4 (grid-aligned), got {down_kernel}")
         w = width
         self.net = nn.Sequential(
             ConvBlock(n, in_channels, w, 7),
-            ConvBlock(n, w, 2 * w, 3, stride=2),
-            ConvBlock(n, 2 * w, 4 * w, 3, stride=2),
+            ConvBlock(n, w, 2 * w, down_kernel, stride=2),
+            ConvBlock(n, 2 * w, 4 * w, down_kernel, stride=2),
             *[ResBlock(n, 4 * w) for _ in range(n_res)],
         )
         self.out_channels = 4 * w
@@ -180,6 +194,168 @@ class NonRigidNet(nn.Module):
         return torch.tanh(self.head(self.res(h)))
 
 
+class DenseAffineNet(nn.Module):
+    """T_af by a closed-form fit (``model.affine_head = "dense"``): ``(G(x^A), G(x^B)) -> theta (B, n, n+1)``.
+
+    A small U-Net on the feature grid (two stride-2 levels: at 1/16 of the image its receptive field
+    spans the image) predicts, at every feature point ``p``, where ``p`` lies in the moving image,
+    ``p + u(p)``, and a confidence ``w(p)`` (softmax over the points); theta is the weighted
+    least-squares affine through those correspondences (:func:`spatial.fit_affine`), differentiable.
+    Each point only has to match locally, which a convolution does equivariantly, instead of one
+    regression through global pooling having to read the transform off position-free features (a
+    rotation is a displacement that varies linearly across the image). The output layer is
+    zero-initialised: ``u = 0`` and equal weights, so theta starts at exactly the identity.
+    """
+
+    def __init__(self, n: int, in_channels: int, channels: tuple[int, ...] = (32, 64, 64), ridge: float = 1e-3):
+        super().__init__()
+        self.n, self.ridge = n, float(ridge)
+        c1, c2, c3 = channels
+        self.enc0 = ConvBlock(n, in_channels, c1, 3, leaky=True)
+        self.enc1 = ConvBlock(n, c1, c2, 4, stride=2, leaky=True)
+        self.enc2 = ConvBlock(n, c2, c3, 4, stride=2, leaky=True)
+        self.mid = ConvBlock(n, c3, c3, 3, leaky=True)
+        self.dec1 = ConvBlock(n, c3 + c2, c2, 3, leaky=True)
+        self.dec0 = ConvBlock(n, c2 + c1, c1, 3, leaky=True)
+        self.head = conv(n, c1, n + 1, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.mode = "bilinear" if n == 2 else "trilinear"
+
+    @property
+    def last_conv(self) -> nn.Module:
+        """The output layer (displacement and confidence)."""
+        return self.head
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Grad-CAM's target: the last decoder block, whose features the output layer reads."""
+        return self.dec0
+
+    #: smallest feature grid on which both stride-2 levels keep at least 2 points per axis
+    min_size = 8
+
+    def correspondences(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u (B, n, *S/4)`` normalised displacement and ``w (B, *S/4)`` weights (sum 1)."""
+        h = torch.cat([fa, fb], dim=1)
+        size = h.shape[2:]
+        if min(size) < self.min_size:  # tiny inputs: the U-Net runs on an upsampled grid, the fit on the input's
+            h = nn.functional.interpolate(h, size=[max(s, self.min_size) for s in size], mode=self.mode)
+        e0 = self.enc0(h)
+        e1 = self.enc1(e0)
+        m = self.mid(self.enc2(e1))
+        up = lambda t, ref: nn.functional.interpolate(t, size=ref.shape[2:], mode=self.mode)  # noqa: E731
+        d1 = self.dec1(torch.cat([up(m, e1), e1], 1))
+        out = self.head(self.dec0(torch.cat([up(d1, e0), e0], 1)))
+        if tuple(out.shape[2:]) != tuple(size):
+            out = nn.functional.interpolate(out, size=size, mode=self.mode)
+        w = torch.softmax(out[:, self.n].flatten(1), dim=1).view(out.shape[0], *size)
+        return out[:, : self.n], w
+
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        u, w = self.correspondences(fa, fb)
+        return spatial.fit_affine_to_field(u, w, ridge=self.ridge)
+
+
+class KeypointAffineNet(nn.Module):
+    """T_af by keypoints (``model.affine_head = "keypoints"``, after KeyMorph): ``(G(x^A), G(x^B)) -> theta``.
+
+    One small convolutional detector, applied to each image's features separately (so both images'
+    keypoints come from the same function of modality-invariant features), gives ``K`` heatmaps; each
+    keypoint is its heatmap's soft-argmax (the mean position under a softmax over the grid), with a
+    confidence from both images' heatmap peaks. theta is the weighted least-squares affine that takes
+    the fixed image's keypoints onto the moving image's (:func:`spatial.fit_affine`), in closed form.
+    A detector is translation-equivariant by construction and sees the whole image through the softmax,
+    so a keypoint follows its anatomy however far the transform moved it.
+    """
+
+    def __init__(self, n: int, in_channels: int, channels: tuple[int, ...] = (32, 64, 64), ridge: float = 1e-3):
+        super().__init__()
+        self.n, self.ridge = n, float(ridge)
+        c1, c2, k = channels
+        self.features = nn.Sequential(ConvBlock(n, in_channels, c1, 3, leaky=True), ConvBlock(n, c1, c2, 3, leaky=True),
+                                      ConvBlock(n, c2, c2, 3, leaky=True))
+        self.heat = conv(n, c2, k, 1)
+
+    @property
+    def last_conv(self) -> nn.Module:
+        return self.heat
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Grad-CAM's target: the detector's last block, whose features the heatmap layer reads."""
+        return self.features[-1]
+
+    def keypoints(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, *S)`` features → keypoints ``(B, n, K)`` (normalised) and heatmap peaks ``(B, K)``."""
+        h = self.heat(self.features(f)).flatten(2)  # (B, K, P)
+        prob = torch.softmax(h, dim=2)
+        grid = spatial.identity_grid(f.shape[2:], f.device, f.dtype).flatten(2)[0]  # (n, P)
+        return torch.einsum("bkp,np->bnk", prob, grid), prob.amax(2)
+
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        kp, pk = self.keypoints(torch.cat([fa, fb]))
+        b = fa.shape[0]
+        w = (pk[:b] * pk[b:]).sqrt()
+        return spatial.fit_affine(kp[b:], kp[:b], w / w.sum(1, keepdim=True), ridge=self.ridge)
+
+
+class MatchAffineNet(nn.Module):
+    """T_af by local matching (``model.affine_head = "match"``): ``(G(x^A), G(x^B)) -> theta``.
+
+    Both encodings go through one learned projection (unit-length descriptors, the same function
+    for both images); at every feature point the fixed descriptor is correlated with the moving
+    descriptors within ``radius`` points, and the displacement is the soft-argmax of those
+    correlations (sub-point precise), its confidence the soft-argmax's peak probability. theta is
+    the weighted least-squares affine through these correspondences (:func:`spatial.fit_affine`).
+    A cost volume, as optical-flow networks match, with an affine fit on top; in a cascade
+    (``affine_passes``) each pass matches what the previous one left.
+    """
+
+    def __init__(self, n: int, in_channels: int, channels: tuple[int, ...] = (32, 64, 64), ridge: float = 1e-3,
+                 radius: int = 2, temperature: float = 0.1):
+        super().__init__()
+        self.n, self.ridge, self.radius = n, float(ridge), int(radius)
+        c1, _, d = channels
+        self.project = nn.Sequential(ConvBlock(n, in_channels, c1, 3, leaky=True), conv(n, c1, d, 1))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        offsets = torch.stack(torch.meshgrid(*[torch.arange(-radius, radius + 1)] * n, indexing="ij"), 0)
+        self.register_buffer("offsets", offsets.flatten(1).float(), persistent=False)  # (n, D)
+
+    @property
+    def last_conv(self) -> nn.Module:
+        return self.project[-1]
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """Grad-CAM's target: the descriptor projection."""
+        return self.project[-1]
+
+    def correspondences(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u (B, n, *S)`` normalised displacement and ``w (B, *S)`` weights (sum 1)."""
+        b, size, r, n = fa.shape[0], fa.shape[2:], self.radius, self.n
+        e = nn.functional.normalize(self.project(torch.cat([fa, fb])), dim=1)
+        ea, eb = e[:b], e[b:]
+        pad = nn.functional.pad(ea, [r] * (2 * n), mode="replicate")
+        costs = []
+        for off in self.offsets.long().T:  # (n,) per displacement
+            sl = [slice(None), slice(None)] + [slice(r + int(o), r + int(o) + s) for o, s in zip(off, size)]
+            costs.append((eb * pad[tuple(sl)]).sum(1))
+        prob = torch.softmax(torch.stack(costs, 1) / self.log_temperature.exp(), dim=1)  # (B, D, *S)
+        step = torch.tensor([2.0 / s for s in size], device=fa.device, dtype=fa.dtype)  # one point, normalised
+        u = torch.einsum("bd...,nd->bn...", prob, self.offsets.to(fa.dtype)) * step.view(1, n, *([1] * n))
+        conf = prob.amax(1)
+        return u, conf / conf.flatten(1).sum(1).view(b, *([1] * n))
+
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        u, w = self.correspondences(fa, fb)
+        return spatial.fit_affine_to_field(u, w, ridge=self.ridge)
+
+
+AFFINE_HEADS = ("regress", "dense", "keypoints", "match")
+AFFINE_INITS = ("identity",) + spatial.MOMENT_MODES
+
+
 @dataclass
 class Transform:
     """One direction's transform, all fields normalised.
@@ -207,19 +383,52 @@ class Transform:
 
 
 class TransformationNet(nn.Module):
-    """T = T_af then T_nr; returns :class:`Transform` with phi = phi_af ∘ phi_nr."""
+    """T = T_af then T_nr; returns :class:`Transform` with phi = phi_af ∘ phi_nr.
+
+    How T_af produces theta (``model.affine_*``; the paper: ``regress``, one pass, no initialisation):
+
+    * ``affine_head``: ``regress`` (:class:`AffineNet`, the paper's) or ``dense`` (:class:`DenseAffineNet`);
+    * ``theta0``: an initial affine handed in by the caller (the images' moments,
+      :meth:`FIRENet.initial_affine`); the head then predicts the remaining correction;
+    * ``affine_passes`` K: a recursive cascade. Pass k warps the moving features by the current
+      theta and the (shared) head predicts a correction, composed on: theta <- theta ∘ delta_k.
+      Gradients flow through every pass.
+    """
 
     def __init__(self, n: int, feat_channels: int, affine_channels=(32, 64, 64), affine_hidden: int = 64,
-                 diffeomorphic: bool = False, integration_steps: int = 7):
+                 diffeomorphic: bool = False, integration_steps: int = 7, affine_head: str = "regress",
+                 affine_passes: int = 1):
         super().__init__()
-        self.affine = AffineNet(n, 2 * feat_channels, tuple(affine_channels), affine_hidden)
+        if affine_head not in AFFINE_HEADS:
+            raise ValueError(f"affine_head must be one of {AFFINE_HEADS}, got {affine_head!r}")
+        if affine_passes < 1:
+            raise ValueError(f"affine_passes must be >= 1, got {affine_passes}")
+        if affine_head == "regress":
+            self.affine = AffineNet(n, 2 * feat_channels, tuple(affine_channels), affine_hidden)
+        elif affine_head == "dense":
+            self.affine = DenseAffineNet(n, 2 * feat_channels, tuple(affine_channels))
+        elif affine_head == "keypoints":
+            self.affine = KeypointAffineNet(n, feat_channels, tuple(affine_channels))
+        else:
+            self.affine = MatchAffineNet(n, feat_channels, tuple(affine_channels))
+        self.affine_passes = int(affine_passes)
         self.nonrigid = NonRigidNet(n, feat_channels, feat_channels // 2)
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
 
-    def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> Transform:
-        theta = self.affine(fa, fb)
-        fa_af = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
+    def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi_af and the moving features warped by it: ``(theta (B, n, n+1), fa ∘ phi_af (B, C, *S/4))``."""
+        theta, fa_k = theta0, fa
+        for _ in range(self.affine_passes):
+            if theta is not None:
+                fa_k = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
+            delta = self.affine(fa_k, fb)
+            theta = delta if theta is None else spatial.compose_affine(theta, delta)
+        return theta, spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
+
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None) -> Transform:
+        theta, fa_af = self.affine_theta(fa, fb, theta0)
         raw = self.nonrigid(fa_af, fb)
         disp = spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
         return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=fa_af)
@@ -257,22 +466,29 @@ class FIRENet(nn.Module):
     """All FIRE networks: G, F^{A→B}, F^{B→A}, T^{A→B}, T^{B→A} (and D^A, D^B when adversarial).
 
     ``forward`` is inference only (§3.4): ``(x_a, x_b) -> Transform`` of T^{A→B}.
-    Training uses the parts directly (see :mod:`fire_lightning.losses`).
+    Training uses the parts directly (see :mod:`fire_lightning.losses`); every use of T goes through
+    :meth:`transform`, which adds the images' initial affine when ``affine_init`` asks for one.
     """
 
     def __init__(self, n: int, width: int = 16, affine_channels=(32, 64, 64), affine_hidden: int = 64,
                  diffeomorphic: bool = False, integration_steps: int = 7, adversarial: bool = False,
-                 disc_width: int = 16, n_res: int = 4):
+                 disc_width: int = 16, n_res: int = 4, affine_head: str = "regress", affine_passes: int = 1,
+                 affine_init: str = "identity", spacing=None, down_kernel: int = 3):
         super().__init__()
         if n not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {n}")
+        if affine_init not in AFFINE_INITS:
+            raise ValueError(f"affine_init must be one of {AFFINE_INITS}, got {affine_init!r}")
         self.n = n
-        self.G = Encoder(n, width, n_res=n_res)
+        self.affine_init = affine_init
+        self.spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * n
+        self.G = Encoder(n, width, n_res=n_res, down_kernel=down_kernel)
         c = self.G.out_channels
         self.F_ab = Decoder(n, width, n_res=n_res)
         self.F_ba = Decoder(n, width, n_res=n_res)
         kw = dict(affine_channels=affine_channels, affine_hidden=affine_hidden,
-                  diffeomorphic=diffeomorphic, integration_steps=integration_steps)
+                  diffeomorphic=diffeomorphic, integration_steps=integration_steps, affine_head=affine_head,
+                  affine_passes=affine_passes)
         self.T_ab = TransformationNet(n, c, **kw)
         self.T_ba = TransformationNet(n, c, **kw)
         self.D_a = Discriminator(n, disc_width) if adversarial else None
@@ -290,6 +506,28 @@ class FIRENet(nn.Module):
             groups["D_B"] = list(self.D_b.parameters())
         return groups
 
+    def initial_affine(self, x_moving: torch.Tensor | None, x_fixed: torch.Tensor | None) -> torch.Tensor | None:
+        """The affine T_af starts from: None (the identity, the paper) or the images' moments
+        (:func:`spatial.moments_affine`, no gradient)."""
+        if self.affine_init == "identity":
+            return None
+        if x_moving is None or x_fixed is None:
+            raise ValueError(f"affine_init={self.affine_init!r} needs the images, not only their encodings")
+        return spatial.moments_affine(x_moving, x_fixed, self.spacing, self.affine_init)
+
+    def transform(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
+                  x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None) -> Transform:
+        """T^{A→B}(G_A, G_B) (``direction="AtoB"``, moving = A) or T^{B→A}(G_B, G_A) (``"BtoA"``, moving = B).
+
+        Args:
+            g_moving, g_fixed: ``(B, C, *S/4)`` encodings; x_moving, x_fixed: ``(B, 1, *S)`` the images they
+                encode (needed only when ``affine_init`` is not the identity).
+        """
+        if direction not in ("AtoB", "BtoA"):
+            raise ValueError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
+        t = self.T_ab if direction == "AtoB" else self.T_ba
+        return t(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed))
+
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Transform:
         """Register ``x_a`` (moving, ``(B,1,*S)``) to ``x_b`` (fixed): phi^{A→B}."""
-        return self.T_ab(self.G(x_a), self.G(x_b))
+        return self.transform("AtoB", self.G(x_a), self.G(x_b), x_a, x_b)

@@ -67,7 +67,8 @@ import SimpleITK as sitk
 import torch
 
 from . import spatial
-from .evaluate import load_module
+from .module import load_module
+from .refine import RefineSettings
 from .io import (check_image, full_suffix, image_like, is_2d, is_nifti_path, load_nifti, nifti_writer, save_atomic,
                  spatial_data, spatial_shape, voxel_sizes)
 
@@ -422,9 +423,15 @@ class Registrar:
     Args:
         checkpoint: a ``fire train`` checkpoint (e.g. ``RUN/checkpoints/last.ckpt``).
         device: ``"cpu"``, ``"cuda"``, a :class:`torch.device`, or None / ``"auto"`` (CUDA if present).
+        refine: FIRE+IO for every pair: a :class:`refine.RefineSettings`, a number of steps, or None
+            (the network's output).
     """
 
-    def __init__(self, checkpoint, device=None):
+    def __init__(self, checkpoint, device=None, refine=None):
+        self.refine = RefineSettings(steps=refine) if isinstance(refine, int) and not isinstance(refine, bool) \
+            else refine
+        if self.refine is not None and not isinstance(self.refine, RefineSettings):
+            raise ValueError(f"refine must be a number of steps or RefineSettings, got {refine!r}")
         self.device = resolve_device(device)
         self.checkpoint = Path(checkpoint)
         self.module = load_module(self.checkpoint).to(self.device).eval()
@@ -524,7 +531,7 @@ class Registrar:
         pair = self.prepare(moving, fixed, moving_labels=moving_labels, keep_labels=True)
         mov, fix, lab, grid = pair.moving_image, pair.fixed_image, pair.moving_label_image, pair.grid
         t_model = time.perf_counter()
-        reg = self.module.register(pair.moving, pair.fixed)
+        reg = self.module.register(pair.moving, pair.fixed, refine=self.refine)
         t_model = time.perf_counter() - t_model
         theta = reg["theta"].double()
         u_nr = nonrigid_part(reg["field"], theta)
@@ -635,7 +642,8 @@ def read_pairs_csv(csv_path) -> list[dict]:
     return [{k: resolve(row.get(k, "")) for k in CSV_REQUIRED + CSV_OPTIONAL} for row in raw_rows]
 
 
-def register_csv(checkpoint, csv_path, device=None, on_error: Callable[[str], None] | None = None) -> CSVReport:
+def register_csv(checkpoint, csv_path, device=None, on_error: Callable[[str], None] | None = None,
+                 refine=None) -> CSVReport:
     """Register every pair of a CSV (see :func:`read_pairs_csv`) with one loaded model.
 
     A row that fails (missing or bad file, ...) is reported through ``on_error`` (one line naming
@@ -646,7 +654,7 @@ def register_csv(checkpoint, csv_path, device=None, on_error: Callable[[str], No
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     rows = read_pairs_csv(csv_path)
-    registrar = Registrar(checkpoint, device=device)
+    registrar = Registrar(checkpoint, device=device, refine=refine)
     report = CSVReport(rows=len(rows))
     on_error = on_error or log.error
     with logging_redirect_tqdm():

@@ -168,7 +168,7 @@ def test_fast_dev_run_training_and_the_model_spacing(acdc, tmp_path, tiny_overri
     assert (result["run_dir"] / "checkpoints" / "last.ckpt").is_file()
     expect = (1.5, 1.5) if dims == 2 else (1.5, 1.5, 10.0)
     assert result["model"].spacing == expect
-    from fire_lightning.evaluate import load_module
+    from fire_lightning.module import load_module
 
     assert load_module(result["checkpoint"]).spacing == expect  # saved in the checkpoint
 
@@ -199,6 +199,17 @@ def test_fire_data_check_reports_patients_or_one_error(acdc, tmp_path, capsys):
     rc = main(["data", "check", str(bad), "--dataset", "acdc", "data.subject_split=[3,1,2]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(gt) in err[0] and "labels" in err[0], err
+
+
+def test_fire_data_check_acdc_brings_acdc_defaults_and_names_the_override_for_a_partial_download(acdc, tmp_path,
+                                                                                                capsys):
+    rc = main(["data", "check", str(acdc), "--dataset", "acdc", f"data.cache_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "60/10/30" in err[0], err  # ACDC's split, not MRBrainS' 8/1/3
+    override = re.search(r"data\.subject_split=\[\d+,\d+,\d+\]", err[0])
+    assert override, err
+    rc = main(["data", "check", str(acdc), "--dataset", "acdc", override.group(0), f"data.cache_dir={tmp_path}"])
+    assert rc == 0, capsys.readouterr()
 
 
 def test_acdc_augment_transforms_the_training_pairs(acdc, tmp_path):

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from fire_lightning.cli import main
-from fire_lightning.evaluate import FIRE_METHODS, METHODS, summarise
+from fire_lightning.cli import DEMO_REFINE_STEPS, main
+from fire_lightning.evaluate import FIRE_METHODS, METHODS, TRUE_METHODS, summarise
 
 from .conftest import PHANTOM2D
 
@@ -29,10 +29,11 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
     printed = capsys.readouterr().out
     out = run
     results = json.loads((out / "results.json").read_text())
-    assert list(results["methods"]) == list(FIRE_METHODS) == ["Unaligned", "FIRE-Affine", "FIRE"]
+    assert list(FIRE_METHODS) == ["Unaligned", "FIRE-Affine", "FIRE"]
+    assert list(results["methods"]) == ["True", "True-Affine", *FIRE_METHODS]  # the phantom's transforms are known
     n = results["meta"]["n_pairs"]
     assert n == 2 == len(results["pair_ids"])
-    for method in FIRE_METHODS:
+    for method in TRUE_METHODS + FIRE_METHODS:
         for s in ("CSF", "GM", "WM", "mean"):
             entry = results["methods"][method][f"dice_{s}"]
             assert set(entry) == {"mean", "std", "values"} and len(entry["values"]) == n
@@ -48,6 +49,17 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
         assert results["pair_ids"][i] == pair["id"]
         d = dice_per_label(pair["moving_label"][None], pair["fixed_label"][None], [1, 2, 3])[0]
         assert results["methods"]["Unaligned"]["dice_mean"]["values"][i] == pytest.approx(float(d.nanmean()))
+    # the ceiling: the true inverse scores 100 % without double resampling, and below with it;
+    # the affine errors are measured for the method with an affine part
+    true, true_aff = results["methods"]["True"], results["methods"]["True-Affine"]
+    assert true["dice1r_mean"]["values"] == [1.0, 1.0] and true_aff["dice1r_mean"]["mean"] < 1.0
+    assert 0.6 < true["dice_mean"]["mean"] < 1.0
+    assert true["dice_mean"]["mean"] > results["methods"]["Unaligned"]["dice_mean"]["mean"]
+    fire_aff = results["methods"]["FIRE-Affine"]
+    for key in ("affine_err_mm", "affine_err_translation_mm", "affine_err_rotation_deg", "affine_err_scale_pct",
+                "affine_err_shear_pct"):
+        assert len(fire_aff[key]["values"]) == n and fire_aff[key]["mean"] >= 0, key
+    assert "affine_err_mm" not in results["methods"]["FIRE"] and "Affine error against the known transform" in printed
     assert "FIRE-Affine" in printed and "Dice WM (%)" in printed
     p = results["paired"]["FIRE vs FIRE-Affine"]
     fire = results["methods"]["FIRE"]["dice_mean"]["values"]
@@ -63,20 +75,30 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     ckpt = run / "checkpoints" / "last.ckpt"
     capsys.readouterr()
     # a checkpoint inside a run folder finds the run's data config; --max-pairs keeps it quick
-    assert main(["benchmark", str(ckpt), "--max-pairs", "2", "--threads", "1", "--out", str(tmp_path / "bm")]) == 0
+    assert main(["benchmark", str(ckpt), "--max-pairs", "2", "--threads", "1", "--out", str(tmp_path / "bm"),
+                 "--refine", "3", "--refine-curve", "3,0,1"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "bm" / "results.json").read_text())
-    assert list(results["methods"]) == list(METHODS) == ["Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE"]
+    assert list(METHODS) == ["Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE"]
+    assert list(results["methods"]) == [*TRUE_METHODS, *METHODS, "FIRE+IO"]
     assert results["meta"]["n_pairs"] == 2 and results["meta"]["threads"] == 1
+    assert results["meta"]["refine"]["steps"] == 3
+    io = results["methods"]["FIRE+IO"]
+    assert all(v > 0 for v in io["seconds_per_pair"]["values"]) and len(io["ice_mm"]["values"]) == 2
+    assert len(io["affine_err_mm"]["values"]) == 2 and "FIRE+IO vs ANTs-SyN" in results["paired"]
     ants = results["meta"]["ants"]
     assert ants["threads"] == 1 and ants["aff_random_sampling_rate"] == 1.0 and ants["reg_iterations"][-1] > 0
-    for method in METHODS:
+    for method in TRUE_METHODS + METHODS:
         res = results["methods"][method]
-        for key in ("dice_mean", "dice_WM", "hd95_mean", "hd95_CSF"):
+        for key in ("dice_mean", "dice_WM", "hd95_mean", "hd95_CSF", "dice1r_mean"):
             assert len(res[key]["values"]) == 2, (method, key)
-        if method != "Unaligned":
+        if method not in ("Unaligned", *TRUE_METHODS):
             for key in ("folding_pct", "logjac_std", "ice_mm"):
                 assert len(res[key]["values"]) == 2, (method, key)
+    # ANTs-Affine's affine, read off its field, is scored against the known transform like FIRE's
+    ants_err = results["methods"]["ANTs-Affine"]["affine_err_mm"]
+    assert ants_err["mean"] < results["methods"]["FIRE-Affine"]["affine_err_mm"]["mean"]  # an untrained FIRE
+    assert ants_err["mean"] < 5.0  # mm
     for method in ("ANTs-Affine", "ANTs-SyN", "FIRE"):
         assert all(v > 0 for v in results["methods"][method]["seconds_per_pair"]["values"])
     # ANTs registers these pairs (multi-modal, 20-50 % scalings) well: a weak baseline would not
@@ -84,7 +106,7 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     assert "Table 2" in printed and "Table 4" in printed and "ANTs-SyN / method" in printed
     with open(tmp_path / "bm" / "table2.csv") as fh:
         rows = list(csv.reader(fh))
-    assert [r[0] for r in rows[1:]] == list(METHODS) and rows[0][:2] == ["method", "Dice CSF (%)"]
+    assert [r[0] for r in rows[1:]] == [*TRUE_METHODS, *METHODS, "FIRE+IO"] and rows[0][:2] == ["method", "Dice CSF (%)"]
     for row in rows[1:]:  # the table shows the JSON's means and stds
         mean, std = row[rows[0].index("Dice mean (%)")].rstrip(")").split(" (")
         entry = results["methods"][row[0]]["dice_mean"]
@@ -92,11 +114,27 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
         assert float(std) == pytest.approx(100 * entry["std"], abs=0.006)
     assert results["meta"]["checkpoint"] == str(ckpt) and results["meta"]["data"]["name"] == "phantom"
     md = (tmp_path / "bm" / "results.md").read_text()
-    assert "FIRE mean Dice ≥ ANTs-SyN mean Dice" in md and "10× faster" in md
+    assert "FIRE mean Dice ≥ ANTs-Affine − 2" in md and "FIRE-Affine mean Dice ≥ ANTs-Affine − 4" in md
+    assert "20× faster" in md and "FIRE+IO mean Dice ≥ ANTs-SyN + 1" in md and "FIRE+IO ≥ 5× faster" in md
     with open(tmp_path / "bm" / "per_pair.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 2 * len(METHODS)
+        assert len(list(csv.DictReader(fh))) == 2 * (len(TRUE_METHODS + METHODS) + 1)
+    with open(tmp_path / "bm" / "affine_error.csv") as fh:
+        assert [r["method"] for r in csv.DictReader(fh)] == ["ANTs-Affine", "FIRE-Affine", "FIRE+IO"]
     for f in ("results.md", "table4.csv", "example.png", "dice_boxplot.png"):
         assert (tmp_path / "bm" / f).stat().st_size > 0
+    # the refinement curve: its N = 0 is the network, its N = 3 the benchmark's FIRE+IO (--refine 3),
+    # pair by pair; the ANTs rows of the same run are its reference lines
+    curve = json.loads((tmp_path / "bm" / "refine_curve.json").read_text())
+    assert [r["steps"] for r in curve["rows"]] == [0, 1, 3] and curve["meta"]["n_pairs"] == 2
+    dice = {r["steps"]: r["dice_mean"]["values"] for r in curve["rows"]}
+    assert dice[0] == pytest.approx(results["methods"]["FIRE"]["dice_mean"]["values"], abs=1e-9)
+    assert dice[3] == pytest.approx(io["dice_mean"]["values"], abs=1e-3)
+    assert set(curve["reference"]) == {"ANTs-Affine", "ANTs-SyN"}
+    assert all(r["seconds_per_pair"]["mean"] > 0 for r in curve["rows"])
+    with open(tmp_path / "bm" / "refine_curve.csv") as fh:
+        assert [(r["method"], r["N"]) for r in csv.DictReader(fh)] == [
+            ("FIRE", "0"), ("FIRE+IO", "1"), ("FIRE+IO", "3"), ("ANTs-Affine", "–"), ("ANTs-SyN", "–")]
+    assert (tmp_path / "bm" / "refine_curve.png").stat().st_size > 0 and "refinement curve" in printed
 
 
 def test_benchmark_of_a_missing_run_is_a_one_line_error(tmp_path, capsys):
@@ -120,7 +158,8 @@ def test_demo_trains_then_benchmarks_into_the_run_folder(tiny_overrides, tmp_pat
     assert main(["demo", "--config", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
     results = json.loads((run / "benchmark" / "results.json").read_text())
-    assert list(results["methods"]) == list(METHODS)
+    assert list(results["methods"]) == [*TRUE_METHODS, *METHODS, "FIRE+IO"]  # the demo refines too
+    assert results["meta"]["refine"]["steps"] == DEMO_REFINE_STEPS
     assert results["meta"]["n_pairs"] == 2  # TINY: 1 test image × 2 transforms
     printed = capsys.readouterr().out
     assert "Table 4" in printed and "Explainability" in printed  # the demo reports the Grad-CAM measures too

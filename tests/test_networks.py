@@ -9,7 +9,7 @@ from .conftest import gen as _gen
 
 from fire_lightning import spatial
 from fire_lightning.losses import fire_forward, fire_loss
-from fire_lightning.networks import AffineNet, FIRENet, NonRigidNet, TransformationNet
+from fire_lightning.networks import AffineNet, DenseAffineNet, Encoder, FIRENet, NonRigidNet, TransformationNet
 
 # See tests/test_losses.py: AffineNet's instance norms need > 1 spatial element after three
 # halvings of the S/4 feature grid, so one image axis must be >= 33 voxels in training mode.
@@ -74,13 +74,102 @@ def test_sub_networks_identity_init_on_arbitrary_features(n):
     assert torch.equal(tr.disp_nr, torch.zeros(3, n, *fshape))
 
 
+# ------------------------------------------------------------- how T_af produces theta
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_dense_affine_head_starts_at_the_identity_and_fits_its_correspondences(n):
+    g = _gen(4)
+    fshape = (12, 8) if n == 2 else (12, 8, 8)
+    fa, fb = torch.randn(2, 8, *fshape, generator=g), torch.randn(2, 8, *fshape, generator=g)
+    torch.manual_seed(0)
+    head = DenseAffineNet(n, 16, channels=(4, 4, 4))
+    assert torch.equal(head(fa, fb), spatial.identity_affine(2, n))
+    # theta is the least-squares affine through the head's correspondences, whatever they are
+    with torch.no_grad():
+        head.head.weight.normal_(0, 0.3)
+    u, w = head.correspondences(fa, fb)
+    assert u.shape == (2, n, *fshape) and w.shape == (2, *fshape)
+    torch.testing.assert_close(w.flatten(1).sum(1), torch.ones(2))
+    torch.testing.assert_close(head(fa, fb), spatial.fit_affine_to_field(u, w, ridge=head.ridge))
+    # tiny feature grids still give one correspondence per point
+    small = torch.randn(1, 8, *([3] * n), generator=g)
+    assert head.correspondences(small, small)[0].shape == (1, n, *([3] * n))
+
+
+@pytest.mark.parametrize("head", ["regress", "dense"])
+@pytest.mark.parametrize("passes", [1, 3])
+def test_an_initial_affine_and_a_cascade_start_where_they_are_told(head, passes):
+    n = 2
+    g = _gen(5)
+    fa, fb = torch.randn(2, 8, 12, 8, generator=g), torch.randn(2, 8, 12, 8, generator=g)
+    torch.manual_seed(0)
+    tn = TransformationNet(n, 8, affine_channels=(4, 4, 4), affine_hidden=8, affine_head=head, affine_passes=passes)
+    theta0 = spatial.identity_affine(2, n) + 0.1 * torch.randn(2, n, n + 1, generator=g)
+    tr = tn(fa, fb, theta0)  # every head starts at the identity: the cascade adds nothing yet
+    torch.testing.assert_close(tr.theta, theta0)
+    torch.testing.assert_close(tr.feat_affine, spatial.warp(fa, spatial.affine_to_displacement(theta0, (12, 8))))
+
+
+def test_each_pass_of_the_cascade_sees_the_rewarped_features_and_composes_its_correction():
+    n = 2
+    delta = spatial.identity_affine(1, n) + torch.tensor([[[0.05, 0.02, 0.1], [-0.03, 0.04, -0.05]]])
+    seen = []
+
+    class Head(torch.nn.Module):
+        def forward(self, fa, fb):
+            seen.append(fa.clone())
+            return delta
+
+    tn = TransformationNet(n, 4, affine_channels=(4, 4, 4), affine_hidden=8, affine_passes=3)
+    tn.affine = Head()
+    fa = torch.randn(1, 4, 12, 8, generator=_gen(6))
+    tr = tn(fa, fa)
+    expect = spatial.compose_affine(spatial.compose_affine(delta, delta), delta)
+    torch.testing.assert_close(tr.theta, expect)
+    assert torch.equal(seen[0], fa)  # the first pass sees the raw features, the next ones the re-warped
+    torch.testing.assert_close(seen[2], spatial.warp(fa, spatial.affine_to_displacement(
+        spatial.compose_affine(delta, delta), (12, 8))))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_moments_initialised_firenet_starts_at_the_images_moments(n):
+    net = _tiny_net(n, affine_init="scale", spacing=(1.0, 2.0, 1.5)[:n])
+    x_a, x_b = _inputs(n, seed=7)
+    x_a = torch.where(x_a > 0.5, x_a, -torch.ones_like(x_a))  # different foregrounds
+    with torch.no_grad():
+        t = net(x_a, x_b)
+    torch.testing.assert_close(t.theta, spatial.moments_affine(x_a, x_b, (1.0, 2.0, 1.5)[:n], "scale"))
+    assert not torch.allclose(t.theta, spatial.identity_affine(2, n))
+    with pytest.raises(ValueError, match="needs the images"):
+        net.transform("AtoB", net.G(x_a), net.G(x_b))
+
+
+@pytest.mark.parametrize("kernel,centre", [(3, 4.0), (4, 5.5)])
+def test_grid_aligned_downsampling_puts_features_where_the_grid_says(kernel, centre):
+    """Feature point o of G's two stride-2 levels lies over image pixel 4o + 1.5 in the
+    align_corners=False convention that every warp uses; kernel 3 puts it at 4o (1.5 px off)."""
+    enc = Encoder(2, 2, down_kernel=kernel)
+    levels = []
+    for block in (enc.net[1], enc.net[2]):
+        c = block[0]
+        probe = torch.nn.Conv2d(1, 1, c.kernel_size, stride=c.stride, padding=c.padding, bias=False)
+        torch.nn.init.constant_(probe.weight, 1.0 / c.kernel_size[0] ** 2)
+        levels.append(probe)
+    ramp = torch.arange(32.0).view(1, 1, 1, 32).expand(1, 1, 32, 32)  # value = column index
+    out = levels[1](levels[0](ramp))
+    assert out.shape[-1] == 8
+    assert out[0, 0, 3, 1].item() == pytest.approx(centre)  # interior point o = 1
+
+
 # ---------------------------------------------------------------- forward + backward
 
 
-@pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])
+@pytest.fixture(scope="module", params=[(2, "regress"), (3, "regress"), (2, "dense"), (3, "dense")],
+                ids=["2d", "3d", "2d-dense", "3d-dense"])
 def trained_step(request):
-    n = request.param
-    net = _tiny_net(n)
+    n, head = request.param
+    net = _tiny_net(n, affine_head=head, affine_passes=1 if head == "regress" else 2)
     net.train()
     x_a, x_b = _inputs(n, seed=3)
     out = fire_forward(net, x_a, x_b)
@@ -107,8 +196,9 @@ def test_every_parameter_gets_a_gradient(trained_step):
     # (Layers upstream of a zero-weight head legitimately get exactly zero gradient here.)
     for t in (net.T_ab, net.T_ba):
         assert t.nonrigid.head.weight.grad.abs().sum() > 0
-        assert t.affine.fc[-1].weight.grad.abs().sum() > 0
-        assert t.affine.fc[-1].bias.grad.abs().sum() > 0
+        last = t.affine.last_conv if isinstance(t.affine, DenseAffineNet) else t.affine.fc[-1]
+        assert last.weight.grad.abs().sum() > 0
+        assert last.bias.grad.abs().sum() > 0
 
 
 def test_forward_outputs_at_identity_init(trained_step):

@@ -529,3 +529,91 @@ def test_spatial_dims_validation():
         spatial.warp(torch.zeros(1, 1, 8), torch.zeros(1, 1, 8))
     with pytest.raises(ValueError):
         spatial.warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+# --------------------------------------------------------------------------- affine fits and moments
+
+
+@DIMS
+def test_fit_affine_recovers_an_affine_from_exact_correspondences(n):
+    theta = _random_affine(n, batch=3, strength=0.2).double()
+    pts = torch.rand(3, n, 50, generator=_gen(1), dtype=torch.float64) * 2 - 1
+    fit = spatial.fit_affine(pts, spatial.apply_affine(theta, pts))
+    torch.testing.assert_close(fit, theta)
+    # from a field: the affine's own displacement
+    shape = SHAPES[n]
+    u = spatial.affine_to_displacement(theta, shape)
+    torch.testing.assert_close(spatial.fit_affine_to_field(u), theta)
+
+
+@DIMS
+def test_fit_affine_weights_ignore_outliers_and_ridge_keeps_a_degenerate_fit_at_identity(n):
+    theta = _random_affine(n, batch=1, strength=0.2).double()
+    pts = torch.rand(1, n, 40, generator=_gen(2), dtype=torch.float64) * 2 - 1
+    target = spatial.apply_affine(theta, pts)
+    target[:, :, :5] += 3.0  # five wild correspondences
+    w = torch.ones(1, 40, dtype=torch.float64)
+    assert (spatial.fit_affine(pts, target, w) - theta).abs().max() > 0.1
+    w[:, :5] = 0
+    torch.testing.assert_close(spatial.fit_affine(pts, target, w), theta)
+    # every point the same: no affine is determined; the ridge picks the identity's linear part
+    same = torch.zeros(1, n, 10, dtype=torch.float64)
+    fit = spatial.fit_affine(same, same + 0.1, ridge=1e-6)
+    torch.testing.assert_close(fit[:, :, :n], torch.eye(n, dtype=torch.float64)[None], atol=1e-4, rtol=0)
+    torch.testing.assert_close(fit[:, :, n], torch.full((1, n), 0.1, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+@DIMS
+def test_compose_affine_is_applying_one_after_the_other(n):
+    t1, t2 = _random_affine(n, 2, seed=3).double(), _random_affine(n, 2, seed=4).double()
+    pts = torch.rand(2, n, 20, generator=_gen(5), dtype=torch.float64) * 2 - 1
+    torch.testing.assert_close(spatial.apply_affine(spatial.compose_affine(t1, t2), pts),
+                               spatial.apply_affine(t1, spatial.apply_affine(t2, pts)))
+
+
+def _ellipsoid(shape, centre, radii) -> torch.Tensor:
+    """(1, 1, *S) image in [-1, 1]: 1 inside an axis-aligned ellipsoid (normalised coords), -1 outside."""
+    p = spatial.identity_grid(shape, dtype=torch.float64)[0]
+    r = sum(((p[k] - c) / a) ** 2 for k, (c, a) in enumerate(zip(centre, radii)))
+    return torch.where(r <= 1, 1.0, -1.0)[None, None].float()
+
+
+@DIMS
+def test_moments_recover_the_translation_and_axis_scaling_between_two_ellipsoids(n):
+    shape = (64, 48, 40)[:n]
+    spacing = (1.0, 2.0, 1.5)[:n]
+    fixed = _ellipsoid(shape, [0.05] * n, [0.4, 0.3, 0.35][:n])
+    moving = _ellipsoid(shape, [-0.1, 0.15, 0.0][:n], [0.52, 0.27, 0.35][:n])
+    theta = spatial.moments_affine(moving, fixed, spacing, "scale").double()
+    # fixed → moving: centre to centre, radii ratio per axis
+    expect = torch.zeros(1, n, n + 1, dtype=torch.float64)
+    ratio = torch.tensor([0.52 / 0.4, 0.27 / 0.3, 1.0][:n], dtype=torch.float64)
+    expect[0, :, :n] = torch.diag(ratio)
+    expect[0, :, n] = torch.tensor([-0.1, 0.15, 0.0][:n], dtype=torch.float64) - ratio * 0.05
+    torch.testing.assert_close(theta, expect, atol=0.02, rtol=0)
+    com = spatial.moments_affine(moving, fixed, spacing, "com").double()
+    torch.testing.assert_close(com[0, :, :n], torch.eye(n, dtype=torch.float64))
+    torch.testing.assert_close(com[0, :, n], expect[0, :, n] + (ratio - 1) * 0.05, atol=0.02, rtol=0)
+
+
+def test_principal_axes_recover_a_rotation_in_millimetres_not_normalised_units():
+    shape, spacing = (64, 32), (1.0, 2.0)  # a square field of view of 64 mm, anisotropic grid
+    fixed = _ellipsoid(shape, [0.0, 0.0], [0.6, 0.25])
+    angle = math.radians(15)
+    rot = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64)
+    # the moving image is the fixed one rotated: sample fixed at R^-1 p (the extents are equal in mm)
+    theta_true = torch.cat([rot, torch.zeros(2, 1, dtype=torch.float64)], 1)[None]
+    moving = (spatial.sample_at(fixed.double(), spatial.apply_affine(
+        spatial.invert_affine(theta_true), spatial.identity_grid(shape, dtype=torch.float64))) > 0).float() * 2 - 1
+    theta = spatial.moments_affine(moving, fixed, spacing, "principal").double()
+    torch.testing.assert_close(theta, theta_true, atol=0.03, rtol=0)
+    scale_only = spatial.moments_affine(moving, fixed, spacing, "scale").double()
+    assert (scale_only[0, 0, 1]).abs() < 1e-9  # no rotation in "scale"
+
+
+def test_moments_of_an_empty_image_give_the_identity():
+    empty, img = -torch.ones(1, 1, 16, 16), _ellipsoid((16, 16), [0, 0], [0.5, 0.4])
+    for mode in spatial.MOMENT_MODES:
+        torch.testing.assert_close(spatial.moments_affine(empty, img, (1.0, 1.0), mode), spatial.identity_affine(1, 2))
+    with pytest.raises(ValueError, match="moments mode"):
+        spatial.moments_affine(img, img, (1.0, 1.0), "median")

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fire_lightning import spatial
 from fire_lightning.cli import main
-from fire_lightning.config import load_config
+from fire_lightning.config import ConfigError, load_config
 from fire_lightning.losses import rms
 from fire_lightning.metrics import folding_percent
 from fire_lightning.module import FIREModule
@@ -58,6 +58,7 @@ class _OnePair(Dataset):
         return {"moving": self.moving, "fixed": self.fixed, "moving_label": lab, "fixed_label": lab}
 
 
+@pytest.mark.usefixtures("single_thread")
 def test_a_small_model_learns_to_register_a_synthetic_pair(tmp_path):
     """A few hundred iterations of the real module bring the warped image towards the fixed one."""
     torch.manual_seed(0)
@@ -191,10 +192,61 @@ def test_validation_logs_every_loss_part_the_registration_metrics_and_a_panel(ti
                  "r_syn", "r_reg"):
         assert f"val/loss_{part}" in logged and f"train/loss_{part}" in logged
     for key in ("dice_CSF", "dice_GM", "dice_WM", "dice_mean", "dice_affine_mean", "dice_unaligned_mean",
-                "folding_pct", "ice_mm"):
-        assert f"val/{key}" in logged
+                "folding_pct", "ice_mm", "dice1r_mean", "dice1r_affine_mean", "affine_err_mm", "affine_err_rotation_deg",
+                "affine_err_scale_pct", "affine_err_translation_mm", "affine_rotation_slope", "affine_rotation_corr",
+                "affine_scale_slope", "affine_translation_corr"):
+        assert f"val/{key}" in logged, key
     assert 0 <= logged["val/dice_mean"] <= 1 and logged["val/ice_mm"] >= 0
     assert list((result["run_dir"] / "images").glob("val_registration_iter*.png"))
+
+
+def test_the_affine_warm_up_trains_g_and_t_af_only_and_keeps_counting_iterations(tiny_overrides):
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "optim.affine_warmup_steps=3", "trainer.max_steps=4", "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40",
+                                  "model.affine_head=match", "model.affine_init=scale", "model.affine_passes=2"])
+    torch.manual_seed(0)
+    before = FIREModule(cfg).state_dict()
+    from fire_lightning.train import make_datamodule
+
+    module = FIREModule(cfg)
+    module.load_state_dict(before)
+    dm = make_datamodule(cfg)
+    trainer = L.Trainer(max_steps=3 * module.n_optimizers, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    assert module.iteration == 3  # every optimiser stepped in every warm-up iteration
+    after = module.state_dict()
+    changed = {k.split(".")[1] + ("." + k.split(".")[2] if k.split(".")[1].startswith("T_") else "")
+               for k in before if not torch.equal(before[k], after[k]) and k.startswith("net.")}
+    assert changed == {"G", "T_ab.affine", "T_ba.affine"}, changed  # no decoder, no T_nr
+    with pytest.raises(ConfigError, match="affine_warmup_steps"):
+        load_config(PHANTOM2D, ["optim.affine_warmup_steps=5", "trainer.max_steps=5"])
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("head", ["match", "dense"])
+def test_a_small_model_with_a_closed_form_affine_stage_learns_a_transform(head):
+    """The moments start, a least-squares T_af, MI on the affinely warped image and the warm-up:
+    the affine part alone brings the moving image towards the fixed one."""
+    torch.manual_seed(0)
+    shape = (32, 32)
+    fixed = _blob(shape, (0.0, 0.0), (0.45, 0.3))
+    moving = _blob(shape, (0.15, -0.1), (0.35, 0.35))
+    cfg = load_config(None, ["model.width=4", "model.n_res=1", "model.affine_channels=[8,8,8]", "data.size=[32,32]",
+                             "data.spacing=1.0", f"model.affine_head={head}", "model.affine_init=com",
+                             "model.affine_passes=2", "model.affine_mi_weight=1.0", "optim.affine_warmup_steps=60",
+                             "optim.lr_affine=3e-3", "optim.lr_synthesis=1e-3"])
+    module = FIREModule(cfg, spacing=(1.0, 1.0))
+    iters = 120
+    loader = DataLoader(_OnePair(moving, fixed, iters), batch_size=1)
+    trainer = L.Trainer(max_steps=iters * module.n_optimizers, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=loader)
+    module.eval()
+    reg = module.register(moving[None], fixed[None])
+    start = module.net.initial_affine(moving[None], fixed[None])
+    from_start = rms(spatial.warp(moving[None], spatial.affine_to_displacement(start, shape)), fixed[None]).item()
+    after = rms(reg["warped_affine"], fixed[None]).item()
+    assert after < 0.8 * from_start < 0.8 * rms(moving[None], fixed[None]).item(), (from_start, after)
 
 
 def test_periodic_checkpoints_are_named_by_iteration(tiny_overrides):

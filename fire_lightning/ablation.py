@@ -1,0 +1,112 @@
+"""``fire ablation``: one table of many runs' benchmarks, each row with the command that reproduces it.
+
+Every row is a run folder whose ``benchmark/results.json`` scored the same test pairs (checked:
+the pair ids must agree). The command of a row is ``fire train <base config> <overrides>``, the
+overrides being every config key where the run's saved ``config.yaml`` differs from the base
+experiment (run names and folders aside), so that a reader can reproduce it exactly. Methods
+that several runs share (ANTs, the ceiling, the unaligned pair) are taken once, from the first run
+that has them.
+
+Example::
+
+    fire ablation runs/paper runs/scale-mi runs/dense --base experiments/phantom2d_paper.yaml --out ablation/
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import load_config
+from .tables import markdown_table
+
+#: columns: (header, method key, metric, scale, format)
+COLUMNS = (
+    ("Dice mean (%)", "dice_mean", 100, "{:.2f}"),
+    ("Dice, 1 resampling (%)", "dice1r_mean", 100, "{:.2f}"),
+    ("HD95 (mm)", "hd95_mean", 1, "{:.2f}"),
+    ("% det J ≤ 0", "folding_pct", 1, "{:.3f}"),
+    ("ICE (mm)", "ice_mm", 1, "{:.2f}"),
+    ("s / pair", "seconds_per_pair", 1, "{:.4f}"),
+)
+AFFINE = ("affine error (mm)", "affine_err_mm", 1, "{:.2f}")
+SHARED = ("True", "True-Affine", "Unaligned", "ANTs-Affine", "ANTs-SyN")
+IGNORED = ("run", "experiment", "logger", "explain", "trainer.progress_bar")
+
+
+def _flat(cfg, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def overrides(run_cfg, base_cfg) -> list[str]:
+    """``key=value`` for every key where ``run_cfg`` differs from ``base_cfg`` (both plain dicts)."""
+    a, b = _flat(run_cfg), _flat(base_cfg)
+    out = []
+    for k in sorted(a):
+        if any(k == i or k.startswith(i + ".") for i in IGNORED):
+            continue
+        if a[k] != b.get(k):
+            v = a[k]
+            out.append(f"{k}={json.dumps(v).replace(' ', '') if isinstance(v, (list, dict)) else v}")
+    return out
+
+
+def _cell(entry: dict | None, scale: float, fmt: str) -> str:
+    if not entry or entry.get("mean") is None:
+        return "–"
+    return f"{fmt.format(scale * entry['mean'])} ({fmt.format(scale * entry['std'])})"
+
+
+def ablation(runs: list[str | Path], base: str | Path, out_dir: str | Path | None = None,
+             names: list[str] | None = None) -> str:
+    """The ablation table (markdown) of ``runs`` against the ``base`` experiment; written to
+    ``out_dir`` as ``ablation.md`` and ``ablation.csv`` when given.
+
+    Raises:
+        ValueError: a run without ``benchmark/results.json``, or runs scored on different pairs.
+    """
+    base_cfg = OmegaConf.to_container(load_config(base), resolve=True)
+    rows, commands, pair_ids, shared = [], [], None, {}
+    for i, run in enumerate(runs):
+        run = Path(run)
+        res_path = run / "benchmark" / "results.json"
+        if not res_path.is_file():
+            raise ValueError(f"{res_path}: not found (run `fire benchmark {run}` first)")
+        res = json.loads(res_path.read_text())
+        if pair_ids is None:
+            pair_ids = res["pair_ids"]
+        elif res["pair_ids"] != pair_ids:
+            raise ValueError(f"{res_path}: scored on other test pairs than {runs[0]}; an ablation compares the same pairs")
+        cfg = OmegaConf.to_container(load_config(run / "config.yaml"), resolve=True)
+        ov = overrides(cfg, base_cfg)
+        name = names[i] if names else run.name
+        for method in SHARED:
+            if method in res["methods"] and method not in shared:
+                shared[method] = res["methods"][method]
+        for method, label in (("FIRE-Affine", f"{name}: FIRE-Affine"), ("FIRE", f"{name}: FIRE"), ("FIRE+IO", f"{name}: FIRE+IO")):
+            if method in res["methods"]:
+                rows.append((label, res["methods"][method], res["meta"].get("iterations")))
+        commands.append((name, f"fire train {base} " + " ".join(ov) if ov else f"fire train {base}"))
+    header = ["method", *(h for h, *_ in COLUMNS), AFFINE[0], "iterations"]
+    every = [*((m, shared[m], None) for m in SHARED if m in shared), *rows]
+    table = [[label, *(_cell(entry.get(k), s, f) for _, k, s, f in COLUMNS), _cell(entry.get(AFFINE[1]), *AFFINE[2:]),
+              "–" if it is None else str(it)] for label, entry, it in every]
+    text = (f"Mean (std) over the same {len(pair_ids or [])} test pairs.\n\n" + markdown_table(header, table)
+            + "\n\nCommands (then `fire benchmark RUN`):\n\n" + "\n".join(f"- {n}: `{c}`" for n, c in commands) + "\n")
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ablation.md").write_text(text)
+        with open(out / "ablation.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *table])
+    return text

@@ -1,0 +1,69 @@
+"""`fire ablation`: one table of several runs' benchmarks, each row with the command that reproduces it."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from fire_lightning.ablation import ablation, overrides
+from fire_lightning.cli import main
+from fire_lightning.config import load_config, to_yaml
+
+from .conftest import ROOT
+
+BASE = ROOT / "experiments" / "phantom2d_paper.yaml"
+
+
+def _entry(values):
+    return {"mean": sum(values) / len(values), "std": 0.0, "values": values}
+
+
+def _run(tmp_path, name, args, dice, pair_ids=("p0", "p1")):
+    """A run folder as `fire train` + `fire benchmark` leave it, with made-up scores."""
+    run = tmp_path / name
+    (run / "benchmark").mkdir(parents=True)
+    cfg = load_config(BASE, [f"run.name={name}", *args])
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    methods = {"Unaligned": {"dice_mean": _entry([0.3, 0.4])},
+               "ANTs-SyN": {"dice_mean": _entry([0.8, 0.8]), "seconds_per_pair": _entry([0.5, 0.6])},
+               "FIRE-Affine": {"dice_mean": _entry([dice - 0.01] * 2), "affine_err_mm": _entry([2.0, 3.0])},
+               "FIRE": {"dice_mean": _entry([dice] * 2), "folding_pct": _entry([0.1, 0.0]),
+                        "seconds_per_pair": _entry([0.01, 0.02])}}
+    (run / "benchmark" / "results.json").write_text(json.dumps(
+        {"pair_ids": list(pair_ids), "methods": methods, "meta": {"iterations": 1200}}))
+    return run
+
+
+def test_overrides_are_the_keys_that_differ():
+    base = {"model": {"width": 8, "affine_head": "regress"}, "run": {"name": "a"}, "data": {"size": [64, 72]}}
+    run = {"model": {"width": 8, "affine_head": "match"}, "run": {"name": "b"}, "data": {"size": [32, 32]}}
+    assert overrides(run, base) == ["data.size=[32,32]", "model.affine_head=match"]  # run.* is ignored
+    assert overrides(base, base) == []
+
+
+def test_ablation_table_has_one_row_per_run_and_method_and_the_commands(tmp_path, capsys):
+    a = _run(tmp_path, "paper", [], 0.6)
+    b = _run(tmp_path, "match", ["model.affine_head=match", "optim.affine_warmup_steps=600"], 0.74)
+    assert main(["ablation", str(a), str(b), "--base", str(BASE), "--out", str(tmp_path / "ab")]) == 0
+    text = (tmp_path / "ab" / "ablation.md").read_text()
+    assert f"- paper: `fire train {BASE}`" in text
+    assert f"- match: `fire train {BASE} model.affine_head=match optim.affine_warmup_steps=600`" in text
+    with open(tmp_path / "ab" / "ablation.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["Unaligned", "ANTs-SyN", "paper: FIRE-Affine", "paper: FIRE",
+                                           "match: FIRE-Affine", "match: FIRE"]
+    assert rows[5]["Dice mean (%)"] == "74.00 (0.00)" and rows[2]["affine error (mm)"] == "2.50 (0.00)"
+    assert rows[1]["s / pair"] == "0.5500 (0.0000)" and rows[0]["iterations"] == "–" and rows[3]["iterations"] == "1200"
+    assert "2 test pairs" in capsys.readouterr().out
+
+
+def test_ablation_refuses_runs_scored_on_other_pairs_or_not_benchmarked(tmp_path):
+    a = _run(tmp_path, "a", [], 0.6)
+    b = _run(tmp_path, "b", [], 0.6, pair_ids=("p0", "p2"))
+    with pytest.raises(ValueError, match="other test pairs"):
+        ablation([a, b], BASE)
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ValueError, match="fire benchmark"):
+        ablation([a, tmp_path / "c"], BASE)
