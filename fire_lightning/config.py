@@ -305,7 +305,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.down_kernel must be 3 (paper) or 4 (grid-aligned), got {cfg.model.down_kernel}")
     if cfg.optim.affine_warmup_steps < 0 or cfg.optim.affine_warmup_steps >= cfg.trainer.max_steps:
         raise ConfigError(f"optim.affine_warmup_steps must be in [0, trainer.max_steps), got "
-                          f"{cfg.optim.affine_warmup_steps} (max_steps {cfg.trainer.max_steps})")
+                          f"{cfg.optim.affine_warmup_steps} (max_steps {cfg.trainer.max_steps}); set both")
     if cfg.model.affine_mi_weight < 0:
         raise ConfigError(f"model.affine_mi_weight must be >= 0, got {cfg.model.affine_mi_weight}")
     if cfg.model.width < 1:

@@ -286,6 +286,10 @@ def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: E
 
                 cam = grad_cam(through_t, cam_layer(net, comp, direction, settings.layer), (g_a, g_b), shape,
                                method[comp])
+                if cam.shape[0] == 2 * b:  # a T_af head that encodes both images in one call (match,
+                    # keypoints): its last pass sees the warped moving and the fixed features, both on
+                    # the fixed grid; the map is their sum
+                    cam = cam[:b] + cam[b:]
                 key = f"{comp}/{direction}/on_x_{fixed_space}"
                 maps[key] = CamMap(comp, direction, f"on_x_{fixed_space}", fixed_space, cam, fixed,
                                    explained(through_t(g_a, g_b)))

@@ -8,8 +8,8 @@ from .conftest import PHANTOM2D
 
 
 def test_yaml_and_overrides_reach_the_typed_config():
-    cfg = load_config(PHANTOM2D, ["trainer.max_steps=200", "model.width=16"])
-    assert cfg.trainer.max_steps == 200
+    cfg = load_config(PHANTOM2D, ["trainer.max_steps=2000", "model.width=16"])
+    assert cfg.trainer.max_steps == 2000
     assert cfg.model.width == 16
     assert cfg.experiment == "phantom2d"
     # a value from the YAML, and a schema default the YAML does not set

@@ -47,7 +47,8 @@ def _theta(n: int) -> torch.Tensor:
 
 
 def _save_checkpoint(path, experiment, nontrivial: bool):
-    cfg = load_config(experiment, TINY)
+    # the paper's T_af (a regression head from the identity): its last layer's bias sets theta
+    cfg = load_config(experiment, [*TINY, "model.affine_head=regress", "model.affine_init=identity"])
     torch.manual_seed(0)
     module = FIREModule(cfg)
     if nontrivial:
