@@ -222,6 +222,21 @@ def _cmd_ablation(args) -> int:
     return 0
 
 
+def _cmd_export_pairs(args) -> int:
+    from .export import export_pairs
+    from .train import CONFIG_NAME, load_run_config, make_datamodule
+
+    target = Path(args.config)
+    cfg = load_run_config(target, args.overrides) if target.is_dir() and (target / CONFIG_NAME).is_file() \
+        else load_config(target, args.overrides)
+    dm = make_datamodule(cfg)
+    dm.setup("test")
+    path = export_pairs(dm.test_dataset(), args.out, dm.spacing, args.max_pairs, args.orientation)
+    print(f"written: {path} and its NIfTI files ({args.orientation}); register and score them with\n"
+          f"  fire register --checkpoint RUN/checkpoints/last.ckpt --csv {path}")
+    return 0
+
+
 def _cmd_register(args) -> int:
     from tqdm import tqdm
 
@@ -244,6 +259,13 @@ def _cmd_register(args) -> int:
                   file=sys.stderr)
             return 2
         print(f"registered {report.rows} pairs from {args.csv}")
+        if report.dice:
+            import numpy as np
+
+            mean = np.array([d["mean"] for d in report.dice])
+            print(f"mean Dice of the warped labels against fixed_labels: {100 * mean.mean():.2f} % "
+                  f"(std {100 * (mean.std(ddof=1) if mean.size > 1 else 0):.2f}) over {mean.size} pairs; per pair: "
+                  f"{Path(args.csv).with_name(Path(args.csv).stem + '_dice.csv')}")
         return 0
     missing = [k for k in ("--moving", "--fixed", "--out") if single[k] is None]
     if missing:
@@ -353,6 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the experiment the commands start from (default: experiments/phantom2d.yaml)")
     a.add_argument("--out", default=None, help="folder for ablation.md and ablation.csv")
     a.set_defaults(func=_cmd_ablation)
+
+    xp = sub.add_parser("export-pairs", help="a data config's test pairs as NIfTI files and a pairs CSV for "
+                                             "`fire register --csv` (which then scores the warped labels)")
+    xp.add_argument("config", help="experiment YAML or run folder (its config.yaml)")
+    xp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.test_seed=2026")
+    xp.add_argument("--out", required=True, help="output folder")
+    xp.add_argument("--max-pairs", type=int, default=None, help="only the first N test pairs")
+    xp.add_argument("--orientation", default="LPS", choices=["RAS", "LPS"],
+                    help="array orientation of the files (default LPS, as DICOM-derived NIfTI often is)")
+    xp.set_defaults(func=_cmd_export_pairs)
 
     dt = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
     c = dt.add_parser("check", help="list a dataset's subjects, files, shapes, spacings, labels and the split, "
