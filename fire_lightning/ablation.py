@@ -61,6 +61,24 @@ def overrides(run_cfg, base_cfg) -> list[str]:
     return out
 
 
+#: validation columns, from the run's last validation in ``csv/metrics.csv``: (header, key, scale, format)
+VALIDATION = (("val Dice (%)", "val/dice_mean", 100, "{:.2f}"), ("val affine err (mm)", "val/affine_err_mm", 1, "{:.2f}"),
+              ("val rotation r", "val/affine_rotation_corr", 1, "{:.2f}"))
+
+
+def last_validation(run: str | Path) -> dict:
+    """The last logged value of each ``val/...`` metric in ``run/csv/metrics.csv`` ({} when absent):
+    what the run's variant was chosen on (the validation pairs, not the test pairs)."""
+    path = Path(run) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            out.update({k: float(v) for k, v in row.items() if k and k.startswith("val/") and v not in ("", None)})
+    return out
+
+
 def _cell(entry: dict | None, scale: float, fmt: str) -> str:
     if not entry or entry.get("mean") is None:
         return "–"
@@ -93,15 +111,18 @@ def ablation(runs: list[str | Path], base: str | Path, out_dir: str | Path | Non
         for method in SHARED:
             if method in res["methods"] and method not in shared:
                 shared[method] = res["methods"][method]
+        val = last_validation(run)
         for method, label in (("FIRE-Affine", f"{name}: FIRE-Affine"), ("FIRE", f"{name}: FIRE"), ("FIRE+IO", f"{name}: FIRE+IO")):
             if method in res["methods"]:
-                rows.append((label, res["methods"][method], res["meta"].get("iterations")))
+                rows.append((label, res["methods"][method], res["meta"].get("iterations"), val if method == "FIRE" else {}))
         commands.append((name, f"fire train {base} " + " ".join(ov) if ov else f"fire train {base}"))
-    header = ["method", *(h for h, *_ in COLUMNS), AFFINE[0], "iterations"]
-    every = [*((m, shared[m], None) for m in SHARED if m in shared), *rows]
+    header = ["method", *(h for h, *_ in COLUMNS), AFFINE[0], "iterations", *(h for h, *_ in VALIDATION)]
+    every = [*((m, shared[m], None, {}) for m in SHARED if m in shared), *rows]
     table = [[label, *(_cell(entry.get(k), s, f) for _, k, s, f in COLUMNS), _cell(entry.get(AFFINE[1]), *AFFINE[2:]),
-              "–" if it is None else str(it)] for label, entry, it in every]
-    text = (f"Mean (std) over the same {len(pair_ids or [])} test pairs.\n\n" + markdown_table(header, table)
+              "–" if it is None else str(it), *(f.format(s * val[k]) if k in val else "–" for _, k, s, f in VALIDATION)]
+             for label, entry, it, val in every]
+    text = (f"Mean (std) over the same {len(pair_ids or [])} test pairs; the val columns (on the FIRE row) are "
+            "the run's last validation, what variants are chosen on.\n\n" + markdown_table(header, table)
             + "\n\nCommands (then `fire benchmark RUN`):\n\n" + "\n".join(f"- {n}: `{c}`" for n, c in commands) + "\n")
     if out_dir is not None:
         out = Path(out_dir)

@@ -123,8 +123,14 @@ class FIREModule(L.LightningModule):
 
     @property
     def iteration(self) -> int:
-        """Training iterations done (``global_step`` counts each of the optimisers' steps)."""
+        """Training iterations done (``global_step`` counts each of the optimisers' steps); for a
+        module loaded from a checkpoint without a trainer, the checkpoint's."""
+        if self._trainer is None:
+            return getattr(self, "_checkpoint_iteration", 0)
         return self.global_step // self.n_optimizers
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._checkpoint_iteration = int(checkpoint.get("global_step", 0)) // self.n_optimizers
 
     def configure_optimizers(self):
         o = self.cfg.optim

@@ -31,6 +31,9 @@ def _run(tmp_path, name, args, dice, pair_ids=("p0", "p1")):
                "FIRE-Affine": {"dice_mean": _entry([dice - 0.01] * 2), "affine_err_mm": _entry([2.0, 3.0])},
                "FIRE": {"dice_mean": _entry([dice] * 2), "folding_pct": _entry([0.1, 0.0]),
                         "seconds_per_pair": _entry([0.01, 0.02])}}
+    (run / "csv").mkdir()
+    (run / "csv" / "metrics.csv").write_text("step,train/loss,val/dice_mean,val/affine_err_mm\n"
+                                             f"10,1.0,,\n299,,{dice - 0.1},3.0\n599,,{dice - 0.05},2.0\n610,0.5,,\n")
     (run / "benchmark" / "results.json").write_text(json.dumps(
         {"pair_ids": list(pair_ids), "methods": methods, "meta": {"iterations": 1200}}))
     return run
@@ -57,6 +60,9 @@ def test_ablation_table_has_one_row_per_run_and_method_and_the_commands(tmp_path
     assert rows[5]["Dice mean (%)"] == "74.00 (0.00)" and rows[2]["affine error (mm)"] == "2.50 (0.00)"
     assert rows[1]["s / pair"] == "0.5500 (0.0000)" and rows[0]["iterations"] == "–" and rows[3]["iterations"] == "1200"
     assert "2 test pairs" in capsys.readouterr().out
+    # the last validation, on the FIRE row only: what the variant was chosen on
+    assert rows[5]["val Dice (%)"] == "69.00" and rows[5]["val affine err (mm)"] == "2.00"
+    assert rows[5]["val rotation r"] == "–" and rows[4]["val Dice (%)"] == "–"
 
 
 def test_ablation_refuses_runs_scored_on_other_pairs_or_not_benchmarked(tmp_path):

@@ -83,6 +83,7 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     assert list(results["methods"]) == [*TRUE_METHODS, *METHODS, "FIRE+IO"]
     assert results["meta"]["n_pairs"] == 2 and results["meta"]["threads"] == 1
     assert results["meta"]["refine"]["steps"] == 3
+    assert results["meta"]["iterations"] == 1  # the checkpoint's, read without a trainer
     io = results["methods"]["FIRE+IO"]
     assert all(v > 0 for v in io["seconds_per_pair"]["values"]) and len(io["ice_mm"]["values"]) == 2
     assert len(io["affine_err_mm"]["values"]) == 2 and "FIRE+IO vs ANTs-SyN" in results["paired"]
