@@ -1,7 +1,9 @@
 """``fire export-pairs``: a data module's test pairs as NIfTI files and a pairs CSV, as a user would
 send them to ``fire register --csv`` (which then scores the warped labels against ``fixed_labels``).
 
-The files are written in a chosen orientation (``RAS`` or ``LPS``: the arrays are flipped and the
+Images are written as a scanner's would be, background 0 and intensities >= 0 (the data module's
+``[-1, 1]`` mapped back to ``[0, 1]``), so ``fire register`` normalises them as any user's; the
+files are written in a chosen orientation (``RAS`` or ``LPS``: the arrays are flipped and the
 affine follows, so every voxel keeps its world position), so the registration goes through the same
 resampling and orientation handling as any user's NIfTI, not through the data module's tensors.
 """
@@ -58,7 +60,10 @@ def export_pairs(dataset, out_dir: str | Path, spacing, max_pairs: int | None = 
         for key, kind in (("moving", np.float32), ("fixed", np.float32), ("moving_label", np.int16),
                           ("fixed_label", np.int16)):
             name = f"pair_{i:03d}_{key.replace('label', 'labels')}.nii.gz"
-            img = nib.Nifti1Image(_array(item[key], orientation).astype(kind), aff)
+            data = _array(item[key], orientation)
+            if kind is np.float32:  # the data module's [-1, 1] back to a scan's range: background 0
+                data = (data + 1) / 2
+            img = nib.Nifti1Image(data.astype(kind), aff)
             img.header.set_xyzt_units("mm")
             nib.save(img, str(out / name))
             names[key] = name

@@ -599,8 +599,18 @@ def test_exported_test_pairs_register_through_the_csv_and_are_scored(ckpts, tmp_
     assert [r["row"] for r in rows] == ["1", "2", "3", "mean", "std"]
     dm = make_datamodule(load_config(PHANTOM2D, overrides))
     dm.setup("test")
+    registrar = Registrar(ckpts["2d"], device="cpu")
     for i in range(3):
         pair = dm.test_dataset()[i]
+        # the model sees what it saw in the benchmark: the files' orientation and intensities come
+        # back to the data module's tensors, up to fire register's per-image p99.5 scaling (the
+        # phantom scales per volume); a flipped axis or a [-1, 1] file would fail this
+        seen = registrar.prepare(tmp_path / "x" / f"pair_{i:03d}_moving.nii.gz",
+                                 tmp_path / "x" / f"pair_{i:03d}_fixed.nii.gz")
+        for key in ("moving", "fixed"):
+            a, b = getattr(seen, key)[0].flatten(), pair[key].flatten()
+            r = torch.corrcoef(torch.stack([a, b]))[0, 1]
+            assert r > 0.99 and (a - b).abs().mean() < 0.06, (key, float(r), float((a - b).abs().mean()))
         expected = dice_per_label(pair["moving_label"][None], pair["fixed_label"][None], [1, 2, 3])[0]
         got = [float(rows[i][f"dice_{v}"]) for v in (1, 2, 3)]
         np.testing.assert_allclose(got, expected.numpy(), atol=1e-6)
