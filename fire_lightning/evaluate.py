@@ -57,7 +57,7 @@ COLUMNS = {"dice1r_mean": ("Dice mean, 1 resampling (%)", "{:.2f}"), "hd95_mean"
 PERCENT_COLUMNS = ("dice1r_mean",)
 
 
-def _time_fire(model: FIREModule, dataset, device: torch.device, repeats: int = 1, refine=None) -> list[float]:
+def time_register(model: FIREModule, dataset, device: torch.device, repeats: int = 1, refine=None) -> list[float]:
     """Seconds per pair of ``model.register`` (with ``refine``: FIRE+IO end to end), one pair of
     ``dataset`` at a time (after one warm-up call); pairs are fetched one by one, so no more than one
     is held for timing."""
@@ -190,14 +190,14 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
         bar.close()
 
     # Table 4: one pair at a time, same threads as ANTs.
-    per["FIRE"]["seconds_per_pair"] = _time_fire(model, dataset, torch.device("cpu"))
+    per["FIRE"]["seconds_per_pair"] = time_register(model, dataset, torch.device("cpu"))
     if io:
-        per[IO_METHOD]["seconds_per_pair"] = _time_fire(model, dataset, torch.device("cpu"), refine=refine)
+        per[IO_METHOD]["seconds_per_pair"] = time_register(model, dataset, torch.device("cpu"), refine=refine)
     gpu_name = None
     if torch.cuda.is_available():
-        per["FIRE"]["seconds_per_pair_gpu"] = _time_fire(model, dataset, torch.device("cuda"), repeats=5)
+        per["FIRE"]["seconds_per_pair_gpu"] = time_register(model, dataset, torch.device("cuda"), repeats=5)
         if io:
-            per[IO_METHOD]["seconds_per_pair_gpu"] = _time_fire(model, dataset, torch.device("cuda"), refine=refine)
+            per[IO_METHOD]["seconds_per_pair_gpu"] = time_register(model, dataset, torch.device("cuda"), refine=refine)
         gpu_name = torch.cuda.get_device_name(0)
     model.to(device)
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from . import metrics
+from .evaluate import time_register
 from .refine import RefineSettings
 from .tables import markdown_table, summarise
 
@@ -94,7 +95,8 @@ def _curve(model, dataset, steps, settings, reference, batch_size, timing_pairs,
                     per[n][key].extend(scores[n][key].numpy().tolist())
             bar.update(mov.shape[0])
 
-    seconds = {n: _seconds(model, dataset, dataclasses.replace(settings, steps=n), timing_pairs) for n in steps}
+    timed = Subset(dataset, range(min(timing_pairs, len(dataset))))
+    seconds = {n: time_register(model, timed, device, refine=dataclasses.replace(settings, steps=n)) for n in steps}
     rows = [{"steps": n, **{k: summarise(v) for k, v in per[n].items()}, "seconds_per_pair": summarise(seconds[n])}
             for n in steps]
     ref = {}
@@ -106,23 +108,6 @@ def _curve(model, dataset, steps, settings, reference, batch_size, timing_pairs,
                       "settings": dataclasses.asdict(settings), "device": str(device),
                       "threads": torch.get_num_threads()}}
     return curve
-
-
-def _seconds(model, dataset, settings: RefineSettings, n_pairs: int) -> list[float]:
-    import time
-
-    device = next(model.parameters()).device
-    out = []
-    for i in range(min(n_pairs, len(dataset)) + 1):
-        item = dataset[i % len(dataset)]
-        mov, fix = item["moving"][None].to(device), item["fixed"][None].to(device)
-        t0 = time.perf_counter()
-        model.register(mov, fix, refine=settings)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first call is a warm-up
-            out.append(time.perf_counter() - t0)
-    return out
 
 
 def curve_rows(curve: dict) -> tuple[list[str], list[list[str]]]:
