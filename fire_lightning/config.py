@@ -107,7 +107,9 @@ class ModelConfig:
     # How T_af produces theta (networks.TransformationNet); the paper: regress, identity, 1 pass, 3.
     affine_head: str = "regress"  # regress (conv → global pooling → FC) | dense (least-squares fit to a dense field)
     affine_init: str = "identity"  # identity | com | scale | principal: the images' foreground moments first
+    affine_weighting: str = "peak"  # match head: peak (scalar confidence) | aperture (inverse match covariance)
     affine_passes: int = 1  # recursive cascade: the affine head applied K times, each on the re-warped features
+    affine_passes_eval: Optional[int] = None  # passes at inference (validation, test, register); None: affine_passes
     affine_mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
     down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
     similarity: str = "rms"  # rms | mi | lncc, used in (7)
@@ -299,8 +301,15 @@ def validate(cfg: DictConfig) -> None:
     for key, allowed in (("affine_head", AFFINE_HEADS), ("affine_init", AFFINE_INITS)):
         if cfg.model[key] not in allowed:
             raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
+    from .networks import MatchAffineNet
+
+    if cfg.model.affine_weighting not in MatchAffineNet.WEIGHTINGS:
+        raise ConfigError(f"model.affine_weighting must be one of {MatchAffineNet.WEIGHTINGS}, "
+                          f"got '{cfg.model.affine_weighting}'")
     if cfg.model.affine_passes < 1:
         raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
+    if cfg.model.get("affine_passes_eval") is not None and cfg.model.affine_passes_eval < 1:
+        raise ConfigError(f"model.affine_passes_eval must be >= 1 (or null), got {cfg.model.affine_passes_eval}")
     if cfg.model.down_kernel not in (3, 4):
         raise ConfigError(f"model.down_kernel must be 3 (paper) or 4 (grid-aligned), got {cfg.model.down_kernel}")
     if cfg.optim.affine_warmup_steps < 0 or cfg.optim.affine_warmup_steps >= cfg.trainer.max_steps:

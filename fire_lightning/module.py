@@ -49,7 +49,8 @@ def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
         n=cfg.data.spatial_dims, width=m.width, affine_channels=tuple(m.affine_channels), affine_hidden=m.affine_hidden,
         diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
         disc_width=m.disc_width, n_res=m.n_res, affine_head=m.affine_head, affine_passes=m.affine_passes,
-        affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel,
+        affine_passes_eval=m.affine_passes_eval,
+        affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
     )
 
 
@@ -131,6 +132,14 @@ class FIREModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_iteration = int(checkpoint.get("global_step", 0)) // self.n_optimizers
+
+    def set_affine_passes_eval(self, passes: int | None) -> None:
+        """Cascade passes at inference (``model.affine_passes_eval``; None: as in training), on a trained model."""
+        if passes is not None and int(passes) < 1:
+            raise ValueError(f"affine_passes_eval must be >= 1, got {passes}")
+        for t in (self.net.T_ab, self.net.T_ba):
+            t.affine_passes_eval = int(passes) if passes is not None else t.affine_passes
+        self.cfg.model.affine_passes_eval = passes
 
     def configure_optimizers(self):
         o = self.cfg.optim

@@ -306,21 +306,32 @@ class MatchAffineNet(nn.Module):
     Both encodings go through one learned projection (unit-length descriptors, the same function
     for both images); at every feature point the fixed descriptor is correlated with the moving
     descriptors within ``radius`` points, and the displacement is the soft-argmax of those
-    correlations (sub-point precise), its confidence the soft-argmax's peak probability. theta is
-    the weighted least-squares affine through these correspondences (:func:`spatial.fit_affine`).
-    A cost volume, as optical-flow networks match, with an affine fit on top; in a cascade
-    (``affine_passes``) each pass matches what the previous one left.
+    correlations (sub-point precise). theta is the weighted least-squares affine through these
+    correspondences (:func:`spatial.fit_affine`). A cost volume, as optical-flow networks match, with
+    an affine fit on top; in a cascade (``affine_passes``) each pass matches what the previous one left.
+
+    ``weighting`` (``model.affine_weighting``) says how much each correspondence counts:
+
+    * ``"peak"``: a scalar, the soft-argmax's peak probability;
+    * ``"aperture"``: a matrix, the inverse of the match distribution's covariance (floored at
+      ``floor`` points). On an edge the distribution spreads along the edge, where the soft-argmax
+      mean is pulled towards zero displacement (the aperture problem), so only the component across
+      the edge is trusted. A rotation moves the brain's outline mostly along itself: scalar weights
+      see it shortened; these do not.
     """
 
+    WEIGHTINGS = ("peak", "aperture")
+
     def __init__(self, n: int, in_channels: int, channels: tuple[int, ...] = (32, 64, 64), ridge: float = 1e-3,
-                 radius: int = 2, temperature: float = 0.1):
+                 radius: int = 2, temperature: float = 0.1, weighting: str = "peak", floor: float = 0.5):
         super().__init__()
+        if weighting not in self.WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {self.WEIGHTINGS}, got {weighting!r}")
         self.n, self.ridge, self.radius = n, float(ridge), int(radius)
+        self.weighting, self.floor = weighting, float(floor)
         c1, _, d = channels
         self.project = nn.Sequential(ConvBlock(n, in_channels, c1, 3, leaky=True), conv(n, c1, d, 1))
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
-        offsets = torch.stack(torch.meshgrid(*[torch.arange(-radius, radius + 1)] * n, indexing="ij"), 0)
-        self.register_buffer("offsets", offsets.flatten(1).float(), persistent=False)  # (n, D)
 
     @property
     def last_conv(self) -> nn.Module:
@@ -331,25 +342,58 @@ class MatchAffineNet(nn.Module):
         """Grad-CAM's target: the descriptor projection."""
         return self.project[-1]
 
+    def search_radii(self, size) -> tuple[int, ...]:
+        """Search radius per axis: ``radius``, but at most half the axis, so that a thin axis (the
+        2 feature slices of an 8-slice slab) is not matched against its own replicated border, whose
+        soft-argmax would be a spurious displacement of a whole slab."""
+        return tuple(min(self.radius, (int(s) - 1) // 2) for s in size)
+
+    @staticmethod
+    def offsets(radii) -> torch.Tensor:
+        """``(n, D)`` integer displacements within ``radii`` (tensor-axis order)."""
+        grids = torch.meshgrid(*[torch.arange(-r, r + 1) for r in radii], indexing="ij")
+        return torch.stack(grids, 0).flatten(1)
+
     def correspondences(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``u (B, n, *S)`` normalised displacement and ``w (B, *S)`` weights (sum 1)."""
-        b, size, r, n = fa.shape[0], fa.shape[2:], self.radius, self.n
+        """``u (B, n, *S)`` normalised displacement and weights: ``(B, *S)`` summing to 1 (``"peak"``), or
+        ``(B, n, n, *S)`` matrices in normalised units, scaled so that in points their traces sum to n, as
+        unit-sum scalar weights would (``"aperture"``)."""
+        b, size, n = fa.shape[0], fa.shape[2:], self.n
+        radii = self.search_radii(size)
+        offsets = self.offsets(radii)  # (n, D)
         e = nn.functional.normalize(self.project(torch.cat([fa, fb])), dim=1)
         ea, eb = e[:b], e[b:]
-        pad = nn.functional.pad(ea, [r] * (2 * n), mode="replicate")
+        pad = nn.functional.pad(ea, [p for r in reversed(radii) for p in (r, r)], mode="replicate")
         costs = []
-        for off in self.offsets.long().T:  # (n,) per displacement
-            sl = [slice(None), slice(None)] + [slice(r + int(o), r + int(o) + s) for o, s in zip(off, size)]
+        for off in offsets.T:  # (n,) per displacement
+            sl = [slice(None), slice(None)] + [slice(r + int(o), r + int(o) + s) for r, o, s in zip(radii, off, size)]
             costs.append((eb * pad[tuple(sl)]).sum(1))
         prob = torch.softmax(torch.stack(costs, 1) / self.log_temperature.exp(), dim=1)  # (B, D, *S)
         step = torch.tensor([2.0 / s for s in size], device=fa.device, dtype=fa.dtype)  # one point, normalised
-        u = torch.einsum("bd...,nd->bn...", prob, self.offsets.to(fa.dtype)) * step.view(1, n, *([1] * n))
-        conf = prob.amax(1)
-        return u, conf / conf.flatten(1).sum(1).view(b, *([1] * n))
+        off = offsets.to(fa.device, fa.dtype)
+        mean = torch.einsum("bd...,nd->bn...", prob, off)  # (B, n, *S) points
+        u = mean * step.view(1, n, *([1] * n))
+        if self.weighting == "peak":
+            conf = prob.amax(1)
+            return u, conf / conf.flatten(1).sum(1).view(b, *([1] * n))
+        second = torch.einsum("bd...,kd,ld->b...kl", prob, off, off)  # (B, *S, n, n) points²
+        m = mean.movedim(1, -1)
+        eye = torch.eye(n, device=fa.device, dtype=fa.dtype)
+        cov = second - m[..., :, None] * m[..., None, :] + self.floor ** 2 * eye
+        w = torch.linalg.inv(cov)  # points⁻²
+        w = w / (w.diagonal(dim1=-2, dim2=-1).sum(-1).flatten(1).sum(1) / n).view(b, *([1] * (n + 2)))
+        w = w / (step[:, None] * step[None, :])  # residuals in normalised units
+        return u, w.movedim(-2, 1).movedim(-1, 2)
+
+    def fit(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """theta through the correspondences, with the ridge in the units of unit-sum scalar weights."""
+        if w.dim() == u.dim() - 1:  # scalar weights (B, *S); matrices are (B, n, n, *S)
+            return spatial.fit_affine_to_field(u, w, ridge=self.ridge)
+        step2 = torch.tensor([(2.0 / s) ** 2 for s in u.shape[2:]], device=u.device, dtype=u.dtype)
+        return spatial.fit_affine_to_field(u, w, ridge=self.ridge / float(step2.mean()))
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
-        u, w = self.correspondences(fa, fb)
-        return spatial.fit_affine_to_field(u, w, ridge=self.ridge)
+        return self.fit(*self.correspondences(fa, fb))
 
 
 AFFINE_HEADS = ("regress", "dense", "keypoints", "match")
@@ -390,19 +434,22 @@ class TransformationNet(nn.Module):
     * ``affine_head``: ``regress`` (:class:`AffineNet`, the paper's) or ``dense`` (:class:`DenseAffineNet`);
     * ``theta0``: an initial affine handed in by the caller (the images' moments,
       :meth:`FIRENet.initial_affine`); the head then predicts the remaining correction;
+    * ``affine_weighting``: how the ``match`` head weighs its correspondences (:class:`MatchAffineNet`);
     * ``affine_passes`` K: a recursive cascade. Pass k warps the moving features by the current
       theta and the (shared) head predicts a correction, composed on: theta <- theta ∘ delta_k.
-      Gradients flow through every pass.
+      Gradients flow through every pass. ``affine_passes_eval`` passes in eval mode (validation, test,
+      ``fire register``): each pass closes only part of what is left (about a third of a rotation),
+      so more passes at inference than in training go on converging.
     """
 
     def __init__(self, n: int, feat_channels: int, affine_channels=(32, 64, 64), affine_hidden: int = 64,
                  diffeomorphic: bool = False, integration_steps: int = 7, affine_head: str = "regress",
-                 affine_passes: int = 1):
+                 affine_passes: int = 1, affine_weighting: str = "peak", affine_passes_eval: int | None = None):
         super().__init__()
         if affine_head not in AFFINE_HEADS:
             raise ValueError(f"affine_head must be one of {AFFINE_HEADS}, got {affine_head!r}")
-        if affine_passes < 1:
-            raise ValueError(f"affine_passes must be >= 1, got {affine_passes}")
+        if affine_passes < 1 or (affine_passes_eval is not None and affine_passes_eval < 1):
+            raise ValueError(f"affine passes must be >= 1, got {affine_passes} (eval: {affine_passes_eval})")
         if affine_head == "regress":
             self.affine = AffineNet(n, 2 * feat_channels, tuple(affine_channels), affine_hidden)
         elif affine_head == "dense":
@@ -410,8 +457,9 @@ class TransformationNet(nn.Module):
         elif affine_head == "keypoints":
             self.affine = KeypointAffineNet(n, feat_channels, tuple(affine_channels))
         else:
-            self.affine = MatchAffineNet(n, feat_channels, tuple(affine_channels))
+            self.affine = MatchAffineNet(n, feat_channels, tuple(affine_channels), weighting=affine_weighting)
         self.affine_passes = int(affine_passes)
+        self.affine_passes_eval = int(affine_passes_eval) if affine_passes_eval is not None else self.affine_passes
         self.nonrigid = NonRigidNet(n, feat_channels, feat_channels // 2)
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
@@ -420,7 +468,7 @@ class TransformationNet(nn.Module):
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """phi_af and the moving features warped by it: ``(theta (B, n, n+1), fa ∘ phi_af (B, C, *S/4))``."""
         theta, fa_k = theta0, fa
-        for _ in range(self.affine_passes):
+        for _ in range(self.affine_passes if self.training else self.affine_passes_eval):
             if theta is not None:
                 fa_k = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
             delta = self.affine(fa_k, fb)
@@ -473,7 +521,8 @@ class FIRENet(nn.Module):
     def __init__(self, n: int, width: int = 16, affine_channels=(32, 64, 64), affine_hidden: int = 64,
                  diffeomorphic: bool = False, integration_steps: int = 7, adversarial: bool = False,
                  disc_width: int = 16, n_res: int = 4, affine_head: str = "regress", affine_passes: int = 1,
-                 affine_init: str = "identity", spacing=None, down_kernel: int = 3):
+                 affine_init: str = "identity", spacing=None, down_kernel: int = 3, affine_weighting: str = "peak",
+                 affine_passes_eval: int | None = None):
         super().__init__()
         if n not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {n}")
@@ -488,7 +537,7 @@ class FIRENet(nn.Module):
         self.F_ba = Decoder(n, width, n_res=n_res)
         kw = dict(affine_channels=affine_channels, affine_hidden=affine_hidden,
                   diffeomorphic=diffeomorphic, integration_steps=integration_steps, affine_head=affine_head,
-                  affine_passes=affine_passes)
+                  affine_passes=affine_passes, affine_weighting=affine_weighting, affine_passes_eval=affine_passes_eval)
         self.T_ab = TransformationNet(n, c, **kw)
         self.T_ba = TransformationNet(n, c, **kw)
         self.D_a = Discriminator(n, disc_width) if adversarial else None

@@ -150,13 +150,15 @@ def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
                ridge: float = 0.0) -> torch.Tensor:
     """Weighted least-squares affine ``theta`` with ``theta(source_i) ≈ target_i``, in closed form.
 
-    Minimises ``sum_i w_i ||theta(s_i) - t_i||² + ridge ||theta - I||²``; the ridge term pulls an
-    ill-posed fit (points on a line, all weight on one point) towards the identity and keeps the
-    normal equations invertible. Differentiable in the points and the weights.
+    Minimises ``sum_i r_iᵀ W_i r_i + ridge ||theta - I||²`` with ``r_i = theta(s_i) - t_i``; the ridge
+    term pulls an ill-posed fit (points on a line, all weight on one point) towards the identity and
+    keeps the normal equations invertible. Differentiable in the points and the weights.
 
     Args:
         source, target: ``(B, n, P)`` points.
-        weights: ``(B, P)`` non-negative, or None for equal weights.
+        weights: ``(B, P)`` non-negative scalars (``W_i = w_i I``), ``(B, n, n, P)`` symmetric positive
+            semi-definite matrices (a point trusted along some directions only: the normal of an edge,
+            not along it), or None for equal weights.
         ridge: Tikhonov weight (in the units of ``sum w_i |s_i|²``).
 
     Returns:
@@ -164,13 +166,21 @@ def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     """
     b, n, p = source.shape
     x = torch.cat([source, torch.ones(b, 1, p, dtype=source.dtype, device=source.device)], dim=1)  # (B, n+1, P)
+    # Solved for M = theta - [I | 0] from the displacements target - source: the same problem, but
+    # exactly the identity when every displacement is 0 (a zero-initialised head starts there).
+    u = target - source  # (B, n, P)
+    if weights is not None and weights.dim() == 4:  # matrix weights: one system in all n(n+1) unknowns
+        k = n * (n + 1)
+        lhs = torch.einsum("bkli,bai,bci->bkalc", weights, x, x).reshape(b, k, k)
+        rhs = torch.einsum("bkli,bli,bai->bka", weights, u, x).reshape(b, k, 1)
+        if ridge > 0:
+            lhs = lhs + ridge * torch.eye(k, dtype=source.dtype, device=source.device)
+        return identity_affine(b, n, source.device, source.dtype) + torch.linalg.solve(lhs, rhs).reshape(b, n, n + 1)
     xw = x if weights is None else x * weights[:, None, :]
     lhs = xw @ x.transpose(1, 2)  # (B, n+1, n+1)
     if ridge > 0:
         lhs = lhs + ridge * torch.eye(n + 1, dtype=source.dtype, device=source.device)
-    # Solved for theta - [I | 0] from the displacements target - source: the same problem, but
-    # exactly the identity when every displacement is 0 (a zero-initialised head starts there).
-    rhs = xw @ (target - source).transpose(1, 2)  # (B, n+1, n)
+    rhs = xw @ u.transpose(1, 2)  # (B, n+1, n)
     return identity_affine(b, n, source.device, source.dtype) + torch.linalg.solve(lhs, rhs).transpose(1, 2)
 
 
@@ -179,11 +189,11 @@ def fit_affine_to_field(disp: torch.Tensor, weights: torch.Tensor | None = None,
 
     Args:
         disp: ``(B, n, *S)`` normalised displacement.
-        weights: ``(B, *S)`` or None.
+        weights: ``(B, *S)``, ``(B, n, n, *S)`` (matrices, see :func:`fit_affine`) or None.
     """
     b, n = disp.shape[:2]
     ident = identity_grid(disp.shape[2:], disp.device, disp.dtype).flatten(2).expand(b, -1, -1)
-    w = None if weights is None else weights.reshape(b, -1)
+    w = None if weights is None else weights.flatten(weights.dim() - n)  # (B, P) or (B, n, n, P)
     return fit_affine(ident, ident + disp.flatten(2), w, ridge)
 
 

@@ -61,3 +61,14 @@ def test_misspelt_nested_split_key_and_bad_list_values_are_errors():
 def test_a_malformed_override_value_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot parse overrides"):
         load_config(None, ["data.structures={WM:[3]}"])  # YAML flow mappings need "key: value"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.affine_weighting=apperture", "model.affine_weighting"),
+    ("model.affine_passes_eval=0", "model.affine_passes_eval"),
+    ("model.affine_passes=0", "model.affine_passes"),
+])
+def test_bad_affine_stage_switches_are_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(PHANTOM2D, [override])
+    assert load_config(PHANTOM2D, ["model.affine_passes_eval=8"]).model.affine_passes_eval == 8

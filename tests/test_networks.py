@@ -9,7 +9,8 @@ from .conftest import gen as _gen
 
 from fire_lightning import spatial
 from fire_lightning.losses import fire_forward, fire_loss
-from fire_lightning.networks import AffineNet, DenseAffineNet, Encoder, FIRENet, NonRigidNet, TransformationNet
+from fire_lightning.networks import (AffineNet, DenseAffineNet, Encoder, FIRENet, MatchAffineNet, NonRigidNet,
+                                     TransformationNet)
 
 # See tests/test_losses.py: AffineNet's instance norms need > 1 spatial element after three
 # halvings of the S/4 feature grid, so one image axis must be >= 33 voxels in training mode.
@@ -97,6 +98,54 @@ def test_the_dense_affine_head_starts_at_the_identity_and_fits_its_correspondenc
     assert head.correspondences(small, small)[0].shape == (1, n, *([3] * n))
 
 
+def _sharp_match_head(n: int, weighting: str) -> MatchAffineNet:
+    torch.manual_seed(0)
+    head = MatchAffineNet(n, 8, channels=(16, 16, 16), weighting=weighting)
+    with torch.no_grad():
+        head.log_temperature.fill_(-5.0)  # a near-hard argmax
+    return head
+
+
+@pytest.mark.parametrize("weighting", ["peak", "aperture"])
+def test_the_match_head_finds_a_shift_and_fits_the_affine_through_its_matches(weighting):
+    head = _sharp_match_head(2, weighting)
+    f = torch.randn(1, 8, 16, 20, generator=_gen(11))
+    fb = torch.roll(f, shifts=-1, dims=2)  # fixed point p shows moving point p + 1 along axis 0
+    u, w = head.correspondences(f, fb)
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))
+    torch.testing.assert_close(u[inner][:, 0], torch.full_like(u[inner][:, 0], 2 / 16), atol=1e-3, rtol=0)
+    torch.testing.assert_close(u[inner][:, 1], torch.zeros_like(u[inner][:, 1]), atol=1e-3, rtol=0)
+    assert w.shape == ((1, 16, 20) if weighting == "peak" else (1, 2, 2, 16, 20))
+    torch.testing.assert_close(head(f, fb), head.fit(u, w))
+    if weighting == "peak":  # the scalar fit, ridge as given
+        torch.testing.assert_close(head(f, fb), spatial.fit_affine_to_field(u, w, ridge=head.ridge))
+
+
+def test_aperture_weights_distrust_the_direction_along_an_edge():
+    """Features that vary along axis 0 only (edges along axis 1): a match cannot say where along
+    axis 1 it lies, and the aperture weights give that direction (almost) nothing."""
+    head = _sharp_match_head(2, "aperture")
+    profile = torch.randn(1, 8, 16, 1, generator=_gen(12))
+    f = profile.expand(1, 8, 16, 20).contiguous()
+    _, w = head.correspondences(f, f)
+    inner = w[..., 3:-3, 3:-3]
+    across, along = inner[:, 0, 0] * (2 / 16) ** 2, inner[:, 1, 1] * (2 / 20) ** 2  # in points
+    assert (along < 0.2 * across).all()
+    torch.testing.assert_close(inner[:, 0, 1], inner[:, 1, 0])  # symmetric
+
+
+def test_a_thin_axis_is_not_searched():
+    """An 8-slice slab has 2 feature slices: matching along them would only meet the replicated
+    border, so the head neither searches nor displaces along that axis."""
+    head = _sharp_match_head(3, "peak")
+    assert head.search_radii((12, 14, 2)) == (2, 2, 0) and head.search_radii((16, 18)) == (2, 2)
+    fa, fb = torch.randn(2, 1, 8, 12, 14, 2, generator=_gen(13))
+    u, _ = head.correspondences(fa, fb)
+    assert torch.equal(u[:, 2], torch.zeros_like(u[:, 2]))
+    theta = head(fa, fb)
+    torch.testing.assert_close(theta[:, 2], spatial.identity_affine(1, 3)[:, 2], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("head", ["regress", "dense"])
 @pytest.mark.parametrize("passes", [1, 3])
 def test_an_initial_affine_and_a_cascade_start_where_they_are_told(head, passes):
@@ -130,6 +179,27 @@ def test_each_pass_of_the_cascade_sees_the_rewarped_features_and_composes_its_co
     assert torch.equal(seen[0], fa)  # the first pass sees the raw features, the next ones the re-warped
     torch.testing.assert_close(seen[2], spatial.warp(fa, spatial.affine_to_displacement(
         spatial.compose_affine(delta, delta), (12, 8))))
+
+
+def test_inference_runs_affine_passes_eval_passes_and_training_affine_passes():
+    calls = []
+
+    class Head(torch.nn.Module):
+        def forward(self, fa, fb):
+            calls.append(1)
+            return spatial.identity_affine(fa.shape[0], 2)
+
+    tn = TransformationNet(2, 4, affine_channels=(4, 4, 4), affine_hidden=8, affine_passes=3, affine_passes_eval=7)
+    tn.affine = Head()
+    fa = torch.randn(1, 4, 12, 8, generator=_gen(7))
+    tn.train()(fa, fa)
+    assert len(calls) == 3
+    calls.clear()
+    tn.eval()(fa, fa)
+    assert len(calls) == 7
+    assert TransformationNet(2, 4, affine_passes=3).affine_passes_eval == 3  # default: the same
+    with pytest.raises(ValueError, match="passes"):
+        TransformationNet(2, 4, affine_passes=3, affine_passes_eval=0)
 
 
 @pytest.mark.parametrize("n", [2, 3])

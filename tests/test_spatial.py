@@ -564,6 +564,33 @@ def test_fit_affine_weights_ignore_outliers_and_ridge_keeps_a_degenerate_fit_at_
 
 
 @DIMS
+def test_fit_affine_matrix_weights_trust_only_the_directions_they_weigh(n):
+    theta = _random_affine(n, batch=2, strength=0.2).double()
+    g = _gen(6)
+    pts = torch.rand(2, n, 60, generator=g, dtype=torch.float64) * 2 - 1
+    target = spatial.apply_affine(theta, pts)
+    w = torch.rand(2, 60, generator=g, dtype=torch.float64)
+    # w_i I is the scalar weight w_i, ridge included
+    iso = w[:, None, None, :] * torch.eye(n, dtype=torch.float64)[None, :, :, None]
+    noisy = target + 0.05 * torch.randn(target.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(spatial.fit_affine(pts, noisy, iso, ridge=1e-3),
+                               spatial.fit_affine(pts, noisy, w, ridge=1e-3))
+    # each target wrong along one direction (an edge's tangent), weighted only across it
+    normal = torch.nn.functional.normalize(torch.randn(2, n, 60, generator=g, dtype=torch.float64), dim=1)
+    tangent = torch.randn(2, n, 60, generator=g, dtype=torch.float64)
+    tangent = tangent - (tangent * normal).sum(1, keepdim=True) * normal
+    slid = target + 0.3 * tangent
+    across = torch.einsum("bkp,blp->bklp", normal, normal)
+    torch.testing.assert_close(spatial.fit_affine(pts, slid, across), theta)
+    assert (spatial.fit_affine(pts, slid, w) - theta).abs().max() > 0.02
+    # the same through a field
+    shape = SHAPES[n]
+    u = spatial.affine_to_displacement(theta, shape)
+    eye = torch.eye(n, dtype=torch.float64).view(1, n, n, *([1] * n)).expand(2, n, n, *shape)
+    torch.testing.assert_close(spatial.fit_affine_to_field(u, eye), theta)
+
+
+@DIMS
 def test_compose_affine_is_applying_one_after_the_other(n):
     t1, t2 = _random_affine(n, 2, seed=3).double(), _random_affine(n, 2, seed=4).double()
     pts = torch.rand(2, n, 20, generator=_gen(5), dtype=torch.float64) * 2 - 1
