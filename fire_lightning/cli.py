@@ -65,8 +65,9 @@ def _cmd_train(args) -> int:
 
 
 def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, ants=None, threads=None,
-                  max_pairs=None, cfg=None, explain: bool = False, refine=None) -> dict:
-    """Score ``model`` (or the run's checkpoint) on the test pairs of ``dm`` (or the run's data)."""
+                  max_pairs=None, cfg=None, explain: bool = False, refine=None, split: str = "test") -> dict:
+    """Score ``model`` (or the run's checkpoint) on the test pairs of ``dm`` (or the run's data), or on its
+    validation pairs (``split="val"``: to choose inference settings without looking at the test pairs)."""
     from omegaconf import OmegaConf
 
     from .evaluate import dice_table, evaluate
@@ -81,7 +82,13 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
         cfg = load_run_config(run_dir)
         dm = make_datamodule(cfg)
         dm.setup("test")
-    meta = {"checkpoint": str(checkpoint)}
+    if split == "val":
+        dm.setup("fit")
+        dataset = dm.val_dataloader().dataset
+    else:
+        dataset = dm.test_dataset()
+    meta = {"checkpoint": str(checkpoint), "split": split,
+            "affine_passes_eval": model.net.T_ab.affine_passes_eval}
     if cfg is not None:
         meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)
@@ -90,7 +97,7 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
         from .explain import ExplainSettings
 
         settings = ExplainSettings.from_config(cfg if cfg is not None else model.cfg)
-    results = evaluate(model, dm.test_dataset(), out_dir, ants=ants, threads=threads, max_pairs=max_pairs, meta=meta,
+    results = evaluate(model, dataset, out_dir, ants=ants, threads=threads, max_pairs=max_pairs, meta=meta,
                        explain=settings, refine=refine)
     print(dice_table(results))
     if explain:
@@ -110,6 +117,10 @@ SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fra
               "subject_split", "split_seed", "acdc_subsets", "releases")
 
 
+#: model keys that a benchmark may change on a trained network (they act at inference only)
+INFERENCE_KEYS = ("model.affine_passes_eval",)
+
+
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
     """``fire benchmark`` TARGET (run folder or checkpoint) → (model, config, data module, checkpoint, out folder)."""
     from .config import apply_overrides
@@ -125,6 +136,11 @@ def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, ove
     else:
         ckpt = target
         run_dir = ckpt.parent.parent if (ckpt.parent.parent / CONFIG_NAME).is_file() else None
+    model_keys = [o.split("=", 1)[0] for o in overrides if o.startswith("model.")]
+    fixed = [k for k in model_keys if k not in INFERENCE_KEYS]
+    if fixed:
+        raise ValueError(f"{', '.join(fixed)}: a benchmark scores the trained network as it is; of the model's keys "
+                         f"only {', '.join(INFERENCE_KEYS)} can change at inference")
     model = load_module(ckpt)
     if data is not None:
         cfg = load_config(data, overrides)
@@ -142,6 +158,8 @@ def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, ove
     elif cfg.data.spatial_dims != trained.spatial_dims or float(cfg.data.spacing) != float(trained.spacing):
         raise ValueError(f"{ckpt}: the model is {trained.spatial_dims}D at {trained.spacing} mm, the data "
                          f"config {cfg.data.spatial_dims}D at {cfg.data.spacing} mm")
+    if "model.affine_passes_eval" in model_keys:
+        model.set_affine_passes_eval(cfg.model.affine_passes_eval)
     dm = make_datamodule(cfg)
     _check_held_out(dm, run_dir, ckpt)
     dm.setup("test")
@@ -178,10 +196,14 @@ def _cmd_benchmark(args) -> int:
 
         curve_steps = parse_steps(args.refine_curve)
     model, cfg, dm, ckpt, default_out = _benchmark_inputs(args.target, args.checkpoint, args.data, args.overrides)
+    if args.split == "val" and (curve_steps is not None or args.explain):
+        raise ValueError("--split val scores the validation pairs only; --refine-curve and --explain are test-pair reports")
+    if args.split == "val" and not args.out:
+        default_out = default_out.with_name(default_out.name + "-val")
     out_dir = Path(args.out or default_out)
     results = _evaluate_run(default_out.parent, model, dm, checkpoint=ckpt, out_dir=out_dir,
                             ants=None if args.no_ants else AntsParams.preset(args.ants_preset), threads=args.threads,
-                            max_pairs=args.max_pairs, cfg=cfg, explain=args.explain, refine=refine)
+                            max_pairs=args.max_pairs, cfg=cfg, explain=args.explain, refine=refine, split=args.split)
     if curve_steps is not None:
         from .refine import RefineSettings
         from .refine_curve import refine_curve
@@ -339,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE against ANTs-Affine and ANTs-SyN on the test pairs")
     b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
-    b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2")
+    b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2, "
+                   "and of the inference-only model keys: model.affine_passes_eval=5")
+    b.add_argument("--split", default="test", choices=["test", "val"], help="score the test pairs (default) or the "
+                   "validation pairs, to choose inference settings without the test pairs (output: RUN/benchmark-val)")
     b.add_argument("--checkpoint", default=None, help="checkpoint, a path or a name in RUN/checkpoints/ "
                    "(default: last.ckpt; output then in RUN/benchmark-<name>)")
     b.add_argument("--data", default=None, help="experiment YAML whose data section gives the test pairs "

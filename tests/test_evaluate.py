@@ -176,3 +176,21 @@ def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overri
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.split" in err[0] and "last.ckpt" in err[0]
     assert not (run / "benchmark").exists()
+
+
+def test_benchmark_scores_validation_pairs_with_other_inference_passes_and_refuses_other_model_keys(
+        tiny_overrides, tmp_path, capsys):
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    capsys.readouterr()
+    assert main(["benchmark", str(run), "model.width=16", "--no-ants"]) == 2  # would be silently ignored
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.width" in err[0] and "model.affine_passes_eval" in err[0]
+    assert main(["benchmark", str(run), "model.affine_passes_eval=2", "--split", "val", "--no-ants"]) == 0
+    out = run / "benchmark-val"
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["split"] == "val" and results["meta"]["affine_passes_eval"] == 2
+    with open(out / "per_pair.csv") as f:
+        ids = {row["pair_id"] for row in csv.DictReader(f)}
+    assert len(ids) == 2 and all(i.startswith("val-") for i in ids)  # TINY: 1 validation image × 2 transforms
+    assert not (run / "benchmark").exists()
