@@ -148,15 +148,26 @@ def _field_from_transforms(ants, fixed, moving, transforms, invert, spacing, pre
     return spatial.voxel_to_normalised(spatial.mm_to_voxel(mm, spacing))[0]
 
 
+def _registration(ants, *args, **kwargs) -> tuple[dict, float]:
+    """``ants.registration`` → (its result, seconds). antsRegistration fails now and then with "error
+    code 1" on a pair that it registers on the next call (multi-threaded); one failure is retried,
+    and the time is that of the call that succeeded. A second failure is raised."""
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        try:
+            return ants.registration(*args, **kwargs), time.perf_counter() - t0
+        except RuntimeError as e:
+            if attempt == 2:
+                raise RuntimeError(f"ANTs registration failed twice: {e}") from None
+            log.warning("ANTs registration failed (%s); trying once more", e)
+    raise AssertionError("unreachable")
+
+
 def _register(ants, f, m, params: AntsParams, spacing, tmp: Path, tag: str) -> dict:
     """ANTs-Affine then ANTs-SyN (started from it) of ``m`` onto ``f`` → method → field, seconds, warped."""
-    t0 = time.perf_counter()
-    aff = ants.registration(f, m, outprefix=str(tmp / f"{tag}aff_"), **params.affine_kwargs())
-    t_aff = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    syn = ants.registration(f, m, outprefix=str(tmp / f"{tag}syn_"), initial_transform=aff["fwdtransforms"],
-                            **params.syn_kwargs())
-    t_syn = time.perf_counter() - t0
+    aff, t_aff = _registration(ants, f, m, outprefix=str(tmp / f"{tag}aff_"), **params.affine_kwargs())
+    syn, t_syn = _registration(ants, f, m, outprefix=str(tmp / f"{tag}syn_"), initial_transform=aff["fwdtransforms"],
+                               **params.syn_kwargs())
     out = {}
     for name, reg, secs in (("ANTs-Affine", aff, t_aff), ("ANTs-SyN", syn, t_aff + t_syn)):
         out[name] = {

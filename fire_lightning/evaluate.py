@@ -155,7 +155,10 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
             ants_out = []
             if ants is not None:
                 for i in range(mov.shape[0]):
-                    ants_out.append(register_pair(batch["moving"][i], batch["fixed"][i], spacing, ants))
+                    try:
+                        ants_out.append(register_pair(batch["moving"][i], batch["fixed"][i], spacing, ants))
+                    except RuntimeError as e:
+                        raise RuntimeError(f"test pair {batch['id'][i]}: {e}") from None
                     bar.update(1)
                 for name in ("ANTs-Affine", "ANTs-SyN"):
                     fields[name] = torch.stack([o[name]["field"] for o in ants_out])

@@ -40,7 +40,9 @@ def test_ants_baselines_register_a_tiny_multimodal_pair():
         assert r["field"].shape == (2, 40, 36) and r["seconds"] > 0
         assert scores[name]["dice_mean"][0] > 0.9, name
         assert scores[name]["folding_pct"][0] == 0
-        assert scores[name]["ice_mm"][0] < 0.5, name  # A→B then B→A, registered separately
+        # A→B then B→A, registered separately; a wrong field convention would be millimetres off. 0.52
+        # when ITK's threading was started by another test first, 0.4 alone: the bound leaves room for that.
+        assert scores[name]["ice_mm"][0] < 0.75, name
         # our warp with the converted field reproduces ANTs' own warped image (same convention)
         ours = spatial.warp(moving[None], r["field"][None])[0]
         diff = (ours - r["warped"]).abs()[..., 4:-4, 4:-4]  # away from the border, where padding differs
@@ -64,3 +66,26 @@ def test_the_antspyx_default_preset_differs_only_where_the_fair_settings_do():
     assert default["aff_random_sampling_rate"] == 0.2 and default["reg_iterations"] == [40, 20, 0]
     with pytest.raises(ValueError, match="preset"):
         AntsParams.preset("fast")
+
+
+def test_a_failed_ants_call_is_tried_once_more_and_a_second_failure_is_an_error(monkeypatch):
+    import ants
+
+    real, calls = ants.registration, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1 or kwargs.get("type_of_transform") == "SyNOnly" and fail_syn:
+            raise RuntimeError("Registration failed with error code 1")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ants, "registration", flaky)
+    moving, fixed, _, _ = _pair()
+    params = AntsParams(threads=1, aff_iterations=(20, 10), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
+                        reg_iterations=(5,))
+    fail_syn = False
+    out = register_pair(moving, fixed, (1.0, 1.0), params, inverse=False)
+    assert len(calls) == 3 and out["ANTs-SyN"]["field"].shape == (2, 40, 36)  # affine twice, then SyN
+    fail_syn = True
+    with pytest.raises(RuntimeError, match="failed twice"):
+        register_pair(moving, fixed, (1.0, 1.0), params, inverse=False)
