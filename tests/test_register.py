@@ -343,7 +343,7 @@ def test_on_the_models_own_grid_the_output_is_the_models_own_warp(n, ckpts, tmp_
     ours = np.clip(result.warped.get_fdata() / top, 0, 1) * 2 - 1
     # where the moving point is inside the image (the model pads by the border value, we by 0)
     inside = _inside_mask(paths["fixed"], paths["moving"], sitk.DisplacementFieldTransform(sitk.Image(result.field)))
-    assert inside.mean() > 0.5
+    assert inside.mean() > 0.3  # enough points to compare (the 3D demo variant's moments start moves a lot)
     diff = np.abs(ours - expected)[inside]
     assert np.median(diff) < 1e-4 and diff.mean() < 2e-3, (np.median(diff), diff.mean(), diff.max())
     unwarped = model_input(moving, affine, grid, "cpu")[0, 0].numpy().reshape(shape)
