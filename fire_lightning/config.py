@@ -296,16 +296,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.similarity_input must be 'synthesised' or 'image', got '{cfg.model.similarity_input}'")
     if cfg.model.smooth_units not in ("voxel", "normalised"):
         raise ConfigError(f"model.smooth_units must be 'voxel' or 'normalised', got '{cfg.model.smooth_units}'")
-    from .networks import AFFINE_HEADS, AFFINE_INITS
+    from .networks import AFFINE_HEADS, AFFINE_INITS, MatchAffineNet
 
-    for key, allowed in (("affine_head", AFFINE_HEADS), ("affine_init", AFFINE_INITS)):
+    for key, allowed in (("affine_head", AFFINE_HEADS), ("affine_init", AFFINE_INITS),
+                         ("affine_weighting", MatchAffineNet.WEIGHTINGS)):
         if cfg.model[key] not in allowed:
             raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
-    from .networks import MatchAffineNet
-
-    if cfg.model.affine_weighting not in MatchAffineNet.WEIGHTINGS:
-        raise ConfigError(f"model.affine_weighting must be one of {MatchAffineNet.WEIGHTINGS}, "
-                          f"got '{cfg.model.affine_weighting}'")
     if cfg.model.affine_passes < 1:
         raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
     if cfg.model.get("affine_passes_eval") is not None and cfg.model.affine_passes_eval < 1:
