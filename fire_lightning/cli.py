@@ -1,4 +1,4 @@
-"""``fire`` command line: ``train``, ``evaluate``, ``benchmark``, ``register``, ``demo``.
+"""``fire`` command line: ``train``, ``evaluate``, ``benchmark``, ``profile``, ``register``, ``demo``.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
     fire ablation runs/a runs/b --out ablation/               # one table of several benchmarked runs
+    fire profile experiments/phantom2d.yaml                   # loader, training step, memory, inference
     fire demo                                                 # train on the phantom + the benchmark
     fire data check /path/to/mrbrains --dataset mrbrains      # subjects, files, split (or what is wrong)
     fire data check /path/to/ACDC --dataset acdc              # ACDC patients, ED/ES frames, split
@@ -88,7 +89,8 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
     else:
         dataset = dm.test_dataset()
     meta = {"checkpoint": str(checkpoint), "split": split,
-            "affine_passes_eval": model.net.T_ab.affine_passes_eval}
+            "affine_passes_eval": model.net.T_ab.affine_passes_eval,
+            "affine_fine_passes": model.net.T_ab.affine_fine_passes}
     if cfg is not None:
         meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)
@@ -118,7 +120,7 @@ SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fra
 
 
 #: model keys that a benchmark may change on a trained network (they act at inference only)
-INFERENCE_KEYS = ("model.affine_passes_eval",)
+INFERENCE_KEYS = ("model.affine_passes_eval", "model.affine_fine_passes")
 
 
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
@@ -160,6 +162,8 @@ def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, ove
                          f"config {cfg.data.spatial_dims}D at {cfg.data.spacing} mm")
     if "model.affine_passes_eval" in model_keys:
         model.set_affine_passes_eval(cfg.model.affine_passes_eval)
+    if "model.affine_fine_passes" in model_keys:
+        model.set_affine_fine_passes(cfg.model.affine_fine_passes)
     dm = make_datamodule(cfg)
     _check_held_out(dm, run_dir, ckpt)
     dm.setup("test")
@@ -183,6 +187,18 @@ def _check_held_out(dm, run_dir: Path | None, ckpt: Path) -> None:
     if leaked:
         raise ValueError(f"{ckpt}: test subjects {', '.join(leaked)} were training/validation subjects of this run "
                          f"({split_file}); the data must keep the run's split")
+
+
+def _cmd_profile(args) -> int:
+    from .profiling import default_output, profile, table, write
+
+    cfg = load_config(args.config, args.overrides)
+    result = profile(cfg, steps=args.steps, warmup_steps=args.warmup_steps, loader_batches=args.loader_batches,
+                     inference_pairs=args.inference_pairs, config_name=Path(args.config).name)
+    out = write(result, args.out or default_output(cfg, result))
+    print(table(result))
+    print(f"written: {out} and {out.with_suffix('.md')}")
+    return 0
 
 
 def _cmd_benchmark(args) -> int:
@@ -359,10 +375,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default=None, help="checkpoint (default: RUN/checkpoints/last.ckpt)")
     e.set_defaults(func=_cmd_evaluate)
 
+    pr = sub.add_parser("profile", help="where training time goes: data pipeline, training step, inference",
+                        description="Measures, on this machine's device, the training loader alone (samples/s), "
+                                    "training iterations/s with the time inside and between steps and the peak "
+                                    "memory, and inference ms per pair; prints a table, writes JSON and says "
+                                    "whether data or compute bounds training.")
+    pr.add_argument("config", help="experiment YAML, e.g. experiments/phantom2d.yaml")
+    pr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.precision=bf16-mixed")
+    pr.add_argument("--steps", type=int, default=30, help="FIRE training iterations measured (default 30)")
+    pr.add_argument("--warmup-steps", type=int, default=5, help="affine warm-up iterations measured, when the "
+                    "config has a warm-up (default 5)")
+    pr.add_argument("--loader-batches", type=int, default=30, help="batches drawn from the loader alone (default 30)")
+    pr.add_argument("--inference-pairs", type=int, default=20, help="pairs timed at inference (default 20)")
+    pr.add_argument("--out", default=None, help="JSON output (default: RUN_ROOT/profile/<experiment>-<cpu|cuda>.json)")
+    pr.set_defaults(func=_cmd_profile)
+
     b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE against ANTs-Affine and ANTs-SyN on the test pairs")
     b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2, "
-                   "and of the inference-only model keys: model.affine_passes_eval=5")
+                   "and of the inference-only model keys: model.affine_passes_eval=5, model.affine_fine_passes=2 "
+                   "(a model trained with a fine level)")
     b.add_argument("--split", default="test", choices=["test", "val"], help="score the test pairs (default) or the "
                    "validation pairs, to choose inference settings without the test pairs (output: RUN/benchmark-val)")
     b.add_argument("--checkpoint", default=None, help="checkpoint, a path or a name in RUN/checkpoints/ "

@@ -110,6 +110,8 @@ class ModelConfig:
     affine_weighting: str = "peak"  # match head: peak (scalar confidence) | aperture (inverse match covariance)
     affine_passes: int = 1  # recursive cascade: the affine head applied K times, each on the re-warped features
     affine_passes_eval: Optional[int] = None  # passes at inference (validation, test, register); None: affine_passes
+    checkpoint_activations: bool = False  # G and F recompute their activations in the backward (memory, 3D)
+    affine_fine_passes: int = 0  # coarse to fine: passes of a second match head on G's S/2 features after the cascade
     affine_mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
     down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
     similarity: str = "rms"  # rms | mi | lncc, used in (7)
@@ -304,6 +306,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
     if cfg.model.affine_passes < 1:
         raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
+    if cfg.model.affine_fine_passes < 0:
+        raise ConfigError(f"model.affine_fine_passes must be >= 0, got {cfg.model.affine_fine_passes}")
     if cfg.model.get("affine_passes_eval") is not None and cfg.model.affine_passes_eval < 1:
         raise ConfigError(f"model.affine_passes_eval must be >= 1 (or null), got {cfg.model.affine_passes_eval}")
     if cfg.model.down_kernel not in (3, 4):

@@ -89,6 +89,7 @@ class MutualInformation(nn.Module):
         eps = 1e-7  # MONAI's smooth_nr / smooth_dr
         return -(pab * torch.log((pab + eps) / (papb + eps) + eps)).sum(1)
 
+    @spatial.float32  # histograms of bf16 intensities would lose the Parzen window's resolution
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.per_sample(a, b).mean()
 
@@ -200,9 +201,12 @@ def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutp
     """
     b = x_a.shape[0]
     shape = x_a.shape[2:]
-    g_a, g_b = net.G(torch.cat([x_a, x_b])).split(b)
+    g, h = net.encode(torch.cat([x_a, x_b]))
+    g_a, g_b = g.split(b)
+    fine_ab, fine_ba = (None, None) if h is None else ((h[:b], h[b:]), (h[b:], h[:b]))
     fshape = g_a.shape[2:]
-    t_ab, t_ba = net.transform("AtoB", g_a, g_b, x_a, x_b), net.transform("BtoA", g_b, g_a, x_b, x_a)
+    t_ab = net.transform("AtoB", g_a, g_b, x_a, x_b, fine_ab)
+    t_ba = net.transform("BtoA", g_b, g_a, x_b, x_a, fine_ba)
 
     u_ab_f, u_ba_f = t_ab.field(fshape), t_ba.field(fshape)
     u_ab, u_ba = t_ab.field(shape), t_ba.field(shape)
@@ -338,9 +342,11 @@ def affine_warmup_loss(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, simil
         x_a, x_b: ``(B, 1, *S)`` in [-1, 1]; similarity: a multi-modal D (MI).
     """
     b, shape = x_a.shape[0], x_a.shape[2:]
-    g_a, g_b = net.G(torch.cat([x_a, x_b])).split(b)
-    th_ab, _ = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b))
-    th_ba, _ = net.T_ba.affine_theta(g_b, g_a, net.initial_affine(x_b, x_a))
+    g, h = net.encode(torch.cat([x_a, x_b]))
+    g_a, g_b = g.split(b)
+    fine_ab, fine_ba = (None, None) if h is None else ((h[:b], h[b:]), (h[b:], h[:b]))
+    th_ab = net.affine_theta("AtoB", g_a, g_b, x_a, x_b, fine_ab)
+    th_ba = net.affine_theta("BtoA", g_b, g_a, x_b, x_a, fine_ba)
     return (similarity(spatial.warp(x_a, spatial.affine_to_displacement(th_ab, shape)), x_b)
             + similarity(spatial.warp(x_b, spatial.affine_to_displacement(th_ba, shape)), x_a))
 

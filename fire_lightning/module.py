@@ -12,8 +12,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import metrics, spatial
-from .config import Config
+from . import metrics
 from .io import describe_error
 from .truth import affine_error, affine_parameters, single_resampling_labels, slope_and_correlation
 from .losses import (
@@ -28,30 +27,14 @@ from .losses import (
     lsgan_discriminator_loss,
     make_similarity,
 )
-from .networks import FIRENet, Transform
-from .refine import RefineSettings
-from .refine import refine as refine_pair
+from .inference import LABEL_NAMES, Registers, build_net, model_config  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}  # the phantom's; data modules pass their own
 
 # Optimiser names (FIRENet.parameter_groups, in configure_optimizers' order): the ones that
 # minimise L (§3.8), then ExFIRE's discriminators.
 GENERATOR_GROUPS = ("T_af", "T_nr", "G_F")
 DISCRIMINATOR_GROUPS = ("D_A", "D_B")
-
-
-def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
-    """The networks of ``cfg.model``; ``spacing``: voxel size per axis (mm), for the moments initialisation."""
-    m = cfg.model
-    return FIRENet(
-        n=cfg.data.spatial_dims, width=m.width, affine_channels=tuple(m.affine_channels), affine_hidden=m.affine_hidden,
-        diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
-        disc_width=m.disc_width, n_res=m.n_res, affine_head=m.affine_head, affine_passes=m.affine_passes,
-        affine_passes_eval=m.affine_passes_eval,
-        affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
-    )
 
 
 @contextmanager
@@ -69,7 +52,7 @@ def frozen(*modules: nn.Module):
             p.requires_grad_(flag)
 
 
-class FIREModule(L.LightningModule):
+class FIREModule(Registers, L.LightningModule):
     """Trains :class:`FIRENet` on batches ``{"moving", "fixed", "moving_label", "fixed_label"}``.
 
     * Optimisers, in order: T_af (both directions), T_nr (both), G + both F; then D^A, D^B
@@ -89,14 +72,9 @@ class FIREModule(L.LightningModule):
 
     def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None, spacing=None):
         super().__init__()
-        # Onto the schema: a checkpoint saved before a key existed still loads, with its default.
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        # Onto the schema; the voxel size per axis: the data module's (anisotropic for ACDC 3D).
+        cfg, spacing = model_config(cfg, spacing)
         n = int(cfg.data.spatial_dims)
-        # Voxel size (mm) per model axis: the data module's (anisotropic for ACDC 3D); None (and
-        # checkpoints saved before this argument existed): isotropic data.spacing.
-        spacing = (float(cfg.data.spacing),) * n if spacing is None else tuple(float(s) for s in spacing)
-        if len(spacing) != n:
-            raise ValueError(f"spacing {spacing} has {len(spacing)} values; data.spatial_dims is {n}")
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True),
                                    "label_names": dict(label_names or LABEL_NAMES), "spacing": list(spacing)})
         self.cfg = cfg
@@ -132,14 +110,6 @@ class FIREModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_iteration = int(checkpoint.get("global_step", 0)) // self.n_optimizers
-
-    def set_affine_passes_eval(self, passes: int | None) -> None:
-        """Cascade passes at inference (``model.affine_passes_eval``; None: as in training), on a trained model."""
-        if passes is not None and int(passes) < 1:
-            raise ValueError(f"affine_passes_eval must be >= 1, got {passes}")
-        for t in (self.net.T_ab, self.net.T_ba):
-            t.affine_passes_eval = int(passes) if passes is not None else t.affine_passes
-        self.cfg.model.affine_passes_eval = passes
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -306,47 +276,6 @@ class FIREModule(L.LightningModule):
                 scores[key] = metrics.dice_per_label(once, lab_f, list(self.label_names)).nanmean(1)
             scores.update(affine_error(out.t_ab.theta.detach(), theta, lab_f.shape[2:], self.spacing, region=lab_f > 0))
         return {k: v.float() for k, v in scores.items()}
-
-    # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def register(self, moving: torch.Tensor, fixed: torch.Tensor, refine: RefineSettings | None = None,
-                 progress: bool = False) -> dict[str, torch.Tensor]:
-        """Inference (§3.4): ``moving, fixed (B,1,*S)`` in [-1, 1] → fields and warped images.
-
-        Args:
-            refine: FIRE+IO (:mod:`.refine`): that many steps of per-pair optimisation from the
-                network's transform; None or 0 steps: the network's output, bit for bit.
-            progress: a progress bar over the refinement steps.
-
-        Returns:
-            ``field`` / ``affine_field`` ``(B,n,*S)`` normalised, ``theta`` ``(B,n,n+1)``,
-            ``warped`` / ``warped_affine`` ``(B,1,*S)``, the encodings ``g_moving`` / ``g_fixed``, and
-            ``transform`` (the :class:`networks.Transform`).
-        """
-        g_m, g_f = self.net.G(moving), self.net.G(fixed)
-        t = self.net.transform("AtoB", g_m, g_f, moving, fixed)
-        if refine is not None and refine.steps > 0:
-            t = self.refined(t, moving, fixed, refine, progress)
-        shape = moving.shape[2:]
-        u, af = t.field(shape), t.affine_field(shape)
-        return {"field": u, "affine_field": af, "theta": t.theta, "warped": spatial.warp(moving, u),
-                "warped_affine": spatial.warp(moving, af), "g_moving": g_m, "g_fixed": g_f, "transform": t}
-
-    def refined(self, t: Transform, moving: torch.Tensor, fixed: torch.Tensor, settings: RefineSettings,
-                progress: bool = False, on_step=None) -> Transform:
-        """``t`` (moving → fixed) after :func:`refine.refine` on the pair; ``on_step(k, transform)`` is
-        called with the transform after each step ``k`` (for refinement curves)."""
-        m = self.cfg.model
-        hook = None if on_step is None else (lambda k, th, raw: on_step(k, self.with_parameters(t, th, raw)))
-        theta, raw, _ = refine_pair(moving, fixed, t.theta, t.nr_feat, settings, m.diffeomorphic, m.integration_steps,
-                                    progress, on_step=hook)
-        return self.with_parameters(t, theta, raw)
-
-    def with_parameters(self, t: Transform, theta: torch.Tensor, raw: torch.Tensor) -> Transform:
-        """``t`` with its affine ``theta`` and raw non-rigid output ``raw`` replaced."""
-        m = self.cfg.model
-        disp = spatial.integrate_velocity(raw, m.integration_steps) if m.diffeomorphic else raw
-        return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=t.feat_affine)
 
 
 def load_module(checkpoint: str | Path, map_location: str = "cpu") -> FIREModule:

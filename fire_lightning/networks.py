@@ -11,8 +11,28 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from . import spatial
+
+
+class Checkpointed(nn.Module):
+    """A ``self.net`` (``nn.Sequential``) run with activation checkpointing when ``checkpoint`` is
+    set (``model.checkpoint_activations``), in training with gradients only: the forward keeps only
+    each block's input and the backward recomputes the block, trading about a third more compute
+    for the activations (the memory of 3D at paper width). Same values and gradients either way.
+    Eval mode (validation, inference, Grad-CAM and its hooks) always runs plainly."""
+
+    checkpoint: bool = False
+    net: nn.Sequential
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.net, x)
+
+    def _run(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint_sequential(blocks, len(blocks), x, use_reentrant=False)
+        return blocks(x)
 
 
 def conv(n: int, *args, **kwargs) -> nn.Module:
@@ -53,7 +73,7 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-class Encoder(nn.Module):
+class Encoder(Checkpointed):
     """G: ``(B, 1, *S) -> (B, 4w, *S/4)``; conv7(w) → conv3 s2 (2w) → conv3 s2 (4w) → 4 ResBlocks.
 
     ``down_kernel``: the stride-2 convolutions' kernel. 3 (METHOD.md) centres feature point ``o`` on
@@ -86,11 +106,18 @@ class Encoder(nn.Module):
         """Grad-CAM's target: the last ResBlock, whose output is G(x) (see explain.py on why not the conv)."""
         return self.net[-1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def half(self, x: torch.Tensor) -> torch.Tensor:
+        """G's first level: ``(B, 1, *S) -> (B, 2w, *S/2)``, the features after the first stride-2 block
+        (the affine stage's fine level, ``model.affine_fine_passes``)."""
+        return self._run(self.net[:2], x)
+
+    def levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G(x) (B, 4w, *S/4), half(x) (B, 2w, *S/2))`` in one pass: G(x) continues from ``half(x)``."""
+        h = self.half(x)
+        return self._run(self.net[2:], h), h
 
 
-class Decoder(nn.Module):
+class Decoder(Checkpointed):
     """F: ``(B, 4w, *S/4) -> (B, 1, *S)`` in [-1, 1]; 4 ResBlocks → up+conv3 (2w) → up+conv3 (w) → conv7 → conv1 → tanh."""
 
     def __init__(self, n: int, width: int, out_channels: int = 1, n_res: int = 4):
@@ -107,9 +134,6 @@ class Decoder(nn.Module):
             conv(n, w, out_channels, 1),
             nn.Tanh(),
         )
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net(f)
 
 
 class AffineNet(nn.Module):
@@ -358,19 +382,22 @@ class MatchAffineNet(nn.Module):
         """``u (B, n, *S)`` normalised displacement and weights: ``(B, *S)`` summing to 1 (``"peak"``), or
         ``(B, n, n, *S)`` matrices in normalised units, scaled so that in points their traces sum to n, as
         unit-sum scalar weights would (``"aperture"``)."""
-        b, size, n = fa.shape[0], fa.shape[2:], self.n
+        return self._match(self.project(fa), self.project(fb), self.log_temperature)
+
+    @spatial.float32  # under mixed precision the projection is bf16; the cost volume and soft-argmax are not
+    def _match(self, ea: torch.Tensor, eb: torch.Tensor, log_temperature: torch.Tensor):
+        b, size, n = ea.shape[0], ea.shape[2:], self.n
         radii = self.search_radii(size)
         offsets = self.offsets(radii)  # (n, D)
-        e = nn.functional.normalize(self.project(torch.cat([fa, fb])), dim=1)
-        ea, eb = e[:b], e[b:]
+        ea, eb = nn.functional.normalize(ea, dim=1), nn.functional.normalize(eb, dim=1)
         pad = nn.functional.pad(ea, [p for r in reversed(radii) for p in (r, r)], mode="replicate")
         costs = []
         for off in offsets.T:  # (n,) per displacement
             sl = [slice(None), slice(None)] + [slice(r + int(o), r + int(o) + s) for r, o, s in zip(radii, off, size)]
             costs.append((eb * pad[tuple(sl)]).sum(1))
-        prob = torch.softmax(torch.stack(costs, 1) / self.log_temperature.exp(), dim=1)  # (B, D, *S)
-        step = torch.tensor([2.0 / s for s in size], device=fa.device, dtype=fa.dtype)  # one point, normalised
-        off = offsets.to(fa.device, fa.dtype)
+        prob = torch.softmax(torch.stack(costs, 1) / log_temperature.exp(), dim=1)  # (B, D, *S)
+        step = torch.tensor([2.0 / s for s in size], device=ea.device, dtype=ea.dtype)  # one point, normalised
+        off = offsets.to(ea.device, ea.dtype)
         mean = torch.einsum("bd...,nd->bn...", prob, off)  # (B, n, *S) points
         u = mean * step.view(1, n, *([1] * n))
         if self.weighting == "peak":
@@ -378,7 +405,7 @@ class MatchAffineNet(nn.Module):
             return u, conf / conf.flatten(1).sum(1).view(b, *([1] * n))
         second = torch.einsum("bd...,kd,ld->b...kl", prob, off, off)  # (B, *S, n, n) points²
         m = mean.movedim(1, -1)
-        eye = torch.eye(n, device=fa.device, dtype=fa.dtype)
+        eye = torch.eye(n, device=ea.device, dtype=ea.dtype)
         cov = second - m[..., :, None] * m[..., None, :] + self.floor ** 2 * eye
         w = torch.linalg.inv(cov)  # points⁻²
         w = w / (w.diagonal(dim1=-2, dim2=-1).sum(-1).flatten(1).sum(1) / n).view(b, *([1] * (n + 2)))
@@ -394,6 +421,16 @@ class MatchAffineNet(nn.Module):
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         return self.fit(*self.correspondences(fa, fb))
+
+    def cascade(self, fa: torch.Tensor, fb: torch.Tensor, theta: torch.Tensor | None, passes: int) -> torch.Tensor:
+        """:meth:`TransformationNet._cascade` for this head: the fixed descriptors, the same in every
+        pass, are projected once (instance norm is per sample: the same values as projecting each time)."""
+        eb = self.project(fb)
+        for _ in range(passes):
+            fa_k = fa if theta is None else spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
+            delta = self.fit(*self._match(self.project(fa_k), eb, self.log_temperature))
+            theta = delta if theta is None else spatial.compose_affine(theta, delta)
+        return theta
 
 
 AFFINE_HEADS = ("regress", "dense", "keypoints", "match")
@@ -440,11 +477,15 @@ class TransformationNet(nn.Module):
       Gradients flow through every pass. ``affine_passes_eval`` passes in eval mode (validation, test,
       ``fire register``): each pass closes only part of what is left (about a third of a rotation),
       so more passes at inference than in training go on converging.
+    * ``affine_fine_passes``: coarse to fine. After the cascade on G's S/4 features (one point = 4
+      pixels), a second matching head (its own projection, same kind as ``affine_head="match"``)
+      corrects theta on G's S/2 features (:meth:`Encoder.half`), where a point is half as wide.
     """
 
     def __init__(self, n: int, feat_channels: int, affine_channels=(32, 64, 64), affine_hidden: int = 64,
                  diffeomorphic: bool = False, integration_steps: int = 7, affine_head: str = "regress",
-                 affine_passes: int = 1, affine_weighting: str = "peak", affine_passes_eval: int | None = None):
+                 affine_passes: int = 1, affine_weighting: str = "peak", affine_passes_eval: int | None = None,
+                 affine_fine_passes: int = 0, fine_channels: int | None = None):
         super().__init__()
         if affine_head not in AFFINE_HEADS:
             raise ValueError(f"affine_head must be one of {AFFINE_HEADS}, got {affine_head!r}")
@@ -460,24 +501,50 @@ class TransformationNet(nn.Module):
             self.affine = MatchAffineNet(n, feat_channels, tuple(affine_channels), weighting=affine_weighting)
         self.affine_passes = int(affine_passes)
         self.affine_passes_eval = int(affine_passes_eval) if affine_passes_eval is not None else self.affine_passes
+        if affine_fine_passes < 0 or (affine_fine_passes and not fine_channels):
+            raise ValueError(f"affine_fine_passes must be >= 0 with fine_channels given, got {affine_fine_passes}, "
+                             f"{fine_channels}")
+        self.affine_fine_passes = int(affine_fine_passes)
+        self.affine_fine = (MatchAffineNet(n, fine_channels, tuple(affine_channels), weighting=affine_weighting)
+                            if affine_fine_passes else None)
         self.nonrigid = NonRigidNet(n, feat_channels, feat_channels // 2)
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
 
-    def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi_af and the moving features warped by it: ``(theta (B, n, n+1), fa ∘ phi_af (B, C, *S/4))``."""
-        theta, fa_k = theta0, fa
-        for _ in range(self.affine_passes if self.training else self.affine_passes_eval):
-            if theta is not None:
-                fa_k = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
-            delta = self.affine(fa_k, fb)
+    def affine_parameters(self) -> list[nn.Parameter]:
+        """T_af's parameters: the head's, and the fine level's when there is one."""
+        fine = [*self.affine_fine.parameters()] if self.affine_fine is not None else []
+        return [*self.affine.parameters(), *fine]
+
+    @staticmethod
+    def _cascade(head: nn.Module, fa: torch.Tensor, fb: torch.Tensor, theta: torch.Tensor | None, passes: int
+                 ) -> torch.Tensor | None:
+        """``passes`` times: warp ``fa`` by theta, let ``head`` predict the correction, compose it on."""
+        if isinstance(head, MatchAffineNet):
+            return head.cascade(fa, fb, theta, passes)
+        for _ in range(passes):
+            fa_k = fa if theta is None else spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
+            delta = head(fa_k, fb)
             theta = delta if theta is None else spatial.compose_affine(theta, delta)
+        return theta
+
+    def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
+                     fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi_af and the moving features warped by it: ``(theta (B, n, n+1), fa ∘ phi_af (B, C, *S/4))``.
+
+        ``fine``: ``(moving, fixed)`` S/2 features (:meth:`Encoder.half`), needed when ``affine_fine_passes``.
+        """
+        theta = self._cascade(self.affine, fa, fb, theta0, self.affine_passes if self.training else self.affine_passes_eval)
+        if self.affine_fine is not None:
+            if fine is None:
+                raise ValueError("affine_fine_passes > 0 needs G's half-resolution features of both images")
+            theta = self._cascade(self.affine_fine, *fine, theta, self.affine_fine_passes)
         return theta, spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
 
-    def forward(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None) -> Transform:
-        theta, fa_af = self.affine_theta(fa, fb, theta0)
-        raw = self.nonrigid(fa_af, fb)
+    def forward(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
+                fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> Transform:
+        theta, fa_af = self.affine_theta(fa, fb, theta0, fine)
+        raw = self.nonrigid(fa_af, fb).float()  # a field is geometry: float32 also under mixed precision
         disp = spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
         return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=fa_af)
 
@@ -522,7 +589,8 @@ class FIRENet(nn.Module):
                  diffeomorphic: bool = False, integration_steps: int = 7, adversarial: bool = False,
                  disc_width: int = 16, n_res: int = 4, affine_head: str = "regress", affine_passes: int = 1,
                  affine_init: str = "identity", spacing=None, down_kernel: int = 3, affine_weighting: str = "peak",
-                 affine_passes_eval: int | None = None):
+                 affine_passes_eval: int | None = None, affine_fine_passes: int = 0,
+                 checkpoint_activations: bool = False):
         super().__init__()
         if n not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {n}")
@@ -535,9 +603,12 @@ class FIRENet(nn.Module):
         c = self.G.out_channels
         self.F_ab = Decoder(n, width, n_res=n_res)
         self.F_ba = Decoder(n, width, n_res=n_res)
+        for m in (self.G, self.F_ab, self.F_ba):
+            m.checkpoint = bool(checkpoint_activations)
         kw = dict(affine_channels=affine_channels, affine_hidden=affine_hidden,
                   diffeomorphic=diffeomorphic, integration_steps=integration_steps, affine_head=affine_head,
-                  affine_passes=affine_passes, affine_weighting=affine_weighting, affine_passes_eval=affine_passes_eval)
+                  affine_passes=affine_passes, affine_weighting=affine_weighting, affine_passes_eval=affine_passes_eval,
+                  affine_fine_passes=affine_fine_passes, fine_channels=2 * width)
         self.T_ab = TransformationNet(n, c, **kw)
         self.T_ba = TransformationNet(n, c, **kw)
         self.D_a = Discriminator(n, disc_width) if adversarial else None
@@ -546,7 +617,7 @@ class FIRENet(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters per optimiser (§3.8): T_af, T_nr, G+F (and D when adversarial)."""
         groups = {
-            "T_af": [*self.T_ab.affine.parameters(), *self.T_ba.affine.parameters()],
+            "T_af": [*self.T_ab.affine_parameters(), *self.T_ba.affine_parameters()],
             "T_nr": [*self.T_ab.nonrigid.parameters(), *self.T_ba.nonrigid.parameters()],
             "G_F": [*self.G.parameters(), *self.F_ab.parameters(), *self.F_ba.parameters()],
         }
@@ -564,19 +635,54 @@ class FIRENet(nn.Module):
             raise ValueError(f"affine_init={self.affine_init!r} needs the images, not only their encodings")
         return spatial.moments_affine(x_moving, x_fixed, self.spacing, self.affine_init)
 
+    @property
+    def has_fine_level(self) -> bool:
+        return self.T_ab.affine_fine is not None
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(G(x) (B, 4w, *S/4), G's half-resolution features (B, 2w, *S/2) or None)``: the second only
+        when the affine stage has a fine level (``model.affine_fine_passes``), from the same pass of G."""
+        return self.G.levels(x) if self.has_fine_level else (self.G(x), None)
+
+    def fine_features(self, x_moving: torch.Tensor | None, x_fixed: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """G's S/2 features ``(moving, fixed)`` for the affine stage's fine level, or None without one,
+        recomputed from the images (callers that ran :meth:`encode` pass its features instead)."""
+        if not self.has_fine_level:
+            return None
+        if x_moving is None or x_fixed is None:
+            raise ValueError("model.affine_fine_passes needs the images, not only their encodings")
+        b = x_moving.shape[0]
+        return tuple(self.G.half(torch.cat([x_moving, x_fixed])).split(b))
+
+    def affine_theta(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
+                     x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None,
+                     fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """phi_af alone ``(B, n, n+1)`` of :meth:`transform` (no T_nr)."""
+        t = self._net(direction)
+        fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
+        return t.affine_theta(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)[0]
+
+    def _net(self, direction: str) -> TransformationNet:
+        if direction not in ("AtoB", "BtoA"):
+            raise ValueError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
+        return self.T_ab if direction == "AtoB" else self.T_ba
+
     def transform(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
-                  x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None) -> Transform:
+                  x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None,
+                  fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> Transform:
         """T^{A→B}(G_A, G_B) (``direction="AtoB"``, moving = A) or T^{B→A}(G_B, G_A) (``"BtoA"``, moving = B).
 
         Args:
             g_moving, g_fixed: ``(B, C, *S/4)`` encodings; x_moving, x_fixed: ``(B, 1, *S)`` the images they
-                encode (needed only when ``affine_init`` is not the identity).
+                encode (needed only when ``affine_init`` is not the identity or there is a fine level).
+            fine: ``(moving, fixed)`` half-resolution features from :meth:`encode` (a fine level only;
+                recomputed from the images when not given).
         """
-        if direction not in ("AtoB", "BtoA"):
-            raise ValueError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
-        t = self.T_ab if direction == "AtoB" else self.T_ba
-        return t(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed))
+        fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
+        return self._net(direction)(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Transform:
         """Register ``x_a`` (moving, ``(B,1,*S)``) to ``x_b`` (fixed): phi^{A→B}."""
-        return self.transform("AtoB", self.G(x_a), self.G(x_b), x_a, x_b)
+        (g_a, h_a), (g_b, h_b) = self.encode(x_a), self.encode(x_b)
+        return self.transform("AtoB", g_a, g_b, x_a, x_b, None if h_a is None else (h_a, h_b))

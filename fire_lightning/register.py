@@ -67,7 +67,7 @@ import SimpleITK as sitk
 import torch
 
 from . import spatial
-from .module import load_module
+from .inference import load_model
 from .refine import RefineSettings
 from .io import (check_image, full_suffix, image_like, is_2d, is_nifti_path, load_nifti, nifti_writer, save_atomic,
                  spatial_data, spatial_shape, voxel_sizes)
@@ -434,7 +434,7 @@ class Registrar:
             raise ValueError(f"refine must be a number of steps or RefineSettings, got {refine!r}")
         self.device = resolve_device(device)
         self.checkpoint = Path(checkpoint)
-        self.module = load_module(self.checkpoint).to(self.device).eval()
+        self.module = load_model(self.checkpoint).to(self.device)
         self.n = int(self.module.cfg.data.spatial_dims)
         self.spacing = tuple(float(s) for s in self.module.spacing)
         log.info("checkpoint %s: %dD model, %s mm voxels, on %s", self.checkpoint, self.n, self.spacing, self.device)

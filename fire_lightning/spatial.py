@@ -17,16 +17,22 @@ Conventions (METHOD.md, "Notation"):
   normalised coordinates in tensor-axis order: ``phi(p) = theta[:, :, :n] @ p + theta[:, :, n]``.
 * Composition ``compose(u1, u2)`` is ``phi1 ∘ phi2``, i.e. ``p -> phi1(phi2(p))``; the
   image warped by it is ``x ∘ phi1 ∘ phi2`` = "first phi1's resampling, then phi2's".
+* Geometry is float32 under mixed precision (:func:`float32`): every function here runs with
+  autocast off on float32 copies of its inputs, so a bf16 run's grids, affines and fields are
+  as exact as an fp32 run's (bf16 keeps 8 bits: a coordinate near 1 would be off by 1/256, half
+  a voxel at 128 voxels).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "float32",
     "identity_grid",
     "warp",
     "warp_labels",
@@ -52,6 +58,25 @@ __all__ = [
 ]
 
 
+def float32(fn):
+    """Run ``fn`` in float32 with autocast off when autocast is on (mixed precision): floating
+    tensor arguments are cast to float32, so results are float32. Without autocast: ``fn`` as is."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next((a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), "cpu")
+        if not torch.is_autocast_enabled(dev):
+            return fn(*args, **kwargs)
+
+        def cast(a):
+            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        with torch.autocast(dev, enabled=False):
+            return fn(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
 def _spatial_dims(x: torch.Tensor) -> int:
     n = x.dim() - 2
     if n not in (2, 3):
@@ -69,11 +94,21 @@ def identity_grid(
 
     Returns:
         ``(1, n, *S)``: channel ``k`` holds the coordinate along axis ``k``,
-        ``(2 i + 1) / S_k - 1`` (``align_corners=False``).
+        ``(2 i + 1) / S_k - 1`` (``align_corners=False``). Built once per shape, device and dtype
+        and shared (every warp needs one; building it is most of a small warp's cost): never
+        modify it in place.
     """
-    axes = [(torch.arange(s, device=device, dtype=dtype) * 2 + 1) / s - 1 for s in shape]
-    mesh = torch.meshgrid(*axes, indexing="ij")
-    return torch.stack(mesh, dim=0).unsqueeze(0)
+    return _identity_grid(tuple(int(s) for s in shape), torch.device(device or "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # an ordinary tensor even when first asked for under inference mode (Lightning's validation),
+    # so that training can use the shared grid afterwards
+    with torch.inference_mode(False), torch.no_grad():
+        axes = [(torch.arange(s, device=device, dtype=dtype) * 2 + 1) / s - 1 for s in shape]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        return torch.stack(mesh, dim=0).unsqueeze(0)
 
 
 def _sample(x: torch.Tensor, disp: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
@@ -88,6 +123,7 @@ def _sample(x: torch.Tensor, disp: torch.Tensor, mode: str, padding_mode: str) -
     return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
+@float32
 def warp(x: torch.Tensor, disp: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
     """Resample ``x`` at ``phi(p) = p + disp(p)`` with (bi/tri)linear interpolation.
 
@@ -102,6 +138,7 @@ def warp(x: torch.Tensor, disp: torch.Tensor, padding_mode: str = "border") -> t
     return _sample(x, disp, "bilinear", padding_mode)
 
 
+@float32
 def warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     """Warp an integer label map with nearest-neighbour sampling; outside = background 0.
 
@@ -122,6 +159,7 @@ def identity_affine(batch: int, n: int, device=None, dtype=torch.float32) -> tor
     return eye.unsqueeze(0).repeat(batch, 1, 1)
 
 
+@float32
 def apply_affine(theta: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """``theta (B, n, n+1)`` applied to point fields ``coords (B, n, *S)`` → ``(B, n, *S)``."""
     n = theta.shape[1]
@@ -130,6 +168,7 @@ def apply_affine(theta: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return out.view(coords.shape[0], n, *coords.shape[2:])
 
 
+@float32
 def invert_affine(theta: torch.Tensor) -> torch.Tensor:
     """The inverse transform of ``theta (B, n, n+1)``, as ``(B, n, n+1)``."""
     n = theta.shape[1]
@@ -138,6 +177,7 @@ def invert_affine(theta: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(full)[:, :n]
 
 
+@float32
 def compose_affine(theta1: torch.Tensor, theta2: torch.Tensor) -> torch.Tensor:
     """``theta1 ∘ theta2`` (``p -> theta1(theta2(p))``), both ``(B, n, n+1)`` → ``(B, n, n+1)``."""
     n = theta1.shape[1]
@@ -146,6 +186,7 @@ def compose_affine(theta1: torch.Tensor, theta2: torch.Tensor) -> torch.Tensor:
     return torch.cat([a1 @ a2, a1 @ t2 + t1], dim=2)
 
 
+@float32
 def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
                ridge: float = 0.0) -> torch.Tensor:
     """Weighted least-squares affine ``theta`` with ``theta(source_i) ≈ target_i``, in closed form.
@@ -184,6 +225,7 @@ def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     return identity_affine(b, n, source.device, source.dtype) + torch.linalg.solve(lhs, rhs).transpose(1, 2)
 
 
+@float32
 def fit_affine_to_field(disp: torch.Tensor, weights: torch.Tensor | None = None, ridge: float = 0.0) -> torch.Tensor:
     """The affine ``theta (B, n, n+1)`` closest (weighted least squares) to ``p -> p + disp(p)``.
 
@@ -200,6 +242,7 @@ def fit_affine_to_field(disp: torch.Tensor, weights: torch.Tensor | None = None,
 MOMENT_MODES = ("com", "scale", "principal")
 
 
+@float32
 def moments_affine(moving: torch.Tensor, fixed: torch.Tensor, spacing: Sequence[float], mode: str = "scale",
                    threshold: float = 0.05) -> torch.Tensor:
     """An affine from the images' foreground moments (the classic initialisation), fixed → moving.
@@ -266,6 +309,7 @@ def moments_affine(moving: torch.Tensor, fixed: torch.Tensor, spacing: Sequence[
     return theta.to(moving.dtype)
 
 
+@float32
 def affine_to_displacement(theta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Displacement field of an affine transform on a grid.
 
@@ -283,6 +327,7 @@ def affine_to_displacement(theta: torch.Tensor, shape: Sequence[int]) -> torch.T
     return apply_affine(theta, ident) - ident
 
 
+@float32
 def compose(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     """Compose two displacement fields: ``phi = phi1 ∘ phi2``.
 
@@ -298,6 +343,7 @@ def compose(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     return u2 + _sample(u1, u2, "bilinear", "border")
 
 
+@float32
 def compose_affine_displacement(theta: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``phi_af ∘ phi_nr`` as one displacement field: ``theta(p + u(p)) - p``.
 
@@ -314,6 +360,7 @@ def compose_affine_displacement(theta: torch.Tensor, u: torch.Tensor) -> torch.T
     return apply_affine(theta, ident + u) - ident.expand_as(u)
 
 
+@float32
 def resize_field(field: torch.Tensor, shape: Sequence[int], unit: str = "normalised") -> torch.Tensor:
     """Resample a displacement field to another grid, keeping its vectors correct.
 
@@ -342,6 +389,7 @@ def resize_field(field: torch.Tensor, shape: Sequence[int], unit: str = "normali
     return out
 
 
+@float32
 def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     """Scaling and squaring: the displacement of ``exp(v)`` for a stationary velocity field.
 
@@ -401,6 +449,7 @@ def _gradient(f: torch.Tensor, axis: int) -> torch.Tensor:
     return torch.cat([first, central, last], dim=dim)
 
 
+@float32
 def jacobian_determinant(disp: torch.Tensor, unit: str = "normalised") -> torch.Tensor:
     """Jacobian determinant of ``phi(p) = p + u(p)`` in voxel units.
 
@@ -434,6 +483,7 @@ def jacobian_determinant(disp: torch.Tensor, unit: str = "normalised") -> torch.
     )
 
 
+@float32
 def laplacian(field: torch.Tensor, spacing: Sequence[float] | str | None = None) -> torch.Tensor:
     """Discrete Laplacian ``sum_k d²f/dp_k²`` per channel.
 
@@ -469,6 +519,7 @@ def laplacian(field: torch.Tensor, spacing: Sequence[float] | str | None = None)
     return out
 
 
+@float32
 def sample_at(x: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Sample ``x`` at given points (absolute normalised coordinates, not a displacement).
 

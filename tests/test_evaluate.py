@@ -180,7 +180,8 @@ def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overri
 
 def test_benchmark_scores_validation_pairs_with_other_inference_passes_and_refuses_other_model_keys(
         tiny_overrides, tmp_path, capsys):
-    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.affine_fine_passes=0",
+                 *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
     capsys.readouterr()
     assert main(["benchmark", str(run), "model.width=16", "--no-ants"]) == 2  # would be silently ignored
@@ -194,3 +195,17 @@ def test_benchmark_scores_validation_pairs_with_other_inference_passes_and_refus
         ids = {row["pair_id"] for row in csv.DictReader(f)}
     assert len(ids) == 2 and all(i.startswith("val-") for i in ids)  # TINY: 1 validation image × 2 transforms
     assert not (run / "benchmark").exists()
+    capsys.readouterr()  # a model without a fine level cannot be given fine passes: one line, nothing written
+    assert main(["benchmark", str(run), "model.affine_fine_passes=2", "--no-ants"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "affine_fine_passes=2" in err[0] and "fine level" in err[0]
+    assert not (run / "benchmark").exists()
+
+
+def test_a_run_with_a_fine_level_can_be_rescored_with_more_fine_passes(tiny_overrides, tmp_path):
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.affine_head=match",
+                 "model.affine_fine_passes=1", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    assert main(["benchmark", str(run), "model.affine_fine_passes=2", "--split", "val", "--no-ants"]) == 0
+    meta = json.loads((run / "benchmark-val" / "results.json").read_text())["meta"]
+    assert meta["affine_fine_passes"] == 2

@@ -202,6 +202,57 @@ def test_inference_runs_affine_passes_eval_passes_and_training_affine_passes():
         TransformationNet(2, 4, affine_passes=3, affine_passes_eval=0)
 
 
+def test_the_fine_level_corrects_the_coarse_theta_on_half_resolution_features_warped_by_it():
+    n = 2
+    coarse = spatial.identity_affine(1, n) + torch.tensor([[[0.05, 0.02, 0.1], [-0.03, 0.04, -0.05]]])
+    fine = spatial.identity_affine(1, n) + torch.tensor([[[0.01, 0.0, -0.02], [0.0, -0.01, 0.03]]])
+    seen = {}
+
+    class Head(torch.nn.Module):
+        def __init__(self, name, theta):
+            super().__init__()
+            self.name, self.theta = name, theta
+
+        def forward(self, fa, fb):
+            seen.setdefault(self.name, []).append((fa.clone(), fb))
+            return self.theta
+
+    tn = TransformationNet(n, 4, affine_passes=2, affine_fine_passes=1, fine_channels=2)
+    assert isinstance(tn.affine_fine, MatchAffineNet)
+    tn.affine, tn.affine_fine = Head("coarse", coarse), Head("fine", fine)
+    g = _gen(8)
+    fa, fb = torch.randn(1, 4, 12, 8, generator=g), torch.randn(1, 4, 12, 8, generator=g)
+    ha, hb = torch.randn(1, 2, 24, 16, generator=g), torch.randn(1, 2, 24, 16, generator=g)
+    tr = tn(fa, fb, fine=(ha, hb))
+    after_coarse = spatial.compose_affine(coarse, coarse)
+    torch.testing.assert_close(tr.theta, spatial.compose_affine(after_coarse, fine))
+    (ha_seen, hb_seen), = seen["fine"]
+    torch.testing.assert_close(ha_seen, spatial.warp(ha, spatial.affine_to_displacement(after_coarse, (24, 16))))
+    assert hb_seen is hb and len(seen["coarse"]) == 2
+    torch.testing.assert_close(tr.feat_affine, spatial.warp(fa, spatial.affine_to_displacement(tr.theta, (12, 8))))
+    with pytest.raises(ValueError, match="half-resolution"):
+        tn(fa, fb)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_firenet_with_a_fine_level_feeds_it_g_half_and_optimises_it_with_t_af(n):
+    net = _tiny_net(n, affine_head="match", affine_fine_passes=1)
+    x_a, x_b = _inputs(n, seed=9)
+    ha, hb = net.fine_features(x_a, x_b)
+    assert ha.shape == (2, 2 * WIDTH, *[s // 2 for s in NET_SHAPES[n]])
+    torch.testing.assert_close(ha, net.G.net[1](net.G.net[0](x_a)))
+    t_af = {id(p) for p in net.parameter_groups()["T_af"]}
+    assert {id(p) for p in net.T_ab.affine_fine.parameters()} <= t_af
+    assert {id(p) for p in net.T_ba.affine_fine.parameters()} <= t_af
+    with torch.no_grad():
+        t = net(x_a, x_b)
+        theta = net.affine_theta("AtoB", net.G(x_a), net.G(x_b), x_a, x_b)
+    torch.testing.assert_close(t.theta, theta)
+    with pytest.raises(ValueError, match="needs the images"):
+        net.transform("AtoB", net.G(x_a), net.G(x_b))
+    assert _tiny_net(n).fine_features(x_a, x_b) is None
+
+
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_moments_initialised_firenet_starts_at_the_images_moments(n):
     net = _tiny_net(n, affine_init="scale", spacing=(1.0, 2.0, 1.5)[:n])
@@ -345,3 +396,52 @@ def test_encoder_decoder_shapes_and_range(n, shape):
 def test_firenet_rejects_bad_dims():
     with pytest.raises(ValueError):
         FIRENet(4, width=2)
+
+
+# ------------------------------------------------------------- activation checkpointing
+
+
+def _saved_bytes(fn) -> tuple[object, int]:
+    """``fn()`` and the bytes autograd saved for the backward while it ran."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total[0]
+
+
+def test_checkpointed_g_and_f_give_the_same_loss_and_gradients_and_save_less():
+    """``model.checkpoint_activations``: the same training step, value for value, in less memory."""
+    x_a, x_b = _inputs(3, batch=1, seed=11)
+    results = {}
+    for ckpt in (False, True):
+        net = _tiny_net(3, width=4, affine_head="match", affine_init="scale", checkpoint_activations=ckpt)
+        net.train()
+
+        def step():
+            return fire_loss(fire_forward(net, x_a, x_b), x_a, x_b).total
+
+        loss, saved = _saved_bytes(step)
+        loss.backward()
+        results[ckpt] = (loss.detach(), {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None},
+                         saved)
+    (l0, g0, s0), (l1, g1, s1) = results[False], results[True]
+    torch.testing.assert_close(l1, l0, rtol=0, atol=0)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert s1 < 0.6 * s0, (s1, s0)  # G and F's inner activations are not kept
+    print(f"saved for the backward: {s0 / 2**20:.2f} MiB plain, {s1 / 2**20:.2f} MiB checkpointed")
+
+
+def test_checkpointing_is_off_in_eval_mode_so_inference_and_grad_cam_hooks_run_once():
+    net = _tiny_net(2, checkpoint_activations=True).eval()
+    calls = []
+    net.G.gradcam_layer.register_forward_hook(lambda *a: calls.append(1))
+    x = _inputs(2, batch=1)[0].requires_grad_()
+    net.G(x).sum().backward()
+    assert len(calls) == 1 and net.G.checkpoint

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning
@@ -18,10 +20,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from fire_lightning import spatial
 from fire_lightning.cli import main
 from fire_lightning.config import load_config
 from fire_lightning.module import load_module
 from fire_lightning.module import FIREModule
+from fire_lightning.inference import InferenceModel, load_model
 from fire_lightning.register import Registrar, model_grid, model_input
 
 from .conftest import PHANTOM2D, ROOT, TINY, gen
@@ -48,8 +52,9 @@ def _theta(n: int) -> torch.Tensor:
 
 
 def _save_checkpoint(path, experiment, nontrivial: bool):
-    # the paper's T_af (a regression head from the identity): its last layer's bias sets theta
-    cfg = load_config(experiment, [*TINY, "model.affine_head=regress", "model.affine_init=identity"])
+    # the paper's T_af (a regression head from the identity, no fine level): its last layer's bias sets theta
+    cfg = load_config(experiment, [*TINY, "model.affine_head=regress", "model.affine_init=identity",
+                                    "model.affine_fine_passes=0"])
     torch.manual_seed(0)
     module = FIREModule(cfg)
     if nontrivial:
@@ -348,6 +353,46 @@ def test_on_the_models_own_grid_the_output_is_the_models_own_warp(n, ckpts, tmp_
     assert np.median(diff) < 1e-4 and diff.mean() < 2e-3, (np.median(diff), diff.mean(), diff.max())
     unwarped = model_input(moving, affine, grid, "cpu")[0, 0].numpy().reshape(shape)
     assert np.abs(expected - unwarped)[inside].mean() > 0.05  # the model does move the image
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_light_inference_model_registers_exactly_as_the_training_module(n, ckpts):
+    light, full = load_model(ckpts[f"{n}d"]), load_module(ckpts[f"{n}d"]).eval()
+    assert isinstance(light, InferenceModel) and not light.training
+    assert light.spacing == full.spacing and light.cfg == full.cfg and light.label_names == full.label_names
+    size = tuple(full.cfg.data.size)
+    x_m, x_f = (torch.rand(1, 1, *size, generator=gen(s)) * 2 - 1 for s in (3, 4))
+    a, b = light.register(x_m, x_f), full.register(x_m, x_f)
+    for key in ("theta", "field", "warped"):
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.allclose(a["theta"], spatial.identity_affine(1, n))  # the checkpoint's, not a fresh net's
+
+
+def test_a_checkpoint_of_something_else_is_a_one_line_error_naming_it(tmp_path):
+    path = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="other.ckpt: not a fire-lightning checkpoint"):
+        load_model(path)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_model(tmp_path / "missing.ckpt")
+
+
+HEAVY = ("lightning", "pytorch_lightning", "lightning_fabric", "monai", "torchio", "captum", "wandb", "matplotlib",
+         "ants", "torchvision")
+
+
+def test_fire_register_runs_without_importing_training_libraries(case2d, ckpts, tmp_path):
+    """A single pair pays for torch, nibabel and SimpleITK, not for lightning and monai (issue 12)."""
+    out = tmp_path / "warped.nii.gz"
+    argv = ["register", "--checkpoint", str(ckpts["2d"]), "--moving", str(case2d["pair"]["moving"]),
+            "--fixed", str(case2d["pair"]["fixed"]), "--out", str(out), "--device", "cpu"]
+    code = ("import sys\nfrom fire_lightning.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('MODULES', ' '.join(sorted({m.split('.')[0] for m in sys.modules})))\nsys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(next(line for line in proc.stdout.splitlines() if line.startswith("MODULES")).split()[1:])
+    assert "torch" in loaded and out.is_file()
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
 # ---------------------------------------------------------------------------------- 3. identity

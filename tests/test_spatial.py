@@ -644,3 +644,43 @@ def test_moments_of_an_empty_image_give_the_identity():
         torch.testing.assert_close(spatial.moments_affine(empty, img, (1.0, 1.0), mode), spatial.identity_affine(1, 2))
     with pytest.raises(ValueError, match="moments mode"):
         spatial.moments_affine(img, img, (1.0, 1.0), "median")
+
+
+# ------------------------------------------------------------- mixed precision
+
+
+def test_geometry_stays_float32_and_exact_under_bf16_autocast():
+    """A bf16-mixed run warps, composes and fits affines exactly as an fp32 run (spatial.float32)."""
+    g = torch.Generator().manual_seed(3)
+    theta = spatial.identity_affine(2, 2) + 0.05 * torch.randn(2, 2, 3, generator=g)
+    x = torch.rand(2, 3, 40, 36, generator=g)
+    u = 0.02 * torch.randn(2, 2, 40, 36, generator=g)
+    src, dst = torch.rand(2, 2, 50, generator=g) * 2 - 1, torch.rand(2, 2, 50, generator=g) * 2 - 1
+
+    def run():
+        disp = spatial.affine_to_displacement(theta, (40, 36))
+        return {"disp": disp, "warp": spatial.warp(x, disp), "compose": spatial.compose_affine_displacement(theta, u),
+                "fit": spatial.fit_affine(src, dst), "theta": spatial.compose_affine(theta, theta)}
+
+    plain = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16  # autocast is on
+        mixed = run()
+        features = spatial.warp(x.bfloat16(), u)  # a bf16 feature map (a convolution's output) warped
+    for k in plain:
+        assert mixed[k].dtype == torch.float32, k
+        torch.testing.assert_close(mixed[k], plain[k], rtol=0, atol=0, msg=k)
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, spatial.warp(x.bfloat16().float(), u), rtol=0, atol=0)
+
+
+def test_the_shared_identity_grid_made_under_inference_mode_serves_training_too():
+    shape = (13, 7)  # a shape no other test uses, so the grid is first built here
+    with torch.inference_mode():
+        first = spatial.identity_grid(shape)
+        spatial.warp(torch.rand(1, 1, *shape), torch.zeros(1, 2, *shape))
+    assert not first.is_inference() and spatial.identity_grid(shape) is first
+    theta = (spatial.identity_affine(1, 2) + 0.01).requires_grad_()
+    spatial.affine_to_displacement(theta, shape).sum().backward()  # would fail with an inference tensor
+    assert theta.grad is not None
+    assert spatial.identity_grid(shape, dtype=torch.float64).dtype == torch.float64

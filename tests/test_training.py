@@ -144,6 +144,24 @@ def test_fire_train_3d_fast_dev_run(tiny_overrides, tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_bf16_mixed_precision_trains_with_the_manual_multi_optimiser_step(tiny_overrides):
+    """``trainer.precision=bf16-mixed`` (CPU autocast here, CUDA's on a GPU): every optimiser steps,
+    the loss is finite, and the geometry stays float32 (spatial.float32)."""
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "trainer.precision=bf16-mixed", "trainer.max_steps=3",
+                                  "trainer.val_every_n_steps=3", "model.affine_head=match", "model.affine_fine_passes=1"])
+    result = train(cfg)
+    model = result["model"]
+    assert result["iterations"] == 3 and model.skipped_steps.item() == 0
+    assert torch.isfinite(torch.tensor(result["metrics"]["val/dice_mean"]))
+    x_a, x_b = torch.rand(2, 1, 1, *cfg.data.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = model.net(x_a, x_b)
+    assert t.theta.dtype == torch.float32 and t.field(tuple(cfg.data.size)).dtype == torch.float32
+    with torch.no_grad():
+        t32 = model.net(x_a, x_b)
+    torch.testing.assert_close(t.theta, t32.theta, atol=0.03, rtol=0)  # bf16 convolutions, fp32 geometry
+
+
 def test_wandb_logs_offline_into_the_run_folder(tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     # (fast_dev_run would switch the loggers off)
@@ -217,7 +235,8 @@ def test_the_affine_warm_up_trains_g_and_t_af_only_and_keeps_counting_iterations
     after = module.state_dict()
     changed = {k.split(".")[1] + ("." + k.split(".")[2] if k.split(".")[1].startswith("T_") else "")
                for k in before if not torch.equal(before[k], after[k]) and k.startswith("net.")}
-    assert changed == {"G", "T_ab.affine", "T_ba.affine"}, changed  # no decoder, no T_nr
+    # no decoder, no T_nr; the demo config's fine level is part of T_af
+    assert changed == {"G", "T_ab.affine", "T_ba.affine", "T_ab.affine_fine", "T_ba.affine_fine"}, changed
     with pytest.raises(ConfigError, match="affine_warmup_steps"):
         load_config(PHANTOM2D, ["optim.affine_warmup_steps=5", "trainer.max_steps=5"])
 

@@ -1,0 +1,155 @@
+"""Inference without training machinery: the trained networks, one pair at a time.
+
+:class:`Registers` is the registration code path (§3.4, FIRE+IO), shared by the training
+:class:`~fire_lightning.module.FIREModule` and by :class:`InferenceModel`, which
+:func:`load_model` builds from a ``fire train`` checkpoint with torch and omegaconf only.
+``fire register`` uses the latter, so that a single pair does not pay for importing lightning
+and monai (seconds on a small CPU); ``tests/test_register.py`` guards that import list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from . import spatial
+from .config import Config
+from .io import describe_error
+from .networks import FIRENet, Transform
+from .refine import RefineSettings
+from .refine import refine as refine_pair
+
+LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}  # the phantom's; data modules pass their own
+
+
+def model_config(cfg: DictConfig | dict, spacing=None) -> tuple[DictConfig, tuple[float, ...]]:
+    """``cfg`` on the schema (a checkpoint saved before a key existed still loads, with its default)
+    and the voxel size (mm) per model axis: ``spacing``, or isotropic ``data.spacing`` when None
+    (checkpoints saved before the argument existed)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    n = int(cfg.data.spatial_dims)
+    spacing = (float(cfg.data.spacing),) * n if spacing is None else tuple(float(s) for s in spacing)
+    if len(spacing) != n:
+        raise ValueError(f"spacing {spacing} has {len(spacing)} values; data.spatial_dims is {n}")
+    return cfg, spacing
+
+
+def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
+    """The networks of ``cfg.model``; ``spacing``: voxel size per axis (mm), for the moments initialisation."""
+    m = cfg.model
+    return FIRENet(
+        n=cfg.data.spatial_dims, width=m.width, affine_channels=tuple(m.affine_channels), affine_hidden=m.affine_hidden,
+        diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
+        disc_width=m.disc_width, n_res=m.n_res, affine_head=m.affine_head, affine_passes=m.affine_passes,
+        affine_passes_eval=m.affine_passes_eval, affine_fine_passes=m.affine_fine_passes,
+        affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
+        checkpoint_activations=m.checkpoint_activations,
+    )
+
+
+class Registers:
+    """Registration with ``self.net`` (:class:`FIRENet`) configured by ``self.cfg``."""
+
+    net: FIRENet
+    cfg: DictConfig
+
+    def set_affine_passes_eval(self, passes: int | None) -> None:
+        """Cascade passes at inference (``model.affine_passes_eval``; None: as in training), on a trained model."""
+        if passes is not None and passes < 1:
+            raise ValueError(f"affine_passes_eval must be >= 1, got {passes}")
+        for t in (self.net.T_ab, self.net.T_ba):
+            t.affine_passes_eval = int(passes) if passes is not None else t.affine_passes
+        self.cfg.model.affine_passes_eval = passes
+
+    def set_affine_fine_passes(self, passes: int) -> None:
+        """Fine-level passes (``model.affine_fine_passes``) on a model trained with a fine level."""
+        if self.net.T_ab.affine_fine is None or passes < 1:
+            raise ValueError(f"affine_fine_passes={passes}: only a model trained with a fine level "
+                             "(model.affine_fine_passes >= 1) can run >= 1 fine passes")
+        for t in (self.net.T_ab, self.net.T_ba):
+            t.affine_fine_passes = int(passes)
+        self.cfg.model.affine_fine_passes = passes
+
+    @torch.no_grad()
+    def register(self, moving: torch.Tensor, fixed: torch.Tensor, refine: RefineSettings | None = None,
+                 progress: bool = False) -> dict[str, torch.Tensor]:
+        """Inference (§3.4): ``moving, fixed (B,1,*S)`` in [-1, 1] → fields and warped images.
+
+        Args:
+            refine: FIRE+IO (:mod:`.refine`): that many steps of per-pair optimisation from the
+                network's transform; None or 0 steps: the network's output, bit for bit.
+            progress: a progress bar over the refinement steps.
+
+        Returns:
+            ``field`` / ``affine_field`` ``(B,n,*S)`` normalised, ``theta`` ``(B,n,n+1)``,
+            ``warped`` / ``warped_affine`` ``(B,1,*S)``, the encodings ``g_moving`` / ``g_fixed``, and
+            ``transform`` (the :class:`networks.Transform`).
+        """
+        (g_m, h_m), (g_f, h_f) = self.net.encode(moving), self.net.encode(fixed)
+        t = self.net.transform("AtoB", g_m, g_f, moving, fixed, None if h_m is None else (h_m, h_f))
+        if refine is not None and refine.steps > 0:
+            t = self.refined(t, moving, fixed, refine, progress)
+        shape = moving.shape[2:]
+        u, af = t.field(shape), t.affine_field(shape)
+        return {"field": u, "affine_field": af, "theta": t.theta, "warped": spatial.warp(moving, u),
+                "warped_affine": spatial.warp(moving, af), "g_moving": g_m, "g_fixed": g_f, "transform": t}
+
+    def refined(self, t: Transform, moving: torch.Tensor, fixed: torch.Tensor, settings: RefineSettings,
+                progress: bool = False, on_step=None) -> Transform:
+        """``t`` (moving → fixed) after :func:`refine.refine` on the pair; ``on_step(k, transform)`` is
+        called with the transform after each step ``k`` (for refinement curves)."""
+        m = self.cfg.model
+        hook = None if on_step is None else (lambda k, th, raw: on_step(k, self.with_parameters(t, th, raw)))
+        theta, raw, _ = refine_pair(moving, fixed, t.theta, t.nr_feat, settings, m.diffeomorphic, m.integration_steps,
+                                    progress, on_step=hook)
+        return self.with_parameters(t, theta, raw)
+
+    def with_parameters(self, t: Transform, theta: torch.Tensor, raw: torch.Tensor) -> Transform:
+        """``t`` with its affine ``theta`` and raw non-rigid output ``raw`` replaced."""
+        m = self.cfg.model
+        disp = spatial.integrate_velocity(raw, m.integration_steps) if m.diffeomorphic else raw
+        return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=t.feat_affine)
+
+
+class InferenceModel(Registers, nn.Module):
+    """The networks of a trained run, for inference: ``cfg``, ``spacing``, ``label_names``, ``net``,
+    ``iteration`` (training iterations done) and :meth:`Registers.register`."""
+
+    def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None, spacing=None, iteration: int = 0):
+        super().__init__()
+        self.cfg, self.spacing = model_config(cfg, spacing)
+        self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
+        self.net = build_net(self.cfg, self.spacing)
+        self.iteration = int(iteration)
+
+
+def read_checkpoint(checkpoint: str | Path, map_location: str = "cpu") -> dict:
+    """A ``fire train`` checkpoint's contents, with a clear error if the file is missing or not one."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable fire-lightning checkpoint ({describe_error(e)})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "cfg" not in ckpt.get("hyper_parameters", {}):
+        raise ValueError(f"{path}: not a fire-lightning checkpoint (no state_dict or hyper_parameters.cfg)")
+    return ckpt
+
+
+def load_model(checkpoint: str | Path, map_location: str = "cpu") -> InferenceModel:
+    """The networks of a ``fire train`` checkpoint as an :class:`InferenceModel` (eval mode), without lightning."""
+    ckpt = read_checkpoint(checkpoint, map_location)
+    hp = ckpt["hyper_parameters"]
+    try:
+        model = InferenceModel(hp["cfg"], hp.get("label_names"), hp.get("spacing"), iteration=0)
+        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        model.net.load_state_dict(state)
+    except Exception as e:
+        raise ValueError(f"{checkpoint}: not a readable fire-lightning checkpoint ({describe_error(e)})") from None
+    n_opt = len(model.net.parameter_groups())
+    model.iteration = int(ckpt.get("global_step", 0)) // n_opt
+    return model.eval()

@@ -1,0 +1,234 @@
+"""``fire profile CONFIG [k=v ...]``: where a training run's time goes, on whatever device is there.
+
+Three measurements, each on its own:
+
+1. **Data pipeline**: the training loader alone (its workers, augmentation included), samples/s.
+2. **Training**: a real Lightning fit of the config's model at its batch size and shape, no
+   validation, no checkpoints, no loggers; per iteration, the time inside the training step and
+   the time between steps (waiting for the loader, plus the loop's own bookkeeping). Peak memory:
+   ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU.
+   When the config has an affine warm-up (``optim.affine_warmup_steps``), the first iterations
+   are warm-up iterations and are reported apart: they cost a fraction of a FIRE iteration.
+3. **Inference**: ``register`` on one validation pair at a time, ms per pair.
+
+The verdict says whether the data or the compute bounds training: data time per iteration
+against step time (at most a third is the project's target for the data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import mean, median
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from .module import FIREModule
+from .train import make_datamodule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Phase:
+    """Per-iteration timings of one kind of training iteration (seconds, medians and means)."""
+
+    iterations: int
+    step_s: float  # median time inside training_step (forward, loss, backward, optimiser steps)
+    data_s: float  # median time between two steps: waiting for the loader + the loop's bookkeeping
+    step_mean_s: float
+    data_mean_s: float
+
+    @property
+    def its_per_s(self) -> float:
+        return 1.0 / (self.step_s + self.data_s)
+
+    @classmethod
+    def of(cls, rows: list[tuple[float, float]]) -> "Phase | None":
+        if not rows:
+            return None
+        data, step = zip(*rows)
+        return cls(len(rows), median(step), median(data), mean(step), mean(data))
+
+
+@dataclass
+class Profile:
+    device: str
+    config: str
+    batch_size: int
+    shape: list
+    width: int
+    precision: str
+    num_workers: int
+    threads: int
+    loader_samples_per_s: float
+    loader_first_batch_s: float  # worker start-up and the first batch
+    fire: Phase | None
+    warmup: Phase | None
+    peak_memory_gib: float
+    peak_memory_kind: str
+    inference_ms_per_pair: float
+    bound: str = ""
+    data_to_step: float = 0.0
+    notes: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("fire", "warmup"):
+            phase = getattr(self, k)
+            if phase is not None:
+                d[k]["its_per_s"] = phase.its_per_s
+        return d
+
+
+class _StepTimer(L.Callback):
+    """``(iteration, seconds since the previous step ended, seconds inside the step)`` per batch."""
+
+    def __init__(self, sync):
+        self.sync, self.rows, self._end, self._start = sync, [], None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.sync()
+        self._start = time.perf_counter()
+        self._gap = self._start - self._end if self._end is not None else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.sync()
+        self._end = time.perf_counter()
+        self.rows.append((pl_module.iteration - 1, self._gap, self._end - self._start))
+
+
+def device_name(accelerator: torch.device) -> str:
+    if accelerator.type == "cuda":
+        return f"{torch.cuda.get_device_name(accelerator)} (CUDA)"
+    threads = torch.get_num_threads()
+    return f"CPU {platform.processor() or platform.machine()}, {threads} torch threads"
+
+
+def _loader_rate(loader, batches: int) -> tuple[float, float]:
+    """(samples/s over ``batches`` batches after the first, seconds to the first batch)."""
+    t0 = time.perf_counter()
+    it = iter(loader)
+    next(it)
+    first = time.perf_counter() - t0
+    n, t1 = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            n += next(it)["moving"].shape[0]
+        except StopIteration:
+            break
+    rate = n / (time.perf_counter() - t1)
+    del it  # stops its workers
+    return rate, first
+
+
+def _peak_rss_gib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / (1 << 30 if sys.platform == "darwin" else 1 << 20)
+
+
+def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batches: int = 30,
+            inference_pairs: int = 20, skip: int = 3, config_name: str = "") -> Profile:
+    """Measure ``cfg`` (see the module docstring). ``skip``: iterations of each phase left out of the
+    figures (first calls: allocations, autotuning). Trains ``steps`` FIRE iterations, after
+    ``warmup_steps`` affine warm-up iterations when the config has a warm-up."""
+    cfg = cfg.copy()
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    has_warmup = cfg.optim.affine_warmup_steps > 0
+    n_warm = warmup_steps + skip if has_warmup else 0
+    cfg.optim.affine_warmup_steps = n_warm
+    cfg.trainer.max_steps = n_warm + steps + skip
+
+    dm = make_datamodule(cfg)
+    dm.setup("fit")
+    rate, first = _loader_rate(dm.train_dataloader(), loader_batches)
+    log.info("loader alone: %.1f samples/s (first batch after %.2f s)", rate, first)
+
+    model = FIREModule(cfg, label_names=getattr(dm, "label_names", None), spacing=getattr(dm, "spacing", None))
+    trainer = L.Trainer(max_steps=cfg.trainer.max_steps * model.n_optimizers, max_epochs=-1,
+                        accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[])
+    dev = trainer.strategy.root_device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    timer = _StepTimer(sync)
+    trainer.callbacks.append(timer)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    trainer.fit(model, datamodule=dm)
+    rows = [(it, gap, step) for it, gap, step in timer.rows if gap is not None]
+    warm = Phase.of([(g, s) for it, g, s in rows if skip <= it < n_warm])
+    fire = Phase.of([(g, s) for it, g, s in rows if it >= n_warm + skip])
+    if dev.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(dev) / (1 << 30), "torch.cuda.max_memory_allocated"
+    else:
+        peak, kind = _peak_rss_gib(), "peak RSS of the process (CPU)"
+
+    model = model.to(dev).eval()
+    batch = next(iter(dm.val_dataloader()))
+    moving, fixed = batch["moving"][:1].to(dev), batch["fixed"][:1].to(dev)
+    for _ in range(3):
+        model.register(moving, fixed)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(inference_pairs):
+        model.register(moving, fixed)
+    sync()
+    infer_ms = 1000 * (time.perf_counter() - t0) / inference_pairs
+
+    result = Profile(device=device_name(dev), config=config_name, batch_size=int(cfg.data.batch_size),
+                     shape=list(cfg.data.size), width=int(cfg.model.width), precision=str(cfg.trainer.precision),
+                     num_workers=int(cfg.data.num_workers), threads=torch.get_num_threads(),
+                     loader_samples_per_s=rate, loader_first_batch_s=first, fire=fire, warmup=warm,
+                     peak_memory_gib=peak, peak_memory_kind=kind, inference_ms_per_pair=infer_ms)
+    if fire is not None:
+        result.data_to_step = fire.data_s / fire.step_s
+        needed = cfg.data.batch_size / (fire.step_s + fire.data_s)
+        result.bound = "data" if fire.data_s > fire.step_s or rate < needed else "compute"
+        if rate < needed:
+            result.notes.append(f"the loader alone gives {rate:.0f} samples/s, training takes {needed:.0f}")
+    return result
+
+
+def table(p: Profile) -> str:
+    """The profile as a markdown table with its verdict."""
+    rows = [("device", p.device), ("config", f"{p.config}: batch {p.batch_size}, shape {p.shape}, width {p.width}, "
+                                             f"{p.precision}, {p.num_workers} loader workers"),
+            ("data pipeline (loader alone)", f"{p.loader_samples_per_s:.1f} samples/s "
+                                             f"({p.loader_samples_per_s / p.batch_size:.1f} batches/s; first batch "
+                                             f"{p.loader_first_batch_s:.2f} s)")]
+    for name, phase in (("FIRE iteration", p.fire), ("affine warm-up iteration", p.warmup)):
+        if phase is not None:
+            rows.append((name, f"{phase.its_per_s:.2f} it/s: step {1000 * phase.step_s:.1f} ms + between steps "
+                               f"{1000 * phase.data_s:.1f} ms (medians of {phase.iterations})"))
+    rows += [("peak memory", f"{p.peak_memory_gib:.2f} GiB ({p.peak_memory_kind})"),
+             ("inference", f"{p.inference_ms_per_pair:.1f} ms per pair (batch 1)")]
+    if p.bound:
+        rows.append(("bound by", f"**{p.bound}**: data time per iteration = {p.data_to_step:.2f} × step time "
+                                 f"(target ≤ 0.33)"))
+    rows += [("note", n) for n in p.notes]
+    return "\n".join(["| what | measured |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]])
+
+
+def write(p: Profile, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(p.to_json(), indent=2))
+    out.with_suffix(".md").write_text(table(p) + "\n")
+    return out
+
+
+def default_output(cfg: DictConfig, p: Profile) -> Path:
+    kind = "cuda" if "CUDA" in p.device else "cpu"
+    return Path(cfg.run.root) / "profile" / f"{cfg.experiment}-{kind}.json"
+
