@@ -6,7 +6,9 @@ Three measurements, each on its own:
 2. **Training**: a real Lightning fit of the config's model at its batch size and shape, no
    validation, no checkpoints, no loggers; per iteration, the time inside the training step and
    the time between steps (waiting for the loader, plus the loop's own bookkeeping). Peak memory:
-   ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU.
+   ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU; and,
+   on any device, the bytes one FIRE step saves for its backward (the activations, which
+   ``model.checkpoint_activations`` trades for recomputation).
    When the config has an affine warm-up (``optim.affine_warmup_steps``), the first iterations
    are warm-up iterations and are reported apart: they cost a fraction of a FIRE iteration.
 3. **Inference**: ``register`` on one validation pair at a time, ms per pair.
@@ -17,6 +19,7 @@ against step time (at most a third is the project's target for the data).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -52,7 +55,7 @@ class Phase:
         return 1.0 / (self.step_s + self.data_s)
 
     @classmethod
-    def of(cls, rows: list[tuple[float, float]]) -> "Phase | None":
+    def of(cls, rows: list[tuple[float, float]]) -> Phase | None:
         if not rows:
             return None
         data, step = zip(*rows)
@@ -75,6 +78,7 @@ class Profile:
     warmup: Phase | None
     peak_memory_gib: float
     peak_memory_kind: str
+    saved_for_backward_gib: float  # what one FIRE step keeps for its backward (activations), any device
     inference_ms_per_pair: float
     bound: str = ""
     data_to_step: float = 0.0
@@ -130,6 +134,24 @@ def _loader_rate(loader, batches: int) -> tuple[float, float]:
     return rate, first
 
 
+def saved_for_backward(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> int:
+    """Bytes that one FIRE training forward (:func:`losses.fire_forward` + :func:`losses.fire_loss`)
+    keeps for its backward, each storage counted once: the activation memory of a step, which
+    ``model.checkpoint_activations`` cuts, measured the same way on a CPU and a GPU."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        seen[(t.device.type, storage.data_ptr())] = storage.nbytes()
+        return t
+
+    model.train()
+    with context(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, loss = model._forward_loss(batch)
+    del out, loss
+    return sum(seen.values())
+
+
 def _peak_rss_gib() -> float:
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return kib / (1 << 30 if sys.platform == "darwin" else 1 << 20)
@@ -174,7 +196,10 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
     else:
         peak, kind = _peak_rss_gib(), "peak RSS of the process (CPU)"
 
-    model = model.to(dev).eval()
+    train_batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in next(iter(dm.train_dataloader())).items()}
+    model = model.to(dev)
+    saved = saved_for_backward(model, train_batch, trainer.strategy.precision_plugin.forward_context) / (1 << 30)
+    model = model.eval()
     batch = next(iter(dm.val_dataloader()))
     moving, fixed = batch["moving"][:1].to(dev), batch["fixed"][:1].to(dev)
     for _ in range(3):
@@ -190,7 +215,8 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
                      shape=list(cfg.data.size), width=int(cfg.model.width), precision=str(cfg.trainer.precision),
                      num_workers=int(cfg.data.num_workers), threads=torch.get_num_threads(),
                      loader_samples_per_s=rate, loader_first_batch_s=first, fire=fire, warmup=warm,
-                     peak_memory_gib=peak, peak_memory_kind=kind, inference_ms_per_pair=infer_ms)
+                     peak_memory_gib=peak, peak_memory_kind=kind, saved_for_backward_gib=saved,
+                     inference_ms_per_pair=infer_ms)
     if fire is not None:
         result.data_to_step = fire.data_s / fire.step_s
         needed = cfg.data.batch_size / (fire.step_s + fire.data_s)
@@ -212,6 +238,7 @@ def table(p: Profile) -> str:
             rows.append((name, f"{phase.its_per_s:.2f} it/s: step {1000 * phase.step_s:.1f} ms + between steps "
                                f"{1000 * phase.data_s:.1f} ms (medians of {phase.iterations})"))
     rows += [("peak memory", f"{p.peak_memory_gib:.2f} GiB ({p.peak_memory_kind})"),
+             ("saved for the backward", f"{1024 * p.saved_for_backward_gib:.1f} MiB per FIRE step (activations)"),
              ("inference", f"{p.inference_ms_per_pair:.1f} ms per pair (batch 1)")]
     if p.bound:
         rows.append(("bound by", f"**{p.bound}**: data time per iteration = {p.data_to_step:.2f} × step time "

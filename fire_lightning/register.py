@@ -59,11 +59,11 @@ import sys
 import time
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Callable
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from . import spatial
@@ -71,6 +71,9 @@ from .inference import load_model
 from .refine import RefineSettings
 from .io import (check_image, full_suffix, image_like, is_2d, is_nifti_path, load_nifti, nifti_writer, save_atomic,
                  spatial_data, spatial_shape, voxel_sizes)
+
+if TYPE_CHECKING:  # SimpleITK is imported where ITK outputs are made: a plain registration does not need it
+    import SimpleITK as sitk
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +242,8 @@ def itk_displacement_field(disp_ras: np.ndarray, affine: np.ndarray) -> sitk.Ima
         a 3D ``sitkVectorFloat64`` image (LPS vectors and geometry), ready for
         ``sitk.DisplacementFieldTransform``.
     """
+    import SimpleITK as sitk
+
     lps = disp_ras * np.array([-1.0, -1.0, 1.0])
     # SimpleITK arrays are indexed (z, y, x): the reverse of the NIfTI array axes.
     img = sitk.GetImageFromArray(np.ascontiguousarray(lps.transpose(2, 1, 0, 3), dtype=np.float64), isVector=True)
@@ -251,6 +256,8 @@ def itk_displacement_field(disp_ras: np.ndarray, affine: np.ndarray) -> sitk.Ima
 
 def itk_affine(affine_ras: np.ndarray) -> sitk.AffineTransform:
     """``sitk.AffineTransform(3)`` (centre 0) of a world ``(4, 4)`` RAS affine, in LPS."""
+    import SimpleITK as sitk
+
     lps = _RAS_TO_LPS @ affine_ras @ _RAS_TO_LPS
     tx = sitk.AffineTransform(3)
     tx.SetMatrix(tuple(lps[:3, :3].flatten()))
@@ -318,21 +325,33 @@ class RegistrationResult:
             float32, the moving image's intensity units.
         warped_affine: the same with FIRE's affine part only.
         warped_labels: the moving labels warped (nearest neighbour, the labels' dtype) or None.
-        field: ITK displacement field (``sitkVectorFloat64``, LPS mm, fixed grid; module docstring).
-        affine: ITK affine transform (LPS), fixed point → moving point.
+        displacement: ``(X, Y, Z, 3)`` fixed point → moving point, RAS mm, on the fixed grid.
+        fixed_affine: the fixed image's ``(4, 4)`` voxel → world affine.
+        affine_ras: ``(4, 4)`` FIRE's affine part in world (RAS) coordinates, fixed point → moving point.
         grid: the model grid.
         seconds: wall time of the registration (reading the inputs included).
         theta: ``(n, n+1)`` FIRE's affine part on the model grid's normalised coordinates.
+        field: (property) ITK displacement field (``sitkVectorFloat64``, LPS mm, fixed grid; module docstring).
+        affine: (property) ITK affine transform (LPS), fixed point → moving point.
     """
 
     warped: nib.Nifti1Image
     warped_affine: nib.Nifti1Image
     warped_labels: nib.Nifti1Image | None
-    field: sitk.Image
-    affine: sitk.AffineTransform
+    displacement: np.ndarray
+    fixed_affine: np.ndarray
+    affine_ras: np.ndarray
     grid: ModelGrid
     seconds: float
     theta: np.ndarray | None = None
+
+    @cached_property
+    def field(self) -> sitk.Image:
+        return itk_displacement_field(self.displacement, self.fixed_affine)
+
+    @cached_property
+    def affine(self) -> sitk.AffineTransform:
+        return itk_affine(self.affine_ras)
 
     def save(self, out, out_labels=None, field=None, affine=None) -> list[Path]:
         """Write the outputs that are given a path, all or none (see :func:`io.save_atomic`)."""
@@ -342,6 +361,8 @@ class RegistrationResult:
         writers = {out: nifti_writer(self.warped)}
         if out_labels is not None:
             writers[out_labels] = nifti_writer(self.warped_labels)
+        if field is not None or affine is not None:
+            import SimpleITK as sitk
         if field is not None:
             # float32 on disk, as ANTs writes its fields (10^-6 mm is plenty)
             writers[field] = lambda p: sitk.WriteImage(sitk.Cast(self.field, sitk.sitkVectorFloat32), str(p))
@@ -545,8 +566,7 @@ class Registrar:
             warped_affine=image_like(fix, warped_aff, np.float32, "fire register: moving image, affine only"),
             warped_labels=None if lab is None else image_like(fix, warped_lab, lab.get_data_dtype(),
                                                               "fire register: warped moving labels"),
-            field=itk_displacement_field(disp, fix.affine),
-            affine=itk_affine(affine_ras),
+            displacement=disp, fixed_affine=fix.affine, affine_ras=affine_ras,
             grid=grid,
             seconds=time.perf_counter() - t0,
             theta=theta[0].cpu().numpy(),

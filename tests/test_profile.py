@@ -32,10 +32,13 @@ def test_fire_profile_measures_each_part_writes_json_and_names_the_bound(tiny_ov
     assert d["warmup"]["step_s"] < d["fire"]["step_s"]
 
 
-def test_without_a_warm_up_only_fire_iterations_are_measured(tiny_overrides):
+def test_without_a_warm_up_only_fire_iterations_are_measured_and_checkpointing_saves_less(tiny_overrides):
     cfg = load_config(PHANTOM2D, tiny_overrides)
     p = profile(cfg, steps=3, loader_batches=2, inference_pairs=1, skip=1)
-    assert p.warmup is None and p.fire.iterations == 3
+    assert p.warmup is None and p.fire.iterations == 3 and p.saved_for_backward_gib > 0
+    ckpt = profile(load_config(PHANTOM2D, [*tiny_overrides, "model.checkpoint_activations=true"]), steps=1,
+                   loader_batches=1, inference_pairs=1, skip=1)
+    assert ckpt.saved_for_backward_gib < 0.7 * p.saved_for_backward_gib
 
 
 def test_a_phase_takes_medians_so_one_slow_iteration_does_not_move_it():
