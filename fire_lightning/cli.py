@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from .config import ConfigError, load_config
+from .errors import Preempted
 
 log = logging.getLogger("fire")
 
@@ -48,6 +49,11 @@ def _cmd_train(args) -> int:
     if args.resume is not None and "=" in args.resume:  # `--resume k=v`: an override, not a folder
         args.overrides = [args.resume, *args.overrides]
         args.resume = "latest"
+    if args.config is not None and "=" in args.config:  # `fire train --resume RUN k=v`: no config given
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+    if args.config is None and (args.resume is None or args.resume == "latest"):
+        raise ValueError("train needs an experiment config (e.g. experiments/phantom2d.yaml), or --resume RUN_DIR")
     if args.resume is not None:
         if args.resume == "latest":
             cfg = load_config(args.config, args.overrides)
@@ -363,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from an experiment config")
-    t.add_argument("config", help="experiment YAML, e.g. experiments/phantom2d.yaml")
+    t.add_argument("config", nargs="?", help="experiment YAML, e.g. experiments/phantom2d.yaml (not needed with "
+                   "--resume RUN_DIR, which uses the run's own config.yaml)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=200")
     t.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
                    help="continue a run from its checkpoints/last.ckpt (default: the newest run of the experiment)")
@@ -502,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.func(args)
+    except Preempted as e:  # SIGTERM / SIGUSR1: state saved; a non-zero code so that a scheduler requeues
+        print("fire: " + str(e), file=sys.stderr)
+        return e.exit_code
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print("fire: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,9 +15,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, load_config, to_yaml
+from .errors import Preempted
+from .io import describe_error
 from .module import FIREModule
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,42 @@ def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Traine
     )
 
 
+@contextlib.contextmanager
+def _sigusr1_as_sigterm():
+    """Outside SLURM, SIGUSR1 (what schedulers send before a time limit) stops training like SIGTERM:
+    Lightning handles SIGTERM (stop after the current iteration, then ``on_exception``). Under SLURM
+    Lightning's own SIGUSR1 handler (checkpoint and requeue) is left in place."""
+    if SLURMEnvironment.detect() or not hasattr(signal, "SIGUSR1") or threading.current_thread() is not \
+            threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def good_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The periodic checkpoints of a run (``iter*.ckpt``), newest first."""
+    return sorted(Path(ckpt_dir).glob("iter*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def resumable_checkpoint(path: Path) -> dict:
+    """``path``'s contents, or a one-line error that says it is corrupt (a half-written file after a
+    crash) and which earlier checkpoint of the run to resume from instead."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+            raise ValueError("not a training checkpoint (no state_dict / loops)")
+        return ckpt
+    except Exception as e:
+        others = [p for p in good_checkpoints(path.parent) if p != path]
+        offer = (f"; the newest periodic checkpoint is {others[0]}: `cp {others[0]} {path}` and resume again"
+                 if others else "; the run has no other checkpoint")
+        raise ValueError(f"{path}: unreadable, cannot resume ({describe_error(e)}){offer}") from None
+
+
 def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
     """Train FIRE for ``cfg``; returns ``{"run_dir", "checkpoint", "iterations", "metrics"}``.
 
@@ -145,7 +188,7 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume from")
         # Checkpoints hold no RNG state: reseed by progress so a resumed run draws new
         # training pairs instead of replaying those of its first iterations.
-        seed = cfg.seed + int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0))
+        seed = cfg.seed + int(resumable_checkpoint(ckpt_path).get("global_step", 0))
         log.info("resuming %s from %s", run_dir, ckpt_path)
     else:
         run_dir = new_run_dir(cfg)
@@ -162,7 +205,11 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
     model = FIREModule(cfg, label_names=getattr(dm, "label_names", None), spacing=getattr(dm, "spacing", None))
     trainer = build_trainer(cfg, run_dir, model.n_optimizers)
     start = time.time()
-    trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        with _sigusr1_as_sigterm():
+            trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SIGTERMException:  # SaveOnInterrupt has written last.ckpt after the current iteration
+        raise Preempted(run_dir, model.iteration) from None
     elapsed = time.time() - start
     last = run_dir / "checkpoints" / "last.ckpt"
     # The periodic checkpoints need not fall on the last iteration: always leave the final state.
