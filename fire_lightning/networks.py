@@ -425,15 +425,11 @@ class MatchAffineNet(nn.Module):
     def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         return self.fit(*self.correspondences(fa, fb))
 
-    def cascade(self, fa: torch.Tensor, fb: torch.Tensor, theta: torch.Tensor | None, passes: int) -> torch.Tensor:
-        """:meth:`TransformationNet._cascade` for this head: the fixed descriptors, the same in every
-        pass, are projected once (instance norm is per sample: the same values as projecting each time)."""
+    def against(self, fb: torch.Tensor):
+        """``fa -> theta`` against fixed features ``fb`` whose descriptors, the same in every pass of a
+        cascade, are projected once (instance norm is per sample: the same values as projecting each time)."""
         eb = self.project(fb)
-        for _ in range(passes):
-            fa_k = fa if theta is None else spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
-            delta = self.fit(*self._match(self.project(fa_k), eb, self.log_temperature))
-            theta = delta if theta is None else spatial.compose_affine(theta, delta)
-        return theta
+        return lambda fa: self.fit(*self._match(self.project(fa), eb, self.log_temperature))
 
 
 AFFINE_HEADS = ("regress", "dense", "keypoints", "match")
@@ -523,11 +519,10 @@ class TransformationNet(nn.Module):
     def _cascade(head: nn.Module, fa: torch.Tensor, fb: torch.Tensor, theta: torch.Tensor | None, passes: int
                  ) -> torch.Tensor | None:
         """``passes`` times: warp ``fa`` by theta, let ``head`` predict the correction, compose it on."""
-        if isinstance(head, MatchAffineNet):
-            return head.cascade(fa, fb, theta, passes)
+        step = head.against(fb) if isinstance(head, MatchAffineNet) else (lambda fa_k: head(fa_k, fb))
         for _ in range(passes):
             fa_k = fa if theta is None else spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
-            delta = head(fa_k, fb)
+            delta = step(fa_k)
             theta = delta if theta is None else spatial.compose_affine(theta, delta)
         return theta
 
