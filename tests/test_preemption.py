@@ -78,13 +78,14 @@ def test_a_scheduler_signal_saves_the_state_and_exits_143_and_the_run_resumes(si
 def test_after_kill_9_resume_loses_at_most_one_checkpoint_interval(tmp_path, started):
     proc, run = _start(tmp_path, started)
     _wait_for_checkpoints(proc, run, 2)
-    proc.kill()  # SIGKILL: no handler runs
+    proc.kill()  # SIGKILL: no handler runs (possibly in the middle of writing a checkpoint)
     proc.communicate(timeout=60)
     last = run / "checkpoints" / "last.ckpt"
-    newest = max(_iteration(p) for p in (run / "checkpoints").glob("iter*.ckpt"))
-    assert _iteration(last) == newest >= 2 * EVERY - 1
-    assert main(["train", "--resume", str(run), f"trainer.max_steps={newest + 1}"]) == 0
-    assert _iteration(last) == newest + 1
+    reached = max(int(p.stem[len("iter"):]) for p in (run / "checkpoints").glob("iter*.ckpt"))
+    kept = _iteration(last)
+    assert reached - EVERY <= kept <= reached + 1  # at most one checkpoint interval lost
+    assert main(["train", "--resume", str(run), f"trainer.max_steps={kept + 1}"]) == 0
+    assert _iteration(last) == kept + 1
 
 
 def test_a_corrupt_last_checkpoint_is_named_and_the_newest_good_one_offered(tmp_path, tiny_overrides, capsys):
