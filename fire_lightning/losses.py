@@ -190,6 +190,17 @@ class FIREOutputs:
     affine_b: torch.Tensor
 
 
+def encode_both(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor):
+    """G on both images in one batch: ``(G_A, G_B, fine A→B, fine B→A)``, the fine pairs ``(moving,
+    fixed)`` of half-resolution features (None without a fine level, ``model.affine_fine_passes``)."""
+    b = x_a.shape[0]
+    g, h = net.encode(torch.cat([x_a, x_b]))
+    g_a, g_b = g.split(b)
+    if h is None:
+        return g_a, g_b, None, None
+    return g_a, g_b, (h[:b], h[b:]), (h[b:], h[:b])
+
+
 def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutputs:
     """The FIRE training graph (METHOD.md "Forward graph in training"), batched for speed.
 
@@ -201,9 +212,7 @@ def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutp
     """
     b = x_a.shape[0]
     shape = x_a.shape[2:]
-    g, h = net.encode(torch.cat([x_a, x_b]))
-    g_a, g_b = g.split(b)
-    fine_ab, fine_ba = (None, None) if h is None else ((h[:b], h[b:]), (h[b:], h[:b]))
+    g_a, g_b, fine_ab, fine_ba = encode_both(net, x_a, x_b)
     fshape = g_a.shape[2:]
     t_ab = net.transform("AtoB", g_a, g_b, x_a, x_b, fine_ab)
     t_ba = net.transform("BtoA", g_b, g_a, x_b, x_a, fine_ba)
@@ -341,10 +350,8 @@ def affine_warmup_loss(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, simil
     Args:
         x_a, x_b: ``(B, 1, *S)`` in [-1, 1]; similarity: a multi-modal D (MI).
     """
-    b, shape = x_a.shape[0], x_a.shape[2:]
-    g, h = net.encode(torch.cat([x_a, x_b]))
-    g_a, g_b = g.split(b)
-    fine_ab, fine_ba = (None, None) if h is None else ((h[:b], h[b:]), (h[b:], h[:b]))
+    shape = x_a.shape[2:]
+    g_a, g_b, fine_ab, fine_ba = encode_both(net, x_a, x_b)
     th_ab = net.affine_theta("AtoB", g_a, g_b, x_a, x_b, fine_ab)
     th_ba = net.affine_theta("BtoA", g_b, g_a, x_b, x_a, fine_ba)
     return (similarity(spatial.warp(x_a, spatial.affine_to_displacement(th_ab, shape)), x_b)

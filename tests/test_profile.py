@@ -28,8 +28,6 @@ def test_fire_profile_measures_each_part_writes_json_and_names_the_bound(tiny_ov
     assert d["loader_samples_per_s"] > 0 and d["inference_ms_per_pair"] > 0 and d["peak_memory_gib"] > 0.05
     assert d["fire"]["step_s"] > 0 and d["fire"]["data_s"] >= 0 and d["bound"] in ("data", "compute")
     assert d["batch_size"] == 2 and d["device"].startswith("CPU")
-    # a warm-up iteration (G and T_af on MI alone) costs less than a FIRE iteration
-    assert d["warmup"]["step_s"] < d["fire"]["step_s"]
 
 
 def test_without_a_warm_up_only_fire_iterations_are_measured_and_checkpointing_saves_less(tiny_overrides):
