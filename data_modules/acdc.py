@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import make_loader, split_suggestion, spread
+from .loading import make_loader, split_suggestion, spread, train_rng, trainer_rank
 
 from fire_lightning.io import load_nifti, spatial_shape
 
@@ -266,13 +266,19 @@ class CineTrainPairs(_CinePairs):
     """``samples_per_epoch`` fresh random pairs: a random patient (and slice, 2D), two different
     random phases; labels 0 (the phases are not annotated)."""
 
+    rank = 0  # the DDP rank whose pairs this draws (loading.train_rng)
+
+    def on_rank(self, rank: int):
+        self.rank = int(rank)
+        return self
+
     def __len__(self) -> int:
         return int(self.cfg.samples_per_epoch)
 
     def __getitem__(self, i: int) -> dict:
         from .augment import apply_params, sample_params
 
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        rng = train_rng(self.rank)
         item = self.items[int(rng.integers(len(self.items)))]
         z = int(rng.integers(item.cine.shape[2])) if self.n == 2 else None
         t1, t2 = (int(t) for t in rng.choice(item.cine.shape[3], size=2, replace=False))
@@ -412,7 +418,7 @@ class ACDCDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
 
-        return make_loader(self.cfg, CineTrainPairs(self._prepared()["train"], self.cfg, self.spacing))
+        return make_loader(self.cfg, CineTrainPairs(self._prepared()["train"], self.cfg, self.spacing).on_rank(trainer_rank(self)))
 
     def val_dataloader(self) -> DataLoader:
 

@@ -36,6 +36,21 @@ def split_suggestion(counts, available: int, labelled: int | None = None) -> str
     return f"to use what is there, override data.subject_split=[{train},{val},{test}]"
 
 
+def train_rng(rank: int = 0) -> np.random.Generator:
+    """The generator of one fresh training pair, drawn from torch's RNG (which
+    ``seed_everything(workers=True)`` seeds, per loader worker too). Every DDP rank starts from the
+    same seed, so ranks other than 0 mix their rank in: they draw other pairs than rank 0 (whose
+    stream is the single-process one) and than each other."""
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    return np.random.default_rng(seed if rank == 0 else [seed, int(rank)])
+
+
+def trainer_rank(datamodule) -> int:
+    """The global rank of the trainer a data module is attached to (0 without one)."""
+    trainer = getattr(datamodule, "trainer", None)
+    return int(getattr(trainer, "global_rank", 0) or 0) if trainer is not None else 0
+
+
 def _worker_init(worker_id: int) -> None:
     """One thread per loader worker: the training process already uses the cores."""
     import SimpleITK as sitk

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import make_loader, split_suggestion, spread, transformed_pair
+from .loading import make_loader, split_suggestion, spread, transformed_pair, train_rng, trainer_rank
 from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
 
 log = logging.getLogger(__name__)
@@ -152,11 +152,17 @@ class _Pairs(Dataset):
 class TrainPairs(_Pairs):
     """``samples_per_epoch`` fresh random pairs: random subject, random brain slice (2D)."""
 
+    rank = 0  # the DDP rank whose pairs this draws (loading.train_rng)
+
+    def on_rank(self, rank: int):
+        self.rank = int(rank)
+        return self
+
     def __len__(self) -> int:
         return int(self.cfg.samples_per_epoch)
 
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        rng = train_rng(self.rank)
         item = self.items[int(rng.integers(len(self.items)))]
         z = item.slices[int(rng.integers(len(item.slices)))] if self.n == 2 else None
         rng_b = rng if self.cfg.augment.transform_fixed else None
@@ -251,7 +257,7 @@ class MRBrainSDataModule(L.LightningDataModule):
         self._prepared()
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.cfg, TrainPairs(self._prepared()["train"], self.cfg, self.spacing))
+        return make_loader(self.cfg, TrainPairs(self._prepared()["train"], self.cfg, self.spacing).on_rank(trainer_rank(self)))
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg

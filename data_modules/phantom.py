@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import make_loader, spread, transformed_pair
+from .loading import make_loader, spread, transformed_pair, train_rng, trainer_rank
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,18 @@ class TrainPairs(_PhantomPairs):
         if not self.items:
             raise ValueError("the training range holds no item; lower data.size[2] or change data.split")
 
+    rank = 0  # the DDP rank whose pairs this draws (loading.train_rng)
+
+    def on_rank(self, rank: int):
+        self.rank = int(rank)
+        return self
+
     def __len__(self) -> int:
         return int(self.cfg.samples_per_epoch)
 
     def __getitem__(self, i: int) -> dict:
         # Seeded from torch's RNG: seed_everything(workers=True) makes this reproducible.
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        rng = train_rng(self.rank)
         z = self.items[int(rng.integers(len(self.items)))]
         rng_b = rng if self.cfg.augment.transform_fixed else None
         return self._pair(z, rng, rng_b, f"train-z{z}")
@@ -231,7 +237,7 @@ class PhantomDataModule(L.LightningDataModule):
         self._prepared()
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.cfg, TrainPairs(self._prepared(), self.cfg))
+        return make_loader(self.cfg, TrainPairs(self._prepared(), self.cfg).on_rank(trainer_rank(self)))
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg

@@ -144,7 +144,11 @@ class OptimConfig:
 class TrainerConfig:
     max_steps: int = 144_000  # training iterations (batches), as the paper counts them
     accelerator: str = "auto"
-    devices: int = 1
+    devices: int = 1  # processes per node (GPUs, or CPU processes with accelerator=cpu)
+    num_nodes: int = 1
+    # auto | ddp (DistributedDataParallel; one process per device, see train.strategy_for) | ddp_spawn | any
+    # other Lightning strategy name, passed through
+    strategy: str = "auto"
     precision: str = "32-true"
     val_every_n_steps: int = 500
     log_every_n_steps: int = 20

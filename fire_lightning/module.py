@@ -135,6 +135,14 @@ class FIREModule(Registers, L.LightningModule):
                 self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
             opt.step()
 
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite on every rank. Under DDP a rank that skipped its backward while
+        the others ran theirs would hang the gradient all-reduce, so all skip or none do."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return bool(bad.item() == 0)
+
     def _count_skipped(self, what: str, value: torch.Tensor) -> None:
         self.skipped_steps += 1
         log.warning("iteration %d: non-finite %s (%s); step skipped", self.iteration, what, value.item())
@@ -154,10 +162,12 @@ class FIREModule(Registers, L.LightningModule):
                                affine_weight=m.affine_mi_weight)
 
     def _log_loss(self, loss: FIRELoss, stage: str, batch_size: int) -> None:
+        """Training losses per step, on each rank's batch; validation / test losses per epoch, averaged
+        over the ranks' pairs (``sync_dist``)."""
         on_step = stage == "train"
         for k, v in loss._asdict().items():
             self.log(f"{stage}/loss_{k}", v.detach(), on_step=on_step, on_epoch=not on_step, batch_size=batch_size,
-                     prog_bar=k == "total")
+                     prog_bar=k == "total", sync_dist=not on_step)
 
     def training_step(self, batch, batch_idx):
         bs = batch["moving"].shape[0]
@@ -167,7 +177,7 @@ class FIREModule(Registers, L.LightningModule):
         # Generator step: D^A, D^B are frozen, so L (adversarial term included) trains T, G, F only.
         with frozen(*discriminators(self.net).values()):
             out, loss = self._forward_loss(batch)
-            if not torch.isfinite(loss.total):
+            if not self._finite_everywhere(loss.total):
                 self._count_skipped("loss", loss.total)
                 self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
                 return None
@@ -185,7 +195,7 @@ class FIREModule(Registers, L.LightningModule):
         without the decoders, for a fraction of a FIRE iteration's cost. Every optimiser is stepped
         (those without gradients change nothing), so :attr:`iteration` keeps counting."""
         loss = affine_warmup_loss(self.net, batch["moving"], batch["fixed"], self.affine_similarity)
-        if not torch.isfinite(loss):
+        if not self._finite_everywhere(loss):
             self._count_skipped("warm-up loss", loss)
             return None
         others = [o for k, o in opts.items() if k not in ("T_af", "G_F")]
@@ -214,7 +224,7 @@ class FIREModule(Registers, L.LightningModule):
                            f"train/d_fake_{name}": fake}, on_step=True, batch_size=bs)
             losses.append(loss)
         total = sum(losses)
-        if torch.isfinite(total):
+        if self._finite_everywhere(total):
             self._step(opts, total)
             return
         self._count_skipped("discriminator loss", total)
@@ -228,7 +238,8 @@ class FIREModule(Registers, L.LightningModule):
         self._log_loss(loss, stage, bs)
         scores = self.registration_metrics(out, batch)
         for k, v in scores.items():
-            self.log(f"{stage}/{k}", v.mean(), on_step=False, on_epoch=True, batch_size=bs, prog_bar=k == "dice_mean")
+            self.log(f"{stage}/{k}", v.mean(), on_step=False, on_epoch=True, batch_size=bs, prog_bar=k == "dice_mean",
+                     sync_dist=True)
         return out
 
     def validation_step(self, batch, batch_idx):
@@ -249,11 +260,14 @@ class FIREModule(Registers, L.LightningModule):
             return
         pred, true = (torch.cat(t) for t in zip(*self._val_thetas))
         self._val_thetas = []
+        if self.trainer.world_size > 1:  # every rank's pairs (DistributedSampler pads them to equal counts)
+            pred, true = (self.all_gather(t.to(self.device)).flatten(0, 1).cpu() for t in (pred, true))
         shape, spacing = tuple(self.cfg.data.size), self.spacing
         p, t = affine_parameters(pred, shape, spacing), affine_parameters(true, shape, spacing)
         for key, name in (("rotation_deg", "rotation"), ("log_scale", "scale"), ("translation_mm", "translation")):
             slope, corr = slope_and_correlation(p[key], t[key])
-            self.log_dict({f"val/affine_{name}_slope": slope, f"val/affine_{name}_corr": corr}, on_epoch=True)
+            self.log_dict({f"val/affine_{name}_slope": slope, f"val/affine_{name}_corr": corr}, on_epoch=True,
+                          sync_dist=True)  # the same on every rank (all pairs gathered)
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")

@@ -46,7 +46,31 @@ def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}' (available: phantom, mrbrains, acdc)")
 
 
+#: set by rank 0 before fitting; the processes Lightning launches for the other ranks inherit it
+RUN_DIR_ENV = "FIRE_RUN_DIR"
+
+
+def global_rank() -> int:
+    """This process's rank, from the launcher's environment (0 outside distributed training)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def new_run_dir(cfg: DictConfig) -> Path:
+    """``run.root/run.name``; without a name, ``<experiment>-<timestamp>`` (``-1``, ``-2`` … if taken),
+    or ``<experiment>-<SLURM job id>`` under SLURM, so that every task of a job and its requeued
+    restarts agree on one folder. A process that Lightning launched for another rank gets rank 0's."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and global_rank() > 0:
+        return Path(inherited)
+    job = os.environ.get("SLURM_JOB_ID") if SLURMEnvironment.detect() else None
+    if cfg.run.name is None and not job and int(cfg.trainer.num_nodes) > 1:
+        raise ConfigError("trainer.num_nodes > 1 outside SLURM: set run.name, so that every node writes to one run folder")
+    if cfg.run.name is None and job:
+        run_dir = Path(cfg.run.root) / f"{cfg.experiment}-{job}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
     name = cfg.run.name or f"{cfg.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.run.root) / name
     i = 1
@@ -94,6 +118,22 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def strategy_for(t: DictConfig):
+    """Lightning's strategy for the ``trainer`` config. ``ddp`` / ``ddp_spawn`` (and ``auto`` on more than
+    one process) become DistributedDataParallel with ``find_unused_parameters``: FIRE's manual steps
+    backpropagate losses that reach only some sub-networks (the affine warm-up: G and T_af; the
+    generator step: not D^A, D^B; the discriminator step: only them), and Lightning prepares the
+    reducer before each of those backward passes from the graph of its loss. Gradients are averaged
+    over ranks before clipping and the optimiser steps, so every rank takes the same step."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    world = int(t.devices) * int(t.num_nodes)
+    name = str(t.strategy)
+    if name in ("ddp", "ddp_spawn") or (name == "auto" and world > 1):
+        return DDPStrategy(find_unused_parameters=True, start_method="spawn" if name == "ddp_spawn" else "popen")
+    return name
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Trainer:
     """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
     from callbacks.gradcam import GradCAMCallback
@@ -121,6 +161,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Traine
         max_epochs=-1,
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy_for(t),
         precision=t.precision,
         val_check_interval=t.val_every_n_steps,  # batches, counted across epochs
         check_val_every_n_epoch=None,
@@ -192,12 +234,17 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
         log.info("resuming %s from %s", run_dir, ckpt_path)
     else:
         run_dir = new_run_dir(cfg)
+    # Every rank starts from the same seed (same initial weights; DDP also broadcasts rank 0's); the
+    # training pairs differ per rank (data_modules.loading.train_rng).
     L.seed_everything(seed, workers=True, verbose=False)
-    (run_dir / CONFIG_NAME).write_text(to_yaml(cfg))
+    rank0 = global_rank() == 0
+    if rank0:
+        (run_dir / CONFIG_NAME).write_text(to_yaml(cfg))
+        os.environ[RUN_DIR_ENV] = str(run_dir)
     log.info("run folder: %s", run_dir)
 
     dm = make_datamodule(cfg)
-    if callable(getattr(dm, "describe", None)):  # real datasets: which subjects went where
+    if rank0 and callable(getattr(dm, "describe", None)):  # real datasets: which subjects went where
         split_path = run_dir / "data_split.json"
         tmp = split_path.with_name(f".{split_path.name}.tmp")
         tmp.write_text(json.dumps(dm.describe(), indent=2))

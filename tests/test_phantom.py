@@ -77,6 +77,22 @@ def test_training_pairs_change_every_draw(dm2d):
     assert not torch.equal(x["moving"], y["moving"])
 
 
+def test_ddp_ranks_draw_other_pairs_and_rank_0_the_single_process_ones(dm2d):
+    """Every rank is seeded alike (DDP): ranks > 0 mix their rank into each pair's generator."""
+    from data_modules.phantom import TrainPairs
+
+    def draws(rank):
+        torch.manual_seed(0)
+        ds = TrainPairs(dm2d.prep, dm2d.cfg) if rank is None else TrainPairs(dm2d.prep, dm2d.cfg).on_rank(rank)
+        return [ds[i]["moving"] for i in range(3)]
+
+    plain, r0, r1, r2 = draws(None), draws(0), draws(1), draws(2)
+    assert all(torch.equal(a, b) for a, b in zip(plain, r0))
+    assert not any(torch.equal(a, b) for a, b in zip(r0, r1))
+    assert not any(torch.equal(a, b) for a, b in zip(r1, r2))
+    assert dm2d.train_dataloader().dataset.rank == 0  # no trainer attached: rank 0
+
+
 def test_augmentation_changes_one_axis_by_20_to_50_percent():
     cfg = load_config(None)
     rng = np.random.default_rng(0)
