@@ -107,6 +107,9 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
         settings = ExplainSettings.from_config(cfg if cfg is not None else model.cfg)
     results = evaluate(model, dataset, out_dir, ants=ants, threads=threads, max_pairs=max_pairs, meta=meta,
                        explain=settings, refine=refine)
+    from .wandb_report import log_evaluation
+
+    log_evaluation(run_dir, cfg if cfg is not None else model.cfg, results, out_dir, split)
     print(dice_table(results))
     if explain:
         print("\n" + (out_dir / "explain.md").read_text())

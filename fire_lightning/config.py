@@ -167,6 +167,9 @@ class LoggerConfig:
     wandb: bool = False
     wandb_mode: str = "offline"
     wandb_project: str = "fire-lightning"
+    wandb_group: Optional[str] = None  # runs grouped in the W&B UI (a sweep sets its name)
+    wandb_tags: List[str] = field(default_factory=list)
+    wandb_log_model: bool = True  # the final checkpoint as a W&B artifact (type "model")
     image_every_n_val: int = 1  # log image grids every N validations (0 = never)
 
 

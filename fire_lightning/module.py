@@ -186,8 +186,14 @@ class FIREModule(Registers, L.LightningModule):
             self._discriminator_step(out, batch, [opts[k] for k in DISCRIMINATOR_GROUPS], bs)
         self._log_loss(loss, "train", bs)
         self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)
-        self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
+        self._log_progress(opts, bs)
         return loss.total.detach()
+
+    def _log_progress(self, opts: dict[str, LightningOptimizer], bs: int) -> None:
+        """The iteration count and each optimiser's learning rate, by its sub-network (``lr/T_af`` …)."""
+        self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
+        self.log_dict({f"lr/{name}": float(opt.param_groups[0]["lr"]) for name, opt in opts.items()}, on_step=True,
+                      batch_size=bs)
 
     def _warmup_step(self, batch, opts: dict[str, LightningOptimizer], bs: int):
         """Affine warm-up (``optim.affine_warmup_steps``, beyond the paper): G and T_af learn the affine
@@ -205,7 +211,7 @@ class FIREModule(Registers, L.LightningModule):
         for opt in others:
             opt.step()
         self.log("train/loss_warmup", loss.detach(), on_step=True, batch_size=bs, prog_bar=True)
-        self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
+        self._log_progress(opts, bs)
         return loss.detach()
 
     def _discriminator_step(self, out: FIREOutputs, batch, opts: list[LightningOptimizer], bs: int) -> None:

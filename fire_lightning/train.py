@@ -13,11 +13,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .config import ConfigError, load_config, to_yaml
 from .errors import Preempted
@@ -108,13 +108,9 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False))
     if cfg.logger.wandb:
-        from lightning.pytorch.loggers import WandbLogger
+        from .wandb_report import make_logger
 
-        os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
-        os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=cfg.logger.wandb_project, name=run_dir.name, save_dir=str(run_dir),
-                                   offline=cfg.logger.wandb_mode == "offline",
-                                   config=OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(make_logger(cfg, run_dir))
     return loggers
 
 
@@ -150,9 +146,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Traine
                  ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images"),
                  GradCAMCallback(ExplainSettings.from_config(cfg), cfg.explain.every_n_epochs, cfg.explain.n_pairs,
                                  out_dir=run_dir / "gradcam")]
-    loggers = _loggers(cfg, run_dir)
-    if loggers:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    loggers = _loggers(cfg, run_dir)  # learning rates: FIREModule logs lr/<sub-network> itself
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     return L.Trainer(
@@ -252,15 +246,22 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
     model = FIREModule(cfg, label_names=getattr(dm, "label_names", None), spacing=getattr(dm, "spacing", None))
     trainer = build_trainer(cfg, run_dir, model.n_optimizers)
     start = time.time()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    finished = False
     try:
         with _sigusr1_as_sigterm():
             trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        # The periodic checkpoints need not fall on the last iteration: always leave the final state.
+        trainer.save_checkpoint(str(last))
+        finished = True
     except SIGTERMException:  # SaveOnInterrupt has written last.ckpt after the current iteration
         raise Preempted(run_dir, model.iteration) from None
+    finally:
+        if cfg.logger.wandb:
+            from .wandb_report import finish_training
+
+            finish_training(trainer, cfg, last if finished else None)
     elapsed = time.time() - start
-    last = run_dir / "checkpoints" / "last.ckpt"
-    # The periodic checkpoints need not fall on the last iteration: always leave the final state.
-    trainer.save_checkpoint(str(last))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("trained %d iterations in %.1f s", model.iteration, elapsed)
     return {"run_dir": run_dir, "checkpoint": last, "iterations": model.iteration, "metrics": metrics,
