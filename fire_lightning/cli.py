@@ -9,6 +9,7 @@ Examples::
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
     fire ablation runs/a runs/b --out ablation/               # one table of several benchmarked runs
     fire profile experiments/phantom2d.yaml                   # loader, training step, memory, inference
+    fire sweep experiments/sweeps/phantom2d_small.yaml        # Optuna (or --backend wandb) sweep + leaderboard
     fire demo                                                 # train on the phantom + the benchmark
     fire data check /path/to/mrbrains --dataset mrbrains      # subjects, files, split (or what is wrong)
     fire data check /path/to/ACDC --dataset acdc              # ACDC patients, ED/ES frames, split
@@ -260,6 +261,43 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    import os
+
+    from .sweep import load_sweep, run_optuna, run_wandb, spawn_workers, sweep_dir
+
+    sweep = load_sweep(args.sweep)
+    folder = sweep_dir(sweep, args.out)
+    backend = args.backend
+    if backend is None:  # W&B's own sweeps when W&B is online, else Optuna
+        exp = load_config(sweep.experiment, sweep.fixed)
+        online = os.environ.get("WANDB_MODE", exp.logger.wandb_mode if exp.logger.wandb else "offline") == "online"
+        backend = "wandb" if online else "optuna"
+    gpus = [g for g in (args.gpus or "").split(",") if g]
+    if backend == "wandb":
+        project = args.project or load_config(sweep.experiment, sweep.fixed).logger.wandb_project
+        if len(gpus) > 1:
+            sweep_id = args.sweep_id or run_wandb(sweep, folder, None, 0, project)
+            rest = ["--backend", "wandb", "--sweep-id", sweep_id, "--project", project, "--out", str(folder)]
+            return spawn_workers([str(sweep.path), *rest, *(["--count", str(args.count)] if args.count else [])], gpus)
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+        run_wandb(sweep, folder, args.sweep_id, args.count, project)
+        return 0
+    if len(gpus) > 1:
+        folder.mkdir(parents=True, exist_ok=True)
+        rest = ["--backend", "optuna", "--out", str(folder), *(["--storage", args.storage] if args.storage else []),
+                *(["--count", str(args.count)] if args.count else [])]
+        code = spawn_workers([str(sweep.path), *rest], gpus, seed=args.seed)
+    else:
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+        run_optuna(sweep, folder, args.storage, args.count, args.seed)
+        code = 0
+    print(f"sweep folder: {folder}\n" + (folder / "leaderboard.md").read_text())
+    return code
+
+
 def _cmd_ablation(args) -> int:
     from .ablation import ablation
 
@@ -379,6 +417,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run from its checkpoints/last.ckpt (default: the newest run of the experiment)")
     t.add_argument("--evaluate", action="store_true", help="evaluate on the test pairs after training")
     t.set_defaults(func=_cmd_train)
+
+    sw = sub.add_parser("sweep", help="a hyperparameter sweep from a W&B-format sweep file (Optuna or W&B)",
+                        description="Runs the trials of SWEEP.yaml (W&B's sweep format: method, metric, parameters "
+                                    "naming config keys, early_terminate, run_cap, command naming the experiment). "
+                                    "Each trial is a run folder under the sweep folder, which also gets "
+                                    "leaderboard.md/.csv and metric_vs_params.png. Stopped and started again, a sweep "
+                                    "goes on where it stopped; no trial runs twice.")
+    sw.add_argument("sweep", help="sweep file, e.g. experiments/sweeps/phantom2d_small.yaml")
+    sw.add_argument("--backend", choices=("optuna", "wandb"), default=None,
+                    help="optuna (default unless W&B is online): a study in SQLite under the sweep folder or "
+                         "--storage; wandb: a W&B sweep with wandb.agent workers")
+    sw.add_argument("--gpus", default=None, help="comma-separated GPU ids: one worker per GPU (default: trials one "
+                    "after another in this process)")
+    sw.add_argument("--count", type=int, default=None, help="trials this worker runs at most (default: up to "
+                    "run_cap, or the whole grid)")
+    sw.add_argument("--storage", default=None, help="Optuna database URL shared by workers on several machines "
+                    "(e.g. postgresql://user@host/db; default sqlite:///SWEEP_FOLDER/optuna.db)")
+    sw.add_argument("--out", default=None, help="sweep folder (default runs/sweeps/<sweep name>)")
+    sw.add_argument("--seed", type=int, default=0, help="the sampler's seed (Optuna)")
+    sw.add_argument("--sweep-id", default=None, help="join this W&B sweep instead of creating one")
+    sw.add_argument("--project", default=None, help="W&B project (default: the experiment's logger.wandb_project)")
+    sw.set_defaults(func=_cmd_sweep)
 
     e = sub.add_parser("evaluate", help="evaluate a run on its held-out test pairs")
     e.add_argument("run", help="run folder (holds config.yaml and checkpoints/)")

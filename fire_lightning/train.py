@@ -130,7 +130,7 @@ def strategy_for(t: DictConfig):
     return name
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int, extra_callbacks=()) -> L.Trainer:
     """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
     from callbacks.gradcam import GradCAMCallback
     from callbacks.image_logging import ValidationImages
@@ -145,7 +145,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int) -> L.Traine
     callbacks = [ckpt, SaveOnInterrupt(run_dir / "checkpoints"),
                  ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images"),
                  GradCAMCallback(ExplainSettings.from_config(cfg), cfg.explain.every_n_epochs, cfg.explain.n_pairs,
-                                 out_dir=run_dir / "gradcam")]
+                                 out_dir=run_dir / "gradcam"), *extra_callbacks]
     loggers = _loggers(cfg, run_dir)  # learning rates: FIREModule logs lr/<sub-network> itself
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -207,8 +207,10 @@ def resumable_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path}: unreadable, cannot resume ({describe_error(e)}){offer}") from None
 
 
-def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
+def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -> dict:
     """Train FIRE for ``cfg``; returns ``{"run_dir", "checkpoint", "iterations", "metrics"}``.
+
+    ``callbacks``: more Lightning callbacks (a sweep's pruning / reporting callback).
 
     With ``resume_dir``, continues that run from its ``checkpoints/last.ckpt`` (step counts,
     optimiser states and loggers continue); ``cfg`` is then normally that run's saved config.
@@ -244,7 +246,7 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None) -> dict:
         tmp.write_text(json.dumps(dm.describe(), indent=2))
         os.replace(tmp, split_path)
     model = FIREModule(cfg, label_names=getattr(dm, "label_names", None), spacing=getattr(dm, "spacing", None))
-    trainer = build_trainer(cfg, run_dir, model.n_optimizers)
+    trainer = build_trainer(cfg, run_dir, model.n_optimizers, callbacks)
     start = time.time()
     last = run_dir / "checkpoints" / "last.ckpt"
     finished = False
