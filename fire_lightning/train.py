@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -101,10 +103,31 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     return load_config(path, overrides)
 
 
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing ``metrics.csv``; this one appends to it (under the
+    union of both headers), so that a resumed run keeps the rows logged before it stopped."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                self.metrics_keys = sorted(next(csv.reader(fh), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``csv/metrics.csv`` of a run, continued (not overwritten) by ``--resume``."""
+
+    @property
+    def experiment(self):
+        if self._experiment is None and global_rank() == 0:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return super().experiment
+
+
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     loggers = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(str(run_dir), name="csv", version=""))
+        loggers.append(ResumableCSVLogger(str(run_dir), name="csv", version=""))
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False))
     if cfg.logger.wandb:
@@ -207,6 +230,18 @@ def resumable_checkpoint(path: Path) -> dict:
         raise ValueError(f"{path}: unreadable, cannot resume ({describe_error(e)}){offer}") from None
 
 
+def _save_after_fit(trainer: L.Trainer, path: Path) -> None:
+    """Save after ``fit`` as if inside the last batch's end, where Lightning writes its own checkpoints: it
+    counts a batch for the loggers (``_batches_that_stepped``) after that point and adds it back when it
+    restores. Saved as is, a resumed run would log its curve one step to the right of an uninterrupted one."""
+    loop = trainer.fit_loop.epoch_loop
+    loop._batches_that_stepped -= 1
+    try:
+        trainer.save_checkpoint(str(path))
+    finally:
+        loop._batches_that_stepped += 1
+
+
 def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -> dict:
     """Train FIRE for ``cfg``; returns ``{"run_dir", "checkpoint", "iterations", "metrics"}``.
 
@@ -254,7 +289,7 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -
         with _sigusr1_as_sigterm():
             trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         # The periodic checkpoints need not fall on the last iteration: always leave the final state.
-        trainer.save_checkpoint(str(last))
+        _save_after_fit(trainer, last)
         finished = True
     except SIGTERMException:  # SaveOnInterrupt has written last.ckpt after the current iteration
         raise Preempted(run_dir, model.iteration) from None

@@ -12,7 +12,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import fire_lightning.module as module_mod
-import fire_lightning.train as train_mod
 from fire_lightning.config import ConfigError, load_config
 from fire_lightning.losses import (
     adversarial_images,
@@ -132,15 +131,7 @@ def test_frozen_restores_the_requires_grad_flags_also_after_an_exception():
 
 def _train(cfg, monkeypatch, *callbacks) -> dict:
     """``train(cfg)`` with extra Trainer callbacks."""
-    real_build = train_mod.build_trainer
-
-    def build(cfg, run_dir, n_opt):
-        trainer = real_build(cfg, run_dir, n_opt)
-        trainer.callbacks.extend(callbacks)
-        return trainer
-
-    monkeypatch.setattr(train_mod, "build_trainer", build)
-    return train(cfg)
+    return train(cfg, callbacks=callbacks)
 
 
 class _InitialState(L.Callback):

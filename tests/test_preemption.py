@@ -108,3 +108,44 @@ def test_train_without_a_config_or_a_run_to_resume_is_a_one_line_error(capsys):
     assert main(["train", "trainer.max_steps=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs an experiment config" in err[0]
+
+
+def _curves(run: Path) -> tuple[dict, dict, dict]:
+    """Training loss by iteration, the logging step of each iteration, validation loss by step."""
+    import csv
+
+    loss, step, val = {}, {}, {}
+    for r in csv.DictReader(open(run / "csv" / "metrics.csv")):
+        if r.get("train/loss_total"):
+            it = int(float(r["train/iteration"]))
+            assert it not in loss, f"iteration {it} logged twice"
+            loss[it], step[it] = float(r["train/loss_total"]), int(r["step"])
+        if r.get("val/loss_total"):
+            val[int(r["step"])] = float(r["val/loss_total"])
+    return loss, step, val
+
+
+def test_a_resumed_run_continues_the_loss_curve_of_an_uninterrupted_one(tmp_path, tiny_overrides):
+    """20 iterations at once against 10 + --resume 10. The resumed part draws other random pairs (the
+    RNG is reseeded by progress), so its losses are compared as a mean, against how far the loss
+    moves in that time: a run that restarted from scratch, lost its optimiser state or its log would
+    fail. The first half is the same run, and the CSV keeps one row per iteration on one x axis."""
+    common = [*tiny_overrides, "trainer.val_every_n_steps=10", "trainer.checkpoint_every_n_steps=10",
+              "trainer.log_every_n_steps=1", "explain.every_n_epochs=0", "model.affine_fine_passes=0",
+              "logger.image_every_n_val=0", "data.samples_per_epoch=1000", "trainer.num_threads=1"]
+    assert main(["train", str(PHANTOM2D), *common, "run.name=once", "trainer.max_steps=20"]) == 0
+    assert main(["train", str(PHANTOM2D), *common, "run.name=twice", "trainer.max_steps=10"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "runs" / "twice"), "trainer.max_steps=20"]) == 0
+    (a, a_step, a_val), (b, b_step, b_val) = (_curves(tmp_path / "runs" / n) for n in ("once", "twice"))
+    assert sorted(a) == sorted(b) == list(range(1, 21))  # the log before the interruption is kept
+    assert a_step == b_step and sorted(a_val) == sorted(b_val) == [9, 19]  # one x axis
+    assert [b[i] for i in range(1, 11)] == pytest.approx([a[i] for i in range(1, 11)], rel=1e-4)
+
+    def mean(c, lo, hi):
+        return sum(c[i] for i in range(lo, hi + 1)) / (hi - lo + 1)
+
+    moved = mean(a, 1, 10) - mean(a, 11, 20)
+    assert moved > 0  # the loss falls
+    assert abs(mean(b, 11, 20) - mean(a, 11, 20)) < 0.5 * moved
+    assert b_val[9] == pytest.approx(a_val[9], rel=1e-4)
+    assert abs(b_val[19] - a_val[19]) < 0.5 * (a_val[9] - a_val[19])

@@ -186,8 +186,8 @@ def test_an_interrupted_run_leaves_a_last_checkpoint_to_resume(tiny_overrides, m
 
     real_build = train_mod.build_trainer
 
-    def build(cfg, run_dir, n_opt):
-        trainer = real_build(cfg, run_dir, n_opt)
+    def build(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
         trainer.callbacks.append(_Interrupt())
         assert any(isinstance(c, SaveOnInterrupt) for c in trainer.callbacks)
         return trainer
