@@ -64,17 +64,22 @@ PAIR_KEYS = ("moving", "fixed", "moving_label", "fixed_label")
 TRUTH_KEYS = ("true_theta", "true_elastic")
 
 
+#: training pairs with ``data.augment.device``: the transforms still to apply, on the device
+#: (:mod:`data_modules.device_augment`); their images are still in [0, 1]
+AUG_KEYS = ("aug_moving_affine", "aug_moving_coef", "aug_fixed_affine", "aug_fixed_coef")
+
+
 def collate_pairs(items: list[dict]) -> dict:
-    """Stack pair dicts into a batch (``id`` stays a list of str); the known transform is kept
-    when every pair has one."""
-    keys = PAIR_KEYS + tuple(k for k in TRUTH_KEYS if all(k in it for it in items))
+    """Stack pair dicts into a batch (``id`` stays a list of str); the known transform and the
+    pending device transforms are kept when every pair has them."""
+    keys = PAIR_KEYS + tuple(k for k in TRUTH_KEYS + AUG_KEYS if all(k in it for it in items))
     out = {k: torch.stack([it[k] for it in items]) for k in keys}
     out["id"] = [it["id"] for it in items]
     return out
 
 
 def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Tensor, spacing, extent, augment,
-                     rng_a, rng_b, ident: str, known: bool = False) -> dict:
+                     rng_a, rng_b, ident: str, known: bool = False, device: bool = False) -> dict:
     """The pair dict of two registered modalities of one anatomy, each randomly transformed or not.
 
     Args:
@@ -84,6 +89,8 @@ def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Te
         rng_a, rng_b: generators of the moving and the fixed image's transform; None: untransformed.
         known: evaluation pairs (moving transformed, fixed not): also return the transform a perfect
             registration undoes (reading it off TorchIO costs about twice the pair itself).
+        device: sample the transforms but leave them to :func:`augment_on_device` (training pairs with
+            ``data.augment.device``): the images stay untransformed, in [0, 1], with ``AUG_KEYS``.
 
     Returns:
         ``moving``, ``fixed`` ``(1, *S)`` in [-1, 1], ``moving_label``, ``fixed_label`` int64, ``id``; with
@@ -93,6 +100,16 @@ def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Te
 
     n = moving.dim() - 1
     lab_m, lab_f = labels.long(), labels.long().clone()
+    if device:  # the same draws, in the same order, as below
+        from .device_augment import device_transform
+
+        out = {"moving": moving.float(), "fixed": fixed.float(), "moving_label": lab_m, "fixed_label": lab_f,
+               "id": ident}
+        for side, rng in (("moving", rng_a), ("fixed", rng_b)):
+            if rng is not None:
+                t = device_transform(sample_params(rng, n, extent, augment), moving.shape[1:], spacing)
+                out[f"aug_{side}_affine"], out[f"aug_{side}_coef"] = t.affine, t.coefficients
+        return out
     truth = None
     if rng_a is not None:
         params = sample_params(rng_a, n, extent, augment)
@@ -106,6 +123,32 @@ def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Te
     if truth is not None:
         out.update(true_theta=truth.theta, true_elastic=truth.elastic)
     return out
+
+
+def augment_on_device(batch: dict, spacing, augment) -> dict:
+    """Apply a training batch's pending transforms (``AUG_KEYS``) where the batch is, all pairs at once,
+    and bring its images to [-1, 1] as :func:`transformed_pair` does; other batches pass unchanged."""
+    if "aug_moving_affine" not in batch:
+        return batch
+    from .device_augment import DeviceTransform, apply_batch
+
+    out = {k: v for k, v in batch.items() if k not in AUG_KEYS}
+    k = int(augment.elastic_control_points)
+    for side in ("moving", "fixed"):
+        img, lab = out[side], out[f"{side}_label"]
+        if f"aug_{side}_affine" in batch:
+            t = DeviceTransform(batch[f"aug_{side}_affine"], batch[f"aug_{side}_coef"])
+            img, lab = apply_batch(img, lab, t, spacing, k)
+        out[side], out[f"{side}_label"] = img.float().clamp(0, 1) * 2 - 1, lab.long()
+    return out
+
+
+class DeviceAugmentation:
+    """Data-module mixin: training batches with ``data.augment.device`` are transformed after they reach
+    the training device (Lightning's ``on_after_batch_transfer``)."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return augment_on_device(batch, self.spacing, self.cfg.augment)
 
 
 def make_loader(cfg, dataset: Dataset, shuffle: bool = False) -> DataLoader:

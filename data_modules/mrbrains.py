@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import make_loader, split_suggestion, spread, transformed_pair, train_rng, trainer_rank
+from .loading import DeviceAugmentation, make_loader, split_suggestion, spread, transformed_pair, train_rng, trainer_rank
 from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,10 @@ class _Pairs(Dataset):
         block = arr if z is None else arr[:, :, z]
         return torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
 
-    def _pair(self, item: Item, z, rng_a, rng_b, ident: str, known: bool = False) -> dict:
+    def _pair(self, item: Item, z, rng_a, rng_b, ident: str, known: bool = False, device: bool = False) -> dict:
         return transformed_pair(self._cut(item.images[self.mod_a], z), self._cut(item.images[self.mod_b], z),
                                 self._cut(item.labels, z), self.spacing, self.extent, self.cfg.augment,
-                                rng_a, rng_b, ident, known)
+                                rng_a, rng_b, ident, known, device)
 
 
 class TrainPairs(_Pairs):
@@ -166,7 +166,8 @@ class TrainPairs(_Pairs):
         item = self.items[int(rng.integers(len(self.items)))]
         z = item.slices[int(rng.integers(len(item.slices)))] if self.n == 2 else None
         rng_b = rng if self.cfg.augment.transform_fixed else None
-        return self._pair(item, z, rng, rng_b, f"train-{item.id}" + (f"-z{z}" if z is not None else ""))
+        return self._pair(item, z, rng, rng_b, f"train-{item.id}" + (f"-z{z}" if z is not None else ""),
+                          device=self.cfg.augment.device)
 
 
 class FixedPairs(_Pairs):
@@ -190,7 +191,7 @@ class FixedPairs(_Pairs):
         return self._pair(item, z, rng, None, ident, known=True)
 
 
-class MRBrainSDataModule(L.LightningDataModule):
+class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
     """Train/val/test loaders of MRBrainS13+18 pairs for the ``data`` config (module docstring)."""
 
     def __init__(self, cfg):

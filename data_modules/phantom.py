@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import make_loader, spread, transformed_pair, train_rng, trainer_rank
+from .loading import DeviceAugmentation, make_loader, spread, transformed_pair, train_rng, trainer_rank
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,10 @@ class _PhantomPairs(Dataset):
             block = block[:, :, 0]
         return torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
 
-    def _pair(self, z: int, rng_a, rng_b, ident: str, known: bool = False) -> dict:
+    def _pair(self, z: int, rng_a, rng_b, ident: str, known: bool = False, device: bool = False) -> dict:
         return transformed_pair(self._cut(self.prep.images[self.mod_a], z), self._cut(self.prep.images[self.mod_b], z),
                                 self._cut(self.prep.labels, z), self.spacing, self.extent, self.cfg.augment,
-                                rng_a, rng_b, ident, known)
+                                rng_a, rng_b, ident, known, device)
 
 
 class TrainPairs(_PhantomPairs):
@@ -180,7 +180,7 @@ class TrainPairs(_PhantomPairs):
         rng = train_rng(self.rank)
         z = self.items[int(rng.integers(len(self.items)))]
         rng_b = rng if self.cfg.augment.transform_fixed else None
-        return self._pair(z, rng, rng_b, f"train-z{z}")
+        return self._pair(z, rng, rng_b, f"train-z{z}", device=self.cfg.augment.device)
 
 
 class FixedPairs(_PhantomPairs):
@@ -210,7 +210,7 @@ class FixedPairs(_PhantomPairs):
         return self._pair(z, rng, None, f"{self.split}-z{z}-t{k:02d}", known=True)
 
 
-class PhantomDataModule(L.LightningDataModule):
+class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
     """Train/val/test loaders of phantom pairs for the ``data`` config (see module docstring)."""
 
     label_names = LABEL_NAMES

@@ -45,6 +45,9 @@ class AugmentConfig:
     elastic_max_mm: float = 6.0
     elastic_locked_borders: int = 2
     transform_fixed: bool = True  # training: fixed images get their own random transform too
+    # training pairs transformed on the training device, the whole batch at once (data_modules/device_augment.py:
+    # the same transforms and draws); the evaluation pairs stay on the TorchIO path (bit-identical)
+    device: bool = False
 
 
 @dataclass
