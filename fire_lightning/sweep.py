@@ -112,7 +112,10 @@ def load_sweep(path: str | Path) -> Sweep:
     if not experiment.is_absolute() and not experiment.is_file():
         experiment = path.parent / experiment if (path.parent / experiment).is_file() else experiment
     fixed = [c for c in command if "=" in c and not c.startswith("$")]
-    load_config(experiment, fixed + [f"{k}={_example(spec)}" for k, spec in params.items()])  # keys exist, values fit
+    trial = load_config(experiment, fixed + [f"{k}={_example(spec)}" for k, spec in params.items()])  # keys, values
+    if int(trial.trainer.devices) * int(trial.trainer.num_nodes) > 1:
+        raise ConfigError(f"{path}: a trial runs in one process (trainer.devices=1); run one worker per GPU with "
+                          "--gpus instead")
     early = raw.get("early_terminate")
     if early is not None and (not isinstance(early, dict) or early.get("type") != "hyperband"):
         raise ConfigError(f"{path}: early_terminate supports type: hyperband (with min_iter, eta)")

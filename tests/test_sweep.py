@@ -51,6 +51,7 @@ def test_the_example_sweeps_parse():
     ({"method": "grid"}, "a grid sweep takes values"),
     ({"parameters": {"model.width": {"distribution": "beta", "min": 1, "max": 2}}}, "not supported"),
     ({"command": ["fire", "train"]}, "one experiment YAML"),
+    ({"command": ["fire", "train", str(PHANTOM2D), "trainer.devices=2"]}, "one worker per GPU"),
 ])
 def test_a_bad_sweep_file_is_an_error_that_names_the_problem(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
