@@ -43,8 +43,26 @@ def test_test_anatomy_never_appears_in_training(dm2d):
     assert min(abs(t - h) for t in train for h in held_out) > gap
 
 
-def test_batches_have_the_documented_shapes_and_ranges(dm2d):
-    batch = next(iter(dm2d.train_dataloader()))
+def _trained_on(dm, batch: dict) -> dict:
+    """A training batch as the training step sees it (with ``data.augment.device``, the demo's setting,
+    the loader's pairs are transformed after the transfer to the device)."""
+    return dm.on_after_batch_transfer(batch, 0)
+
+
+def _drawn(dm, item: dict) -> torch.Tensor:
+    """The moving image of one training pair as training sees it."""
+    from data_modules.loading import collate_pairs
+
+    return _trained_on(dm, collate_pairs([item]))["moving"][0]
+
+
+@pytest.mark.parametrize("device", [False, True])
+def test_batches_have_the_documented_shapes_and_ranges(device):
+    cfg = load_config(PHANTOM2D, TINY + [f"data.augment.device={device}"])
+    dm = PhantomDataModule(cfg.data)
+    dm.setup()
+    batch = _trained_on(dm, next(iter(dm.train_dataloader())))
+    assert set(batch) == {"moving", "fixed", "moving_label", "fixed_label", "id"}
     assert batch["moving"].shape == (2, 1, 64, 72)
     assert batch["fixed"].shape == (2, 1, 64, 72)
     assert batch["moving_label"].dtype == torch.long
@@ -74,7 +92,7 @@ def test_training_pairs_change_every_draw(dm2d):
     ds = dm2d.train_dataloader().dataset
     torch.manual_seed(0)
     x, y = ds[0], ds[0]
-    assert not torch.equal(x["moving"], y["moving"])
+    assert not torch.equal(_drawn(dm2d, x), _drawn(dm2d, y))
 
 
 def test_ddp_ranks_draw_other_pairs_and_rank_0_the_single_process_ones(dm2d):
@@ -84,7 +102,7 @@ def test_ddp_ranks_draw_other_pairs_and_rank_0_the_single_process_ones(dm2d):
     def draws(rank):
         torch.manual_seed(0)
         ds = TrainPairs(dm2d.prep, dm2d.cfg) if rank is None else TrainPairs(dm2d.prep, dm2d.cfg).on_rank(rank)
-        return [ds[i]["moving"] for i in range(3)]
+        return [_drawn(dm2d, ds[i]) for i in range(3)]
 
     plain, r0, r1, r2 = draws(None), draws(0), draws(1), draws(2)
     assert all(torch.equal(a, b) for a, b in zip(plain, r0))
