@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import make_loader, split_suggestion, spread, train_rng, trainer_rank
+from .loading import make_loader, split_suggestion, spread, RankedDraws, train_rng, trainer_rank
 
 from fire_lightning.io import load_nifti, spatial_shape
 
@@ -262,15 +262,9 @@ class _CinePairs(Dataset):
                 "moving_label": lab_m.long(), "fixed_label": lab_f.long(), "id": ident}
 
 
-class CineTrainPairs(_CinePairs):
+class CineTrainPairs(RankedDraws, _CinePairs):
     """``samples_per_epoch`` fresh random pairs: a random patient (and slice, 2D), two different
     random phases; labels 0 (the phases are not annotated)."""
-
-    rank = 0  # the DDP rank whose pairs this draws (loading.train_rng)
-
-    def on_rank(self, rank: int):
-        self.rank = int(rank)
-        return self
 
     def __len__(self) -> int:
         return int(self.cfg.samples_per_epoch)

@@ -76,6 +76,14 @@ def bspline_grid(shape3: tuple, spacing3: tuple, k: int) -> tuple:
     return origin, spacing, direction, size.astype(int)
 
 
+@functools.lru_cache(maxsize=16)
+def _tio_reference(shape3: tuple, spacing3: tuple):
+    """The TorchIO image whose geometry ``tio.Affine`` reads (centre, 2D or not); no voxel is read."""
+    import torchio as tio
+
+    return tio.ScalarImage(tensor=torch.zeros(1, *shape3, dtype=torch.uint8), affine=np.diag([*spacing3, 1.0]))
+
+
 def affine_matrix(params: AugmentParams, shape, spacing) -> np.ndarray:
     """``(4, 4)``: output LPS point → source LPS point of TorchIO's affine for ``params`` (read off the
     SimpleITK transform that ``tio.Affine`` builds: four points fix an affine map)."""
@@ -83,8 +91,7 @@ def affine_matrix(params: AugmentParams, shape, spacing) -> np.ndarray:
 
     n = len(shape)
     shape3 = tuple(int(s) for s in shape) + ((1,) if n == 2 else ())
-    sp3 = _spacing3(spacing, n)
-    image = tio.ScalarImage(tensor=torch.zeros(1, *shape3, dtype=torch.uint8), affine=np.diag([*sp3, 1.0]))
+    image = _tio_reference(shape3, _spacing3(spacing, n))
     affine = tio.Affine(scales=params.scales, degrees=params.degrees, translation=params.translation_mm,
                         default_pad_value=0.0, center="image")
     transform = affine.get_affine_transform(image)

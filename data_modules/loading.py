@@ -45,6 +45,16 @@ def train_rng(rank: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed if rank == 0 else [seed, int(rank)])
 
 
+class RankedDraws:
+    """Training-pair datasets: the DDP rank whose pairs they draw (:func:`train_rng`); 0 by default."""
+
+    rank = 0
+
+    def on_rank(self, rank: int):
+        self.rank = int(rank)
+        return self
+
+
 def trainer_rank(datamodule) -> int:
     """The global rank of the trainer a data module is attached to (0 without one)."""
     trainer = getattr(datamodule, "trainer", None)

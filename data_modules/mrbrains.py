@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import DeviceAugmentation, make_loader, split_suggestion, spread, transformed_pair, train_rng, trainer_rank
+from .loading import DeviceAugmentation, make_loader, split_suggestion, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
 from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
 
 log = logging.getLogger(__name__)
@@ -149,14 +149,8 @@ class _Pairs(Dataset):
                                 rng_a, rng_b, ident, known, device)
 
 
-class TrainPairs(_Pairs):
+class TrainPairs(RankedDraws, _Pairs):
     """``samples_per_epoch`` fresh random pairs: random subject, random brain slice (2D)."""
-
-    rank = 0  # the DDP rank whose pairs this draws (loading.train_rng)
-
-    def on_rank(self, rank: int):
-        self.rank = int(rank)
-        return self
 
     def __len__(self) -> int:
         return int(self.cfg.samples_per_epoch)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import DeviceAugmentation, make_loader, spread, transformed_pair, train_rng, trainer_rank
+from .loading import DeviceAugmentation, make_loader, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class _PhantomPairs(Dataset):
                                 rng_a, rng_b, ident, known, device)
 
 
-class TrainPairs(_PhantomPairs):
+class TrainPairs(RankedDraws, _PhantomPairs):
     """``samples_per_epoch`` fresh random pairs from the training ranges."""
 
     def __init__(self, prep, cfg):
@@ -165,12 +165,6 @@ class TrainPairs(_PhantomPairs):
         self.items = items_in(prep.ranges["train"], self.thickness)
         if not self.items:
             raise ValueError("the training range holds no item; lower data.size[2] or change data.split")
-
-    rank = 0  # the DDP rank whose pairs this draws (loading.train_rng)
-
-    def on_rank(self, rank: int):
-        self.rank = int(rank)
-        return self
 
     def __len__(self) -> int:
         return int(self.cfg.samples_per_epoch)

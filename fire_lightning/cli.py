@@ -268,14 +268,14 @@ def _cmd_sweep(args) -> int:
 
     sweep = load_sweep(args.sweep)
     folder = sweep_dir(sweep, args.out)
+    exp = load_config(sweep.experiment, sweep.fixed)
     backend = args.backend
     if backend is None:  # W&B's own sweeps when W&B is online, else Optuna
-        exp = load_config(sweep.experiment, sweep.fixed)
         online = os.environ.get("WANDB_MODE", exp.logger.wandb_mode if exp.logger.wandb else "offline") == "online"
         backend = "wandb" if online else "optuna"
     gpus = [g for g in (args.gpus or "").split(",") if g]
     if backend == "wandb":
-        project = args.project or load_config(sweep.experiment, sweep.fixed).logger.wandb_project
+        project = args.project or exp.logger.wandb_project
         if len(gpus) > 1:
             sweep_id = args.sweep_id or run_wandb(sweep, folder, None, 0, project)
             rest = ["--backend", "wandb", "--sweep-id", sweep_id, "--project", project, "--out", str(folder)]
