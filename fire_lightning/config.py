@@ -115,6 +115,10 @@ class ModelConfig:
     affine_passes_eval: Optional[int] = None  # passes at inference (validation, test, register); None: affine_passes
     checkpoint_activations: bool = False  # G and F recompute their activations in the backward (memory, 3D)
     affine_fine_passes: int = 0  # coarse to fine: passes of a second match head on G's S/2 features after the cascade
+    affine_fine_passes_eval: Optional[int] = None  # its passes at inference; None: affine_fine_passes
+    affine_full_passes: int = 0  # then passes of a third match head on G's full-resolution features (its first block)
+    affine_full_passes_eval: Optional[int] = None  # its passes at inference; None: affine_full_passes
+    affine_full_channels: List[int] = field(default_factory=lambda: [16, 32, 32])  # that head's (conv, -, descriptor)
     affine_mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
     down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
     similarity: str = "rms"  # rms | mi | lncc, used in (7)
@@ -141,6 +145,9 @@ class OptimConfig:
     # Beyond the paper: the first N iterations train G and T_af on MI of the affinely warped image
     # alone (no decoders: a fraction of an iteration's cost); 0 = the paper's training from the start.
     affine_warmup_steps: int = 0
+    # Beyond the paper (constant rates): "cosine" takes every optimiser's rate from its lr_* down to 0
+    # along half a cosine over the iterations after the warm-up (the warm-up keeps its rates).
+    lr_decay: str = "none"  # none | cosine
 
 
 @dataclass
@@ -176,6 +183,7 @@ class LoggerConfig:
     image_every_n_val: int = 1  # log image grids every N validations (0 = never)
 
 
+LR_DECAYS = ("none", "cosine")  # optim.lr_decay
 EXPLAIN_SCALARS = ("displacement", "nonrigid", "affine")  # G, T_af, T_nr (fire_lightning/explain.py)
 EXPLAIN_D_SCALARS = ("realness", "fakeness")
 EXPLAIN_METHODS = ("gradcam", "hirescam")
@@ -316,10 +324,16 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
     if cfg.model.affine_passes < 1:
         raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
-    if cfg.model.affine_fine_passes < 0:
-        raise ConfigError(f"model.affine_fine_passes must be >= 0, got {cfg.model.affine_fine_passes}")
-    if cfg.model.get("affine_passes_eval") is not None and cfg.model.affine_passes_eval < 1:
-        raise ConfigError(f"model.affine_passes_eval must be >= 1 (or null), got {cfg.model.affine_passes_eval}")
+    for key in ("affine_fine_passes", "affine_full_passes"):
+        if cfg.model[key] < 0:
+            raise ConfigError(f"model.{key} must be >= 0, got {cfg.model[key]}")
+    if cfg.model.affine_full_passes and not cfg.model.affine_fine_passes:
+        raise ConfigError("model.affine_full_passes > 0 needs the S/2 level before it: set model.affine_fine_passes >= 1")
+    for key in ("affine_passes_eval", "affine_fine_passes_eval", "affine_full_passes_eval"):
+        if cfg.model.get(key) is not None and cfg.model[key] < 1:
+            raise ConfigError(f"model.{key} must be >= 1 (or null), got {cfg.model[key]}")
+    if cfg.optim.lr_decay not in LR_DECAYS:
+        raise ConfigError(f"optim.lr_decay must be one of {LR_DECAYS}, got '{cfg.optim.lr_decay}'")
     if cfg.model.down_kernel not in (3, 4):
         raise ConfigError(f"model.down_kernel must be 3 (paper) or 4 (grid-aligned), got {cfg.model.down_kernel}")
     if cfg.optim.affine_warmup_steps < 0 or cfg.optim.affine_warmup_steps >= cfg.trainer.max_steps:

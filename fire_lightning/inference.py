@@ -45,6 +45,9 @@ def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
         diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
         disc_width=m.disc_width, n_res=m.n_res, affine_head=m.affine_head, affine_passes=m.affine_passes,
         affine_passes_eval=m.affine_passes_eval, affine_fine_passes=m.affine_fine_passes,
+        affine_fine_passes_eval=m.get("affine_fine_passes_eval"), affine_full_passes=m.get("affine_full_passes", 0),
+        affine_full_passes_eval=m.get("affine_full_passes_eval"),
+        affine_full_channels=tuple(m.get("affine_full_channels", (16, 32, 32))),
         affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
         checkpoint_activations=m.checkpoint_activations,
     )
@@ -56,22 +59,22 @@ class Registers:
     net: FIRENet
     cfg: DictConfig
 
-    def set_affine_passes_eval(self, passes: int | None) -> None:
-        """Cascade passes at inference (``model.affine_passes_eval``; None: as in training), on a trained model."""
-        if passes is not None and passes < 1:
-            raise ValueError(f"affine_passes_eval must be >= 1, got {passes}")
-        for t in (self.net.T_ab, self.net.T_ba):
-            t.affine_passes_eval = int(passes) if passes is not None else t.affine_passes
-        self.cfg.model.affine_passes_eval = passes
+    #: inference-only passes (``model.<key>``) → (the level's head attribute, its training-passes key)
+    PASSES_EVAL = {"affine_passes_eval": ("affine", "affine_passes"),
+                   "affine_fine_passes_eval": ("affine_fine", "affine_fine_passes"),
+                   "affine_full_passes_eval": ("affine_full", "affine_full_passes")}
 
-    def set_affine_fine_passes(self, passes: int) -> None:
-        """Fine-level passes (``model.affine_fine_passes``) on a model trained with a fine level."""
-        if self.net.T_ab.affine_fine is None or passes < 1:
-            raise ValueError(f"affine_fine_passes={passes}: only a model trained with a fine level "
-                             "(model.affine_fine_passes >= 1) can run >= 1 fine passes")
+    def set_passes_eval(self, key: str, passes: int | None) -> None:
+        """Passes at inference of one level of the affine stage on a trained model: ``key`` one of
+        :attr:`PASSES_EVAL` (the cascade, the S/2 level, the S/1 level); None: as in training."""
+        head, trained = self.PASSES_EVAL[key]
+        if getattr(self.net.T_ab, head) is None:
+            raise ValueError(f"{key}={passes}: this model was trained without that level (model.{trained} = 0)")
+        if passes is not None and passes < 1:
+            raise ValueError(f"{key} must be >= 1 (or null), got {passes}")
         for t in (self.net.T_ab, self.net.T_ba):
-            t.affine_fine_passes = int(passes)
-        self.cfg.model.affine_fine_passes = passes
+            setattr(t, key, int(passes) if passes is not None else getattr(t, trained))
+        self.cfg.model[key] = passes
 
     @torch.no_grad()
     def register(self, moving: torch.Tensor, fixed: torch.Tensor, refine: RefineSettings | None = None,
@@ -88,8 +91,8 @@ class Registers:
             ``warped`` / ``warped_affine`` ``(B,1,*S)``, the encodings ``g_moving`` / ``g_fixed``, and
             ``transform`` (the :class:`networks.Transform`).
         """
-        (g_m, h_m), (g_f, h_f) = self.net.encode(moving), self.net.encode(fixed)
-        t = self.net.transform("AtoB", g_m, g_f, moving, fixed, None if h_m is None else (h_m, h_f))
+        g_m, g_f, fine = self.net.encode_pair(moving, fixed)
+        t = self.net.transform("AtoB", g_m, g_f, moving, fixed, fine)
         if refine is not None and refine.steps > 0:
             t = self.refined(t, moving, fixed, refine, progress)
         shape = moving.shape[2:]

@@ -191,14 +191,11 @@ class FIREOutputs:
 
 
 def encode_both(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor):
-    """G on both images in one batch: ``(G_A, G_B, fine A→B, fine B→A)``, the fine pairs ``(moving,
-    fixed)`` of half-resolution features (None without a fine level, ``model.affine_fine_passes``)."""
-    b = x_a.shape[0]
-    g, h = net.encode(torch.cat([x_a, x_b]))
-    g_a, g_b = g.split(b)
-    if h is None:
-        return g_a, g_b, None, None
-    return g_a, g_b, (h[:b], h[b:]), (h[b:], h[:b])
+    """G on both images in one batch: ``(G_A, G_B, fine A→B, fine B→A)``, each ``fine`` one ``(moving,
+    fixed)`` pair of G's finer features per finer level of the affine stage (None without finer levels,
+    :meth:`networks.FIRENet.encode_pair`)."""
+    g_a, g_b, fine = net.encode_pair(x_a, x_b)
+    return g_a, g_b, fine, (None if fine is None else tuple(pair[::-1] for pair in fine))
 
 
 def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutputs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from contextlib import contextmanager
 
@@ -50,6 +51,18 @@ def frozen(*modules: nn.Module):
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
+
+
+def lr_factor(iteration: int, warmup: int, max_steps: int, decay: str = "none") -> float:
+    """The factor on every learning rate at ``iteration`` (0-based): 1 during the affine warm-up and
+    for ``decay="none"``; for ``"cosine"``, ``(1 + cos(pi t)) / 2`` with ``t`` the fraction of the
+    iterations after the warm-up done (1 at the first, 0 after the last)."""
+    if decay == "none" or iteration < warmup:
+        return 1.0
+    if decay != "cosine":
+        raise ValueError(f"lr_decay must be 'none' or 'cosine', got {decay!r}")
+    t = min(1.0, (iteration - warmup) / max(1, max_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class FIREModule(Registers, L.LightningModule):
@@ -111,12 +124,25 @@ class FIREModule(Registers, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_iteration = int(checkpoint.get("global_step", 0)) // self.n_optimizers
 
-    def configure_optimizers(self):
+    def base_lrs(self) -> dict[str, float]:
+        """Each optimiser's configured learning rate (``optim.lr_*``), by parameter-group name."""
         o = self.cfg.optim
-        lrs = {"T_af": o.lr_affine, "T_nr": o.lr_nonrigid, "G_F": o.lr_synthesis, "D_A": o.lr_discriminator,
-               "D_B": o.lr_discriminator}
-        betas = tuple(o.betas)
+        return {"T_af": o.lr_affine, "T_nr": o.lr_nonrigid, "G_F": o.lr_synthesis, "D_A": o.lr_discriminator,
+                "D_B": o.lr_discriminator}
+
+    def configure_optimizers(self):
+        lrs, betas = self.base_lrs(), tuple(self.cfg.optim.betas)
         return [torch.optim.Adam(params, lr=lrs[name], betas=betas) for name, params in self.net.parameter_groups().items()]
+
+    def _schedule_lrs(self, opts: dict[str, LightningOptimizer]) -> None:
+        """Set this iteration's rates (``optim.lr_decay``): a function of the iteration alone, so a
+        resumed run continues the schedule where it stopped."""
+        o = self.cfg.optim
+        factor = lr_factor(self.iteration, o.affine_warmup_steps, self.cfg.trainer.max_steps, o.lr_decay)
+        base = self.base_lrs()
+        for name, opt in opts.items():
+            for group in opt.param_groups:
+                group["lr"] = base[name] * factor
 
     def _optimizers_by_name(self) -> dict[str, LightningOptimizer]:
         """Optimiser by parameter-group name (``T_af``, ``T_nr``, ``G_F``[, ``D_A``, ``D_B``])."""
@@ -172,6 +198,7 @@ class FIREModule(Registers, L.LightningModule):
     def training_step(self, batch, batch_idx):
         bs = batch["moving"].shape[0]
         opts = self._optimizers_by_name()
+        self._schedule_lrs(opts)
         if self.iteration < self.cfg.optim.affine_warmup_steps:
             return self._warmup_step(batch, opts, bs)
         # Generator step: D^A, D^B are frozen, so L (adversarial term included) trains T, G, F only.

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -109,15 +110,25 @@ class Encoder(Checkpointed):
         """Grad-CAM's target: the last ResBlock, whose output is G(x) (see explain.py on why not the conv)."""
         return self.net[-1]
 
-    def half(self, x: torch.Tensor) -> torch.Tensor:
-        """G's first level: ``(B, 1, *S) -> (B, 2w, *S/2)``, the features after the first stride-2 block
-        (the affine stage's fine level, ``model.affine_fine_passes``)."""
-        return self._run(self.net[:2], x)
+    #: where each finer level ends in ``net``: S/2 after the first stride-2 block, S/1 after the first block
+    LEVEL_ENDS = (2, 1)
 
-    def levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(G(x) (B, 4w, *S/4), half(x) (B, 2w, *S/2))`` in one pass: G(x) continues from ``half(x)``."""
-        h = self.half(x)
-        return self._run(self.net[2:], h), h
+    def finer(self, x: torch.Tensor, levels: int) -> tuple[torch.Tensor, ...]:
+        """G's ``levels`` finer feature maps, coarse to fine: ``(B, 2w, *S/2)`` (the affine stage's fine level,
+        ``model.affine_fine_passes``), then ``(B, w, *S)`` (its full-resolution level, ``affine_full_passes``)."""
+        return self.pyramid(x, levels)[1]
+
+    def pyramid(self, x: torch.Tensor, levels: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(G(x) (B, 4w, *S/4), finer)`` in one pass of G, ``finer`` as in :meth:`finer` (``levels`` 0–2)."""
+        if not 0 <= levels <= len(self.LEVEL_ENDS):
+            raise ValueError(f"G has {len(self.LEVEL_ENDS)} finer levels, asked for {levels}")
+        ends = sorted(self.LEVEL_ENDS[:levels]) + [len(self.net)]  # fine to coarse along G
+        out, start, h = [], 0, x
+        for end in ends:
+            h = self._run(self.net[start:end], h)
+            out.append(h)
+            start = end
+        return out[-1], tuple(reversed(out[:-1]))
 
 
 class Decoder(Checkpointed):
@@ -385,20 +396,34 @@ class MatchAffineNet(nn.Module):
         """``u (B, n, *S)`` normalised displacement and weights: ``(B, *S)`` summing to 1 (``"peak"``), or
         ``(B, n, n, *S)`` matrices in normalised units, scaled so that in points their traces sum to n, as
         unit-sum scalar weights would (``"aperture"``)."""
-        return self._match(self.project(fa), self.project(fb), self.log_temperature)
+        return self._match(self.project(fa), self.descriptors(fb), self.log_temperature)
+
+    def descriptors(self, f: torch.Tensor) -> torch.Tensor:
+        """``(B, d, *S)`` unit-length descriptors of features ``f`` (normalised in float32 also under
+        mixed precision, as :meth:`_match` normalises the moving ones)."""
+        return _unit_length(self.project(f))
+
+    @staticmethod
+    def cost_volume(ea: torch.Tensor, eb: torch.Tensor, radii) -> torch.Tensor:
+        """``(B, D, *S)``: at each point, ``eb``'s descriptor dotted with ``ea``'s displaced by each of
+        :meth:`offsets` (same order), ``ea`` replicated beyond its border. Slices from Python integers:
+        reading the offsets off a tensor cost a host read per axis and displacement."""
+        pad = nn.functional.pad(ea, [p for r in reversed(radii) for p in (r, r)], mode="replicate")
+        size = ea.shape[2:]
+        costs = []
+        for off in itertools.product(*[range(-r, r + 1) for r in radii]):  # the order of offsets()
+            window = (slice(None), slice(None)) + tuple(slice(r + o, r + o + s) for r, o, s in zip(radii, off, size))
+            costs.append((eb * pad[window]).sum(1))
+        return torch.stack(costs, 1)
 
     @spatial.float32  # under mixed precision the projection is bf16; the cost volume and soft-argmax are not
     def _match(self, ea: torch.Tensor, eb: torch.Tensor, log_temperature: torch.Tensor):
+        """``ea (B, d, *S)``: the moving features' projection; ``eb``: the fixed :meth:`descriptors`."""
         b, size, n = ea.shape[0], ea.shape[2:], self.n
         radii = self.search_radii(size)
         offsets = self.offsets(radii)  # (n, D)
-        ea, eb = nn.functional.normalize(ea, dim=1), nn.functional.normalize(eb, dim=1)
-        pad = nn.functional.pad(ea, [p for r in reversed(radii) for p in (r, r)], mode="replicate")
-        costs = []
-        for off in offsets.T:  # (n,) per displacement
-            sl = [slice(None), slice(None)] + [slice(r + int(o), r + int(o) + s) for r, o, s in zip(radii, off, size)]
-            costs.append((eb * pad[tuple(sl)]).sum(1))
-        prob = torch.softmax(torch.stack(costs, 1) / log_temperature.exp(), dim=1)  # (B, D, *S)
+        ea = nn.functional.normalize(ea, dim=1)
+        prob = torch.softmax(self.cost_volume(ea, eb, radii) / log_temperature.exp(), dim=1)  # (B, D, *S)
         step = torch.tensor([2.0 / s for s in size], device=ea.device, dtype=ea.dtype)  # one point, normalised
         off = offsets.to(ea.device, ea.dtype)
         mean = torch.einsum("bd...,nd->bn...", prob, off)  # (B, n, *S) points
@@ -428,9 +453,18 @@ class MatchAffineNet(nn.Module):
     def against(self, fb: torch.Tensor):
         """``fa -> theta`` against fixed features ``fb`` whose descriptors, the same in every pass of a
         cascade, are projected once (instance norm is per sample: the same values as projecting each time)."""
-        eb = self.project(fb)
+        eb = self.descriptors(fb)
         return lambda fa: self.fit(*self._match(self.project(fa), eb, self.log_temperature))
 
+
+@spatial.float32
+def _unit_length(e: torch.Tensor) -> torch.Tensor:
+    """``(B, d, *S)`` descriptors scaled to unit length along d."""
+    return nn.functional.normalize(e, dim=1)
+
+
+#: G's finer features of a pair, one ``(moving, fixed)`` per finer level of the affine stage, coarse to fine
+FinerFeatures = tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 AFFINE_HEADS = ("regress", "dense", "keypoints", "match")
 AFFINE_INITS = ("identity",) + spatial.MOMENT_MODES
@@ -478,13 +512,19 @@ class TransformationNet(nn.Module):
       so more passes at inference than in training go on converging.
     * ``affine_fine_passes``: coarse to fine. After the cascade on G's S/4 features (one point = 4
       pixels), a second matching head (its own projection, same kind as ``affine_head="match"``)
-      corrects theta on G's S/2 features (:meth:`Encoder.half`), where a point is half as wide.
+      corrects theta on G's S/2 features (:meth:`Encoder.finer`), where a point is half as wide;
+      ``affine_full_passes``: then a third on G's full-resolution features (its first block, one point =
+      one pixel), with ``full_channels`` descriptors. Each level has its passes in training and at
+      inference (``*_passes_eval``; None: as in training).
     """
 
     def __init__(self, n: int, feat_channels: int, affine_channels=(32, 64, 64), affine_hidden: int = 64,
                  diffeomorphic: bool = False, integration_steps: int = 7, affine_head: str = "regress",
                  affine_passes: int = 1, affine_weighting: str = "peak", affine_passes_eval: int | None = None,
-                 affine_fine_passes: int = 0, fine_channels: int | None = None):
+                 affine_fine_passes: int = 0, fine_channels: int | None = None,
+                 affine_fine_passes_eval: int | None = None, affine_full_passes: int = 0,
+                 affine_full_passes_eval: int | None = None, full_channels: int | None = None,
+                 affine_full_channels=(16, 32, 32)):
         super().__init__()
         if affine_head not in AFFINE_HEADS:
             raise ValueError(f"affine_head must be one of {AFFINE_HEADS}, got {affine_head!r}")
@@ -503,17 +543,38 @@ class TransformationNet(nn.Module):
         if affine_fine_passes < 0 or (affine_fine_passes and not fine_channels):
             raise ValueError(f"affine_fine_passes must be >= 0 with fine_channels given, got {affine_fine_passes}, "
                              f"{fine_channels}")
+        if affine_full_passes < 0 or (affine_full_passes and not (full_channels and affine_fine_passes)):
+            raise ValueError(f"affine_full_passes must be >= 0, and > 0 only after a fine level (affine_fine_passes "
+                             f"> 0) with full_channels given; got {affine_full_passes}, {affine_fine_passes}, "
+                             f"{full_channels}")
+        for name, k in (("affine_fine_passes_eval", affine_fine_passes_eval),
+                        ("affine_full_passes_eval", affine_full_passes_eval)):
+            if k is not None and k < 1:
+                raise ValueError(f"{name} must be >= 1 (or None), got {k}")
         self.affine_fine_passes = int(affine_fine_passes)
+        self.affine_fine_passes_eval = int(affine_fine_passes_eval or affine_fine_passes)
         self.affine_fine = (MatchAffineNet(n, fine_channels, tuple(affine_channels), weighting=affine_weighting)
                             if affine_fine_passes else None)
+        self.affine_full_passes = int(affine_full_passes)
+        self.affine_full_passes_eval = int(affine_full_passes_eval or affine_full_passes)
+        self.affine_full = (MatchAffineNet(n, full_channels, tuple(affine_full_channels), weighting=affine_weighting)
+                            if affine_full_passes else None)
         self.nonrigid = NonRigidNet(n, feat_channels, feat_channels // 2)
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
 
     def affine_parameters(self) -> list[nn.Parameter]:
-        """T_af's parameters: the head's, and the fine level's when there is one."""
-        fine = [*self.affine_fine.parameters()] if self.affine_fine is not None else []
-        return [*self.affine.parameters(), *fine]
+        """T_af's parameters: the head's, and the finer levels' when there are any."""
+        return [*self.affine.parameters(), *[p for head, _ in self.finer_levels() for p in head.parameters()]]
+
+    def finer_levels(self) -> list[tuple[MatchAffineNet, int]]:
+        """The finer levels' ``(head, passes)``, coarse to fine, with the passes of the current mode."""
+        out = []
+        if self.affine_fine is not None:
+            out.append((self.affine_fine, self.affine_fine_passes if self.training else self.affine_fine_passes_eval))
+        if self.affine_full is not None:
+            out.append((self.affine_full, self.affine_full_passes if self.training else self.affine_full_passes_eval))
+        return out
 
     @staticmethod
     def _cascade(head: nn.Module, fa: torch.Tensor, fb: torch.Tensor, theta: torch.Tensor | None, passes: int
@@ -526,21 +587,29 @@ class TransformationNet(nn.Module):
             theta = delta if theta is None else spatial.compose_affine(theta, delta)
         return theta
 
+    @property
+    def n_finer(self) -> int:
+        """How many finer levels (S/2, S/1) the affine stage reads."""
+        return (self.affine_fine is not None) + (self.affine_full is not None)
+
     def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
-                     fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     fine: FinerFeatures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """phi_af and the moving features warped by it: ``(theta (B, n, n+1), fa ∘ phi_af (B, C, *S/4))``.
 
-        ``fine``: ``(moving, fixed)`` S/2 features (:meth:`Encoder.half`), needed when ``affine_fine_passes``.
+        ``fine``: one ``(moving, fixed)`` pair of G's finer features per finer level, coarse to fine
+        (:meth:`Encoder.finer`: S/2, then S/1), needed when ``affine_fine_passes`` (``affine_full_passes``).
         """
         theta = self._cascade(self.affine, fa, fb, theta0, self.affine_passes if self.training else self.affine_passes_eval)
-        if self.affine_fine is not None:
-            if fine is None:
-                raise ValueError("affine_fine_passes > 0 needs G's half-resolution features of both images")
-            theta = self._cascade(self.affine_fine, *fine, theta, self.affine_fine_passes)
+        levels = self.finer_levels()
+        if levels and (fine is None or len(fine) < len(levels)):
+            raise ValueError(f"the affine stage's {len(levels)} finer level(s) need G's finer features of both images "
+                             f"(got {0 if fine is None else len(fine)} level(s))")
+        for (head, passes), (f_moving, f_fixed) in zip(levels, fine or ()):
+            theta = self._cascade(head, f_moving, f_fixed, theta, passes)
         return theta, spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
-                fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> Transform:
+                fine: FinerFeatures | None = None) -> Transform:
         theta, fa_af = self.affine_theta(fa, fb, theta0, fine)
         raw = self.nonrigid(fa_af, fb).float()  # a field is geometry: float32 also under mixed precision
         disp = spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
@@ -588,7 +657,9 @@ class FIRENet(nn.Module):
                  disc_width: int = 16, n_res: int = 4, affine_head: str = "regress", affine_passes: int = 1,
                  affine_init: str = "identity", spacing=None, down_kernel: int = 3, affine_weighting: str = "peak",
                  affine_passes_eval: int | None = None, affine_fine_passes: int = 0,
-                 checkpoint_activations: bool = False):
+                 checkpoint_activations: bool = False, affine_fine_passes_eval: int | None = None,
+                 affine_full_passes: int = 0, affine_full_passes_eval: int | None = None,
+                 affine_full_channels=(16, 32, 32)):
         super().__init__()
         if n not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {n}")
@@ -606,7 +677,10 @@ class FIRENet(nn.Module):
         kw = dict(affine_channels=affine_channels, affine_hidden=affine_hidden,
                   diffeomorphic=diffeomorphic, integration_steps=integration_steps, affine_head=affine_head,
                   affine_passes=affine_passes, affine_weighting=affine_weighting, affine_passes_eval=affine_passes_eval,
-                  affine_fine_passes=affine_fine_passes, fine_channels=2 * width)
+                  affine_fine_passes=affine_fine_passes, fine_channels=2 * width,
+                  affine_fine_passes_eval=affine_fine_passes_eval, affine_full_passes=affine_full_passes,
+                  affine_full_passes_eval=affine_full_passes_eval, full_channels=width,
+                  affine_full_channels=tuple(affine_full_channels))
         self.T_ab = TransformationNet(n, c, **kw)
         self.T_ba = TransformationNet(n, c, **kw)
         self.D_a = Discriminator(n, disc_width) if adversarial else None
@@ -634,28 +708,39 @@ class FIRENet(nn.Module):
         return spatial.moments_affine(x_moving, x_fixed, self.spacing, self.affine_init)
 
     @property
-    def has_fine_level(self) -> bool:
-        return self.T_ab.affine_fine is not None
+    def n_finer(self) -> int:
+        """How many of G's finer levels (S/2, S/1) the affine stage reads (``model.affine_fine_passes``,
+        ``model.affine_full_passes``)."""
+        return self.T_ab.n_finer
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(G(x) (B, 4w, *S/4), G's half-resolution features (B, 2w, *S/2) or None)``: the second only
-        when the affine stage has a fine level (``model.affine_fine_passes``), from the same pass of G."""
-        return self.G.levels(x) if self.has_fine_level else (self.G(x), None)
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(G(x) (B, 4w, *S/4), finer)`` from one pass of G, ``finer`` the finer feature maps the
+        affine stage reads, coarse to fine (:meth:`Encoder.finer`; empty without finer levels)."""
+        return self.G.pyramid(x, self.n_finer)
 
-    def fine_features(self, x_moving: torch.Tensor | None, x_fixed: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """G's S/2 features ``(moving, fixed)`` for the affine stage's fine level, or None without one,
-        recomputed from the images (callers that ran :meth:`encode` pass its features instead)."""
-        if not self.has_fine_level:
+    def encode_pair(self, x_moving: torch.Tensor, x_fixed: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, FinerFeatures | None]:
+        """G on both images in one batch (instance norm is per sample: the values of two calls, in
+        half the calls): ``(G(x_moving), G(x_fixed), fine)``, ``fine`` one ``(moving, fixed)`` pair per
+        finer level, or None without finer levels."""
+        b = x_moving.shape[0]
+        g, finer = self.encode(torch.cat([x_moving, x_fixed]))
+        g_m, g_f = g.split(b)
+        return g_m, g_f, (tuple((h[:b], h[b:]) for h in finer) or None)
+
+    def fine_features(self, x_moving: torch.Tensor | None, x_fixed: torch.Tensor | None) -> FinerFeatures | None:
+        """G's finer features of a pair for the affine stage's finer levels, or None without any,
+        recomputed from the images (callers that ran :meth:`encode_pair` pass its features instead)."""
+        if not self.n_finer:
             return None
         if x_moving is None or x_fixed is None:
             raise ValueError("model.affine_fine_passes needs the images, not only their encodings")
         b = x_moving.shape[0]
-        return tuple(self.G.half(torch.cat([x_moving, x_fixed])).split(b))
+        return tuple((h[:b], h[b:]) for h in self.G.finer(torch.cat([x_moving, x_fixed]), self.n_finer))
 
     def affine_theta(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                      x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None,
-                     fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     fine: FinerFeatures | None = None) -> torch.Tensor:
         """phi_af alone ``(B, n, n+1)`` of :meth:`transform` (no T_nr)."""
         t = self._net(direction)
         fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
@@ -668,19 +753,19 @@ class FIRENet(nn.Module):
 
     def transform(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                   x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None,
-                  fine: tuple[torch.Tensor, torch.Tensor] | None = None) -> Transform:
+                  fine: FinerFeatures | None = None) -> Transform:
         """T^{A→B}(G_A, G_B) (``direction="AtoB"``, moving = A) or T^{B→A}(G_B, G_A) (``"BtoA"``, moving = B).
 
         Args:
             g_moving, g_fixed: ``(B, C, *S/4)`` encodings; x_moving, x_fixed: ``(B, 1, *S)`` the images they
                 encode (needed only when ``affine_init`` is not the identity or there is a fine level).
-            fine: ``(moving, fixed)`` half-resolution features from :meth:`encode` (a fine level only;
-                recomputed from the images when not given).
+            fine: G's finer features from :meth:`encode_pair` (finer levels only; recomputed from the
+                images when not given).
         """
         fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
         return self._net(direction)(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Transform:
         """Register ``x_a`` (moving, ``(B,1,*S)``) to ``x_b`` (fixed): phi^{A→B}."""
-        (g_a, h_a), (g_b, h_b) = self.encode(x_a), self.encode(x_b)
-        return self.transform("AtoB", g_a, g_b, x_a, x_b, None if h_a is None else (h_a, h_b))
+        g_a, g_b, fine = self.encode_pair(x_a, x_b)
+        return self.transform("AtoB", g_a, g_b, x_a, x_b, fine)

@@ -196,9 +196,11 @@ def test_benchmark_scores_validation_pairs_with_other_inference_passes_and_refus
     assert len(ids) == 2 and all(i.startswith("val-") for i in ids)  # TINY: 1 validation image × 2 transforms
     assert not (run / "benchmark").exists()
     capsys.readouterr()  # a model without a fine level cannot be given fine passes: one line, nothing written
-    assert main(["benchmark", str(run), "model.affine_fine_passes=2", "--no-ants"]) == 2
+    assert main(["benchmark", str(run), "model.affine_fine_passes_eval=2", "--no-ants"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "affine_fine_passes=2" in err[0] and "fine level" in err[0]
+    assert len(err) == 1 and "affine_fine_passes_eval=2" in err[0] and "without that level" in err[0]
+    assert main(["benchmark", str(run), "model.affine_fine_passes=2", "--no-ants"]) == 2  # a training key
+    assert "model.affine_fine_passes_eval" in capsys.readouterr().err
     assert not (run / "benchmark").exists()
 
 
@@ -206,6 +208,6 @@ def test_a_run_with_a_fine_level_can_be_rescored_with_more_fine_passes(tiny_over
     assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.affine_head=match",
                  "model.affine_fine_passes=1", *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
-    assert main(["benchmark", str(run), "model.affine_fine_passes=2", "--split", "val", "--no-ants"]) == 0
+    assert main(["benchmark", str(run), "model.affine_fine_passes_eval=2", "--split", "val", "--no-ants"]) == 0
     meta = json.loads((run / "benchmark-val" / "results.json").read_text())["meta"]
-    assert meta["affine_fine_passes"] == 2
+    assert meta["affine_fine_passes_eval"] == 2 and meta["affine_passes_eval"] == 5  # the config's, unchanged

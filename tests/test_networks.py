@@ -223,27 +223,71 @@ def test_the_fine_level_corrects_the_coarse_theta_on_half_resolution_features_wa
     g = _gen(8)
     fa, fb = torch.randn(1, 4, 12, 8, generator=g), torch.randn(1, 4, 12, 8, generator=g)
     ha, hb = torch.randn(1, 2, 24, 16, generator=g), torch.randn(1, 2, 24, 16, generator=g)
-    tr = tn(fa, fb, fine=(ha, hb))
+    tr = tn(fa, fb, fine=((ha, hb),))
     after_coarse = spatial.compose_affine(coarse, coarse)
     torch.testing.assert_close(tr.theta, spatial.compose_affine(after_coarse, fine))
     (ha_seen, hb_seen), = seen["fine"]
     torch.testing.assert_close(ha_seen, spatial.warp(ha, spatial.affine_to_displacement(after_coarse, (24, 16))))
     assert hb_seen is hb and len(seen["coarse"]) == 2
     torch.testing.assert_close(tr.feat_affine, spatial.warp(fa, spatial.affine_to_displacement(tr.theta, (12, 8))))
-    with pytest.raises(ValueError, match="half-resolution"):
+    with pytest.raises(ValueError, match="finer level"):
         tn(fa, fb)
+
+
+def test_the_full_resolution_level_follows_the_fine_level_with_its_own_passes_at_inference():
+    n = 2
+    thetas = {name: spatial.identity_affine(1, n) + torch.tensor([[[d, 0.0, d], [0.0, -d, 2 * d]]])
+              for name, d in (("coarse", 0.04), ("fine", 0.01), ("full", -0.005))}
+    seen = []
+
+    class Head(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, fa, fb):
+            seen.append((self.name, fa.clone(), fb))
+            return thetas[self.name]
+
+    tn = TransformationNet(n, 4, affine_passes=1, affine_fine_passes=1, fine_channels=2, affine_full_passes=1,
+                           affine_full_passes_eval=3, full_channels=1)
+    assert isinstance(tn.affine_full, MatchAffineNet) and tn.affine_full.project[0][0].in_channels == 1
+    tn.affine, tn.affine_fine, tn.affine_full = Head("coarse"), Head("fine"), Head("full")
+    g = _gen(9)
+    fa, fb = torch.randn(1, 4, 6, 8, generator=g), torch.randn(1, 4, 6, 8, generator=g)
+    half = (torch.randn(1, 2, 12, 16, generator=g), torch.randn(1, 2, 12, 16, generator=g))
+    full = (torch.randn(1, 1, 24, 32, generator=g), torch.randn(1, 1, 24, 32, generator=g))
+    expect = spatial.compose_affine(thetas["coarse"], thetas["fine"])
+    for mode, passes in ((tn.train, 1), (tn.eval, 3)):
+        seen.clear()
+        mode()
+        tr = tn(fa, fb, fine=(half, full))
+        assert [name for name, *_ in seen] == ["coarse", "fine"] + ["full"] * passes
+        theta = expect
+        for _, moved, fixed in seen[2:]:  # each full pass sees the S/1 moving features warped by theta so far
+            torch.testing.assert_close(moved, spatial.warp(full[0], spatial.affine_to_displacement(theta, (24, 32))))
+            assert fixed is full[1]
+            theta = spatial.compose_affine(theta, thetas["full"])
+        torch.testing.assert_close(tr.theta, theta)
+    with pytest.raises(ValueError, match="2 finer level"):
+        tn(fa, fb, fine=(half,))
+    with pytest.raises(ValueError, match="fine level"):
+        TransformationNet(n, 4, affine_full_passes=1, full_channels=1)
 
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_firenet_with_a_fine_level_feeds_it_g_half_and_optimises_it_with_t_af(n):
     net = _tiny_net(n, affine_head="match", affine_fine_passes=1)
     x_a, x_b = _inputs(n, seed=9)
-    ha, hb = net.fine_features(x_a, x_b)
+    (ha, hb), = net.fine_features(x_a, x_b)
     assert ha.shape == (2, 2 * WIDTH, *[s // 2 for s in NET_SHAPES[n]])
     torch.testing.assert_close(ha, net.G.net[1](net.G.net[0](x_a)))
     t_af = {id(p) for p in net.parameter_groups()["T_af"]}
     assert {id(p) for p in net.T_ab.affine_fine.parameters()} <= t_af
     assert {id(p) for p in net.T_ba.affine_fine.parameters()} <= t_af
+    g, finer = net.encode(x_a)  # one pass of G gives G(x) and the finer level
+    torch.testing.assert_close(g, net.G(x_a))
+    torch.testing.assert_close(finer[0], ha)
     with torch.no_grad():
         t = net(x_a, x_b)
         theta = net.affine_theta("AtoB", net.G(x_a), net.G(x_b), x_a, x_b)
@@ -251,6 +295,28 @@ def test_a_firenet_with_a_fine_level_feeds_it_g_half_and_optimises_it_with_t_af(
     with pytest.raises(ValueError, match="needs the images"):
         net.transform("AtoB", net.G(x_a), net.G(x_b))
     assert _tiny_net(n).fine_features(x_a, x_b) is None
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_firenet_with_a_full_resolution_level_feeds_it_g_first_block(n):
+    net = _tiny_net(n, affine_head="match", affine_fine_passes=1, affine_full_passes=1)
+    x_a, x_b = _inputs(n, seed=10)
+    (ha, _), (fa, fb) = net.fine_features(x_a, x_b)
+    assert fa.shape == (2, WIDTH, *NET_SHAPES[n])
+    torch.testing.assert_close(fa, net.G.net[0](x_a))
+    torch.testing.assert_close(fb, net.G.net[0](x_b))
+    torch.testing.assert_close(ha, net.G.net[1](fa))
+    g_a, g_b, fine = net.encode_pair(x_a, x_b)
+    torch.testing.assert_close(g_b, net.G(x_b))
+    torch.testing.assert_close(fine[1][0], fa)
+    t_af = {id(p) for p in net.parameter_groups()["T_af"]}
+    assert {id(p) for p in net.T_ab.affine_full.parameters()} <= t_af
+    net.eval()
+    with torch.no_grad():  # the full level moves theta: the net's theta is not the fine level's alone
+        t = net(x_a, x_b)
+        net.T_ab.affine_full_passes_eval = 0
+        without = net(x_a, x_b)
+    assert not torch.allclose(t.theta, without.theta)
 
 
 @pytest.mark.parametrize("n", [2, 3])

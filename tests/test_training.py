@@ -14,7 +14,7 @@ from fire_lightning.cli import main
 from fire_lightning.config import ConfigError, load_config
 from fire_lightning.losses import rms
 from fire_lightning.metrics import folding_percent
-from fire_lightning.module import FIREModule
+from fire_lightning.module import FIREModule, lr_factor
 from fire_lightning.train import train
 
 from .conftest import PHANTOM2D
@@ -274,3 +274,47 @@ def test_periodic_checkpoints_are_named_by_iteration(tiny_overrides):
     result = train(cfg)
     names = sorted(p.name for p in (result["run_dir"] / "checkpoints").glob("*.ckpt"))
     assert names == ["iter2.ckpt", "iter4.ckpt", "last.ckpt"]
+
+
+def test_lr_factor_is_flat_in_the_warm_up_then_a_half_cosine_to_zero():
+    assert [lr_factor(i, 2, 6, "none") for i in range(6)] == [1.0] * 6
+    f = [lr_factor(i, 2, 6, "cosine") for i in range(7)]
+    assert f[:3] == [1.0, 1.0, 1.0]  # the warm-up, then the first iteration after it at the full rate
+    assert f[4] == pytest.approx(0.5) and f[6] == pytest.approx(0.0)
+    assert all(a > b for a, b in zip(f[2:], f[3:]))
+    with pytest.raises(ValueError, match="lr_decay"):
+        lr_factor(3, 0, 6, "step")
+    with pytest.raises(ConfigError, match="lr_decay"):
+        load_config(PHANTOM2D, ["optim.lr_decay=linear"])
+
+
+def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny_overrides):
+    import csv
+
+    from fire_lightning.train import load_run_config
+
+    over = [*tiny_overrides, "optim.lr_decay=cosine", "optim.affine_warmup_steps=1", "trainer.max_steps=5",
+            "trainer.checkpoint_every_n_steps=3", "trainer.val_every_n_steps=1000", "trainer.log_every_n_steps=1",
+            "data.samples_per_epoch=40", "explain.every_n_epochs=0", "model.affine_fine_passes=0"]
+    class _Interrupt(L.Callback):  # Ctrl+C after 3 of the 5 iterations; then `--resume`
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if pl_module.iteration == 3:
+                raise KeyboardInterrupt
+
+    cfg = load_config(PHANTOM2D, over)
+    with pytest.raises(BaseException):  # Lightning turns the interrupt into SystemExit
+        train(cfg, callbacks=[_Interrupt()])
+    run = next(Path(cfg.run.root).iterdir())
+    r2 = train(load_run_config(run), resume_dir=run)
+    assert r2["iterations"] == 5
+    base = r2["model"].base_lrs()
+    with open(run / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("lr/T_af")]
+    # train/iteration is logged after the step: iterations done; the rate is the one that step used
+    logged = {int(float(r["train/iteration"])) - 1: {k: float(r[f"lr/{k}"]) for k in ("T_af", "T_nr", "G_F")}
+              for r in rows}
+    assert sorted(logged) == [0, 1, 2, 3, 4]
+    for it, lrs in logged.items():
+        for name, lr in lrs.items():  # the schedule of a 5-iteration run, across the resume
+            assert lr == pytest.approx(base[name] * lr_factor(it, 1, 5, "cosine")), (it, name)
+    assert logged[4]["T_af"] < logged[2]["T_af"] < logged[1]["T_af"] == logged[0]["T_af"]  # float32 of base
