@@ -115,20 +115,25 @@ class Encoder(Checkpointed):
 
     def finer(self, x: torch.Tensor, levels: int) -> tuple[torch.Tensor, ...]:
         """G's ``levels`` finer feature maps, coarse to fine: ``(B, 2w, *S/2)`` (the affine stage's fine level,
-        ``model.affine_fine_passes``), then ``(B, w, *S)`` (its full-resolution level, ``affine_full_passes``)."""
-        return self.pyramid(x, levels)[1]
+        ``model.affine_fine_passes``), then ``(B, w, *S)`` (its full-resolution level, ``affine_full_passes``).
+        Only G's first blocks run (not its last, which Grad-CAM hooks, nor the ResBlocks' cost)."""
+        return self._levels(x, levels, coarse=False)[1]
 
     def pyramid(self, x: torch.Tensor, levels: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """``(G(x) (B, 4w, *S/4), finer)`` in one pass of G, ``finer`` as in :meth:`finer` (``levels`` 0–2)."""
+        return self._levels(x, levels, coarse=True)
+
+    def _levels(self, x: torch.Tensor, levels: int, coarse: bool):
         if not 0 <= levels <= len(self.LEVEL_ENDS):
             raise ValueError(f"G has {len(self.LEVEL_ENDS)} finer levels, asked for {levels}")
-        ends = sorted(self.LEVEL_ENDS[:levels]) + [len(self.net)]  # fine to coarse along G
+        ends = sorted(self.LEVEL_ENDS[:levels]) + ([len(self.net)] if coarse else [])  # fine to coarse along G
         out, start, h = [], 0, x
         for end in ends:
             h = self._run(self.net[start:end], h)
             out.append(h)
             start = end
-        return out[-1], tuple(reversed(out[:-1]))
+        finer = out[:-1] if coarse else out
+        return (out[-1] if coarse else None), tuple(reversed(finer))
 
 
 class Decoder(Checkpointed):

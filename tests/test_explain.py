@@ -333,3 +333,26 @@ def test_pair_measures_name_every_measure():
     total = sum(m[f"share/D_B/real/{s}"] for s in names.values()) + ex.structure_share(
         maps["D_B/real"].cam, labels, {0: "bg"})["bg"]
     torch.testing.assert_close(total, torch.ones(2))
+
+
+def test_an_affine_stage_with_finer_levels_is_explained_through_g_and_t():
+    """The demo's kind of T_af (matching heads on G's S/4, S/2 and S/1 features): recomputing the
+    finer features must not run G's last block a second time, where the G map's hook sits."""
+    torch.manual_seed(0)
+    net = FIRENet(2, width=4, affine_channels=(8, 8, 8), affine_hidden=8, n_res=1, affine_head="match",
+                  affine_init="scale", affine_passes=2, affine_fine_passes=1, affine_full_passes=1,
+                  affine_full_channels=(4, 4, 4)).eval()
+    with torch.no_grad():
+        for t in (net.T_ab, net.T_ba):
+            t.nonrigid.head.weight.copy_(torch.randn(t.nonrigid.head.weight.shape, generator=gen(1)) * 0.05)
+    calls = []
+    hook = net.G.gradcam_layer.register_forward_hook(lambda *a: calls.append(1))
+    x_a, x_b, labels = _pair(2)
+    net.fine_features(x_a, x_b)
+    assert not calls  # the finer levels stop before G's last block
+    hook.remove()
+    maps = ex.explain_pair(net, x_a, x_b, fixed_label=labels)
+    for name in ("G/AtoB/x_A", "G/BtoA/x_B", "T_af/AtoB/on_x_B", "T_nr/BtoA/on_x_A"):
+        m = maps[name]
+        assert m.cam.shape == x_a.shape and torch.isfinite(m.cam).all(), name
+        assert m.cam.flatten(1).amax(1).gt(0).all(), f"{name}: an all-zero map"
