@@ -45,9 +45,8 @@ def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
         diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
         disc_width=m.disc_width, n_res=m.n_res, affine_head=m.affine_head, affine_passes=m.affine_passes,
         affine_passes_eval=m.affine_passes_eval, affine_fine_passes=m.affine_fine_passes,
-        affine_fine_passes_eval=m.get("affine_fine_passes_eval"), affine_full_passes=m.get("affine_full_passes", 0),
-        affine_full_passes_eval=m.get("affine_full_passes_eval"),
-        affine_full_channels=tuple(m.get("affine_full_channels", (16, 32, 32))),
+        affine_fine_passes_eval=m.affine_fine_passes_eval, affine_full_passes=m.affine_full_passes,
+        affine_full_passes_eval=m.affine_full_passes_eval, affine_full_channels=tuple(m.affine_full_channels),
         affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
         checkpoint_activations=m.checkpoint_activations,
     )
