@@ -574,12 +574,9 @@ class TransformationNet(nn.Module):
 
     def finer_levels(self) -> list[tuple[MatchAffineNet, int]]:
         """The finer levels' ``(head, passes)``, coarse to fine, with the passes of the current mode."""
-        out = []
-        if self.affine_fine is not None:
-            out.append((self.affine_fine, self.affine_fine_passes if self.training else self.affine_fine_passes_eval))
-        if self.affine_full is not None:
-            out.append((self.affine_full, self.affine_full_passes if self.training else self.affine_full_passes_eval))
-        return out
+        mode = "" if self.training else "_eval"
+        return [(getattr(self, head), getattr(self, f"{head}_passes{mode}")) for head in ("affine_fine", "affine_full")
+                if getattr(self, head) is not None]
 
     @staticmethod
     def _cascade(head: nn.Module, fa: torch.Tensor, fb: torch.Tensor, theta: torch.Tensor | None, passes: int
@@ -595,7 +592,7 @@ class TransformationNet(nn.Module):
     @property
     def n_finer(self) -> int:
         """How many finer levels (S/2, S/1) the affine stage reads."""
-        return (self.affine_fine is not None) + (self.affine_full is not None)
+        return len(self.finer_levels())
 
     def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
                      fine: FinerFeatures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
