@@ -211,3 +211,37 @@ def test_a_run_with_a_fine_level_can_be_rescored_with_more_fine_passes(tiny_over
     assert main(["benchmark", str(run), "model.affine_fine_passes_eval=2", "--split", "val", "--no-ants"]) == 0
     meta = json.loads((run / "benchmark-val" / "results.json").read_text())["meta"]
     assert meta["affine_fine_passes_eval"] == 2 and meta["affine_passes_eval"] == 5  # the config's, unchanged
+
+
+def test_the_benchmark_times_the_pairs_it_scored_without_making_them_again(tiny_overrides, tmp_path, monkeypatch):
+    """Table 4 times the pairs kept from the scoring pass (a synthetic pair costs tens of ms to make);
+    pairs too large to keep are made again, one at a time."""
+    from torch.utils.data import Dataset
+
+    from fire_lightning import evaluate as ev
+    from fire_lightning.config import load_config
+    from fire_lightning.module import FIREModule
+    from fire_lightning.train import make_datamodule
+
+    cfg = load_config(PHANTOM2D, tiny_overrides)
+    dm = make_datamodule(cfg)
+    pairs = dm.test_dataset()
+    fetched = []
+
+    class Counted(Dataset):
+        def __len__(self):
+            return len(pairs)
+
+        def __getitem__(self, i):
+            fetched.append(i)
+            return pairs[i]
+
+    model = FIREModule(cfg, label_names=dm.label_names, spacing=dm.spacing)
+    n = len(pairs)
+    for keep, fetches in ((ev.TIMING_KEEP_BYTES, n + 1), (0, 2 * n + 2)):  # + the first pair's look and warm-up
+        monkeypatch.setattr(ev, "TIMING_KEEP_BYTES", keep)
+        fetched.clear()
+        results = ev.evaluate(model, Counted(), tmp_path / f"keep{keep}", batch_size=1)
+        assert len(fetched) == fetches, keep
+        seconds = results["methods"]["FIRE"]["seconds_per_pair"]
+        assert len(seconds["values"]) == n and seconds["mean"] > 0
