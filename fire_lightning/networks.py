@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -411,12 +412,23 @@ class MatchAffineNet(nn.Module):
     @staticmethod
     def cost_volume(ea: torch.Tensor, eb: torch.Tensor, radii) -> torch.Tensor:
         """``(B, D, *S)``: at each point, ``eb``'s descriptor dotted with ``ea``'s displaced by each of
-        :meth:`offsets` (same order), ``ea`` replicated beyond its border. Slices from Python integers:
-        reading the offsets off a tensor cost a host read per axis and displacement."""
-        pad = nn.functional.pad(ea, [p for r in reversed(radii) for p in (r, r)], mode="replicate")
+        :meth:`offsets` (same order), ``ea`` replicated beyond its border.
+
+        Two ways to the same values (within float rounding), chosen by size: on a coarse grid (at most
+        :data:`DENSE_POINTS_PER_OFFSET` points per offset) every point's descriptor is dotted with every
+        other's in one matrix product and the window is gathered from it, several times faster there
+        than D shifted products; on finer grids, where the all-pairs product grows with the square of
+        the points, one shifted product per offset."""
         size = ea.shape[2:]
+        if math.prod(size) <= DENSE_POINTS_PER_OFFSET * math.prod(2 * r + 1 for r in radii):
+            b = ea.shape[0]
+            corr = torch.bmm(eb.flatten(2).transpose(1, 2), ea.flatten(2))  # (B, fixed points, moving points)
+            index = _window_index(tuple(size), tuple(radii), ea.device)  # (P, D)
+            return corr.gather(2, index.expand(b, -1, -1)).transpose(1, 2).reshape(b, -1, *size)
+        pad = nn.functional.pad(ea, [p for r in reversed(radii) for p in (r, r)], mode="replicate")
         costs = []
         for off in itertools.product(*[range(-r, r + 1) for r in radii]):  # the order of offsets()
+            # slices from Python integers: offsets read off a tensor cost a host read per axis and offset
             window = (slice(None), slice(None)) + tuple(slice(r + o, r + o + s) for r, o, s in zip(radii, off, size))
             costs.append((eb * pad[window]).sum(1))
         return torch.stack(costs, 1)
@@ -460,6 +472,23 @@ class MatchAffineNet(nn.Module):
         cascade, are projected once (instance norm is per sample: the same values as projecting each time)."""
         eb = self.descriptors(fb)
         return lambda fa: self.fit(*self._match(self.project(fa), eb, self.log_temperature))
+
+
+#: :meth:`MatchAffineNet.cost_volume` takes the all-pairs route up to this many points per offset
+DENSE_POINTS_PER_OFFSET = 16
+
+
+@functools.lru_cache(maxsize=16)
+def _window_index(size: tuple[int, ...], radii: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``(P, D)`` flat index of each point's neighbour at each of :meth:`MatchAffineNet.offsets`,
+    clamped to the grid (the border replicated); built once per grid."""
+    with torch.inference_mode(False), torch.no_grad():  # usable by training after a first use in validation
+        coords = torch.meshgrid(*[torch.arange(s, device=device) for s in size], indexing="ij")
+        off = MatchAffineNet.offsets(radii).to(device)  # (n, D)
+        index = torch.zeros((), dtype=torch.long, device=device)
+        for c, o, s in zip(coords, off, size):
+            index = index * s + (c.reshape(-1, 1) + o).clamp(0, s - 1)
+        return index
 
 
 @spatial.float32

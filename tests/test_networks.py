@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -119,6 +121,30 @@ def test_the_match_head_finds_a_shift_and_fits_the_affine_through_its_matches(we
     torch.testing.assert_close(head(f, fb), head.fit(u, w))
     if weighting == "peak":  # the scalar fit, ridge as given
         torch.testing.assert_close(head(f, fb), spatial.fit_affine_to_field(u, w, ridge=head.ridge))
+
+
+@pytest.mark.parametrize("size, radii", [((5, 6), (2, 1)), ((16, 18), (2, 2)), ((32, 36), (2, 2)), ((4, 5, 3), (1, 2, 1))])
+def test_both_cost_volume_routes_give_the_windowed_dot_products(size, radii, monkeypatch):
+    """The cost volume against a point-by-point reference (the moving descriptor at p + offset, the
+    border replicated), on the all-pairs route and on the shifted-product route, values and gradients."""
+    from fire_lightning import networks
+
+    ea, eb = torch.randn(2, 2, 3, *size, generator=_gen(21), dtype=torch.float64)
+    offsets = MatchAffineNet.offsets(radii).t().tolist()  # (D, n)
+    ref = torch.zeros(2, len(offsets), *size, dtype=torch.float64)
+    for p in itertools.product(*[range(s) for s in size]):
+        for k, off in enumerate(offsets):
+            q = tuple(min(max(c + o, 0), s - 1) for c, o, s in zip(p, off, size))
+            ref[(slice(None), k) + p] = (eb[(slice(None), slice(None)) + p] * ea[(slice(None), slice(None)) + q]).sum(1)
+    grads = []
+    for dense_limit in (10 ** 6, 0):  # every grid all-pairs, then none
+        monkeypatch.setattr(networks, "DENSE_POINTS_PER_OFFSET", dense_limit)
+        a, b = ea.clone().requires_grad_(), eb.clone().requires_grad_()
+        out = MatchAffineNet.cost_volume(a, b, radii)
+        torch.testing.assert_close(out, ref)
+        (out * ref).sum().backward()
+        grads.append((a.grad, b.grad))
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_aperture_weights_distrust_the_direction_along_an_edge():
@@ -511,3 +537,39 @@ def test_checkpointing_is_off_in_eval_mode_so_inference_and_grad_cam_hooks_run_o
     x = _inputs(2, batch=1)[0].requires_grad_()
     net.G(x).sum().backward()
     assert len(calls) == 1 and net.G.checkpoint
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_channels_last_is_the_same_step_in_another_memory_layout(n):
+    """``model.channels_last``: weights and convolution outputs channels-last (instance norm returns
+    to the default layout), the same loss and gradients."""
+    from omegaconf import OmegaConf
+
+    from fire_lightning.config import Config
+    from fire_lightning.inference import build_net
+
+    fmt = torch.channels_last if n == 2 else torch.channels_last_3d
+    x_a, x_b = _inputs(n, batch=2, seed=5)
+    results = {}
+    for layout in (False, True):
+        cfg = OmegaConf.structured(Config)
+        cfg.data.spatial_dims = n
+        cfg.model.merge_with({"width": WIDTH, "n_res": 1, "affine_channels": [4, 4, 4], "affine_hidden": 8,
+                              "affine_head": "match", "affine_init": "scale", "channels_last": layout})
+        torch.manual_seed(0)
+        net = build_net(cfg).train()
+        weights = [p for p in net.parameters() if p.dim() == n + 2]
+        assert weights and all(p.is_contiguous(memory_format=fmt) == layout for p in weights
+                                   if p.shape[1] > 1 and max(p.shape[2:]) > 1)  # else both layouts are the same
+        outputs = []
+        first_conv = next(mod for mod in net.G.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d)))
+        first_conv.register_forward_hook(lambda mod, inp, out: outputs.append(out))
+        loss = fire_loss(fire_forward(net, x_a, x_b), x_a, x_b).total
+        loss.backward()
+        assert outputs[0].is_contiguous(memory_format=fmt) == layout
+        results[layout] = loss.detach(), {k: p.grad for k, p in net.named_parameters() if p.grad is not None}
+    (l0, g0), (l1, g1) = results[False], results[True]
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for k in g0:  # float32 rounding in another summation order, through MI's histograms: relative to the largest
+        assert (g1[k] - g0[k]).abs().max() <= 1e-3 * g0[k].abs().max() + 1e-5, k

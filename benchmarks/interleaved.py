@@ -1,0 +1,115 @@
+"""Same-sitting speed comparison of model variants: the training step and ``register``, interleaved.
+
+    python benchmarks/interleaved.py experiments/phantom2d.yaml \\
+        --variant model.channels_last=false --variant model.channels_last=true
+    python benchmarks/interleaved.py experiments/phantom2d.yaml --variant cost_volume=shifted --variant cost_volume=auto
+
+On a shared machine whose speed moves by a third between sittings, a 10 % change shows only when
+the variants take turns in one process. Each variant is the config with its own ``key=value``
+overrides (space-separated in one ``--variant``), built with the same seed, so with the same
+weights; ``cost_volume=shifted`` makes the matching head's cost volume take the shifted-product
+route on every grid (``auto``: the all-pairs route on coarse grids, the default). Per round, every
+variant runs one FIRE training forward and backward (:func:`losses.fire_forward` +
+:func:`losses.fire_loss`, the affine warm-up off; no optimiser step, so the weights stay put) on
+the same training batch, then ``register`` on the same validation pair. It prints the median and
+the fastest time of each and writes them as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+SCRIPT_KEYS = {"cost_volume": {"auto": None, "shifted": 0}}
+
+
+def _split(variant: str) -> tuple[list[str], dict[str, str]]:
+    overrides, own = [], {}
+    for token in variant.split():
+        key, _, value = token.partition("=")
+        if key in SCRIPT_KEYS:
+            if value not in SCRIPT_KEYS[key]:
+                raise SystemExit(f"--variant {variant!r}: {key} must be one of {list(SCRIPT_KEYS[key])}")
+            own[key] = value
+        else:
+            overrides.append(token)
+    return overrides, own
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config")
+    p.add_argument("--variant", action="append", required=True, help="space-separated key=value overrides")
+    p.add_argument("--rounds", type=int, default=14, help="training rounds (register: 4 calls a round)")
+    p.add_argument("--skip", type=int, default=2, help="first rounds left out (allocations, caches)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON output (default: none)")
+    args = p.parse_args(argv)
+
+    import lightning as L
+    import torch
+
+    from fire_lightning import networks
+    from fire_lightning.config import load_config
+    from fire_lightning.module import FIREModule
+    from fire_lightning.train import make_datamodule
+
+    torch.set_num_threads(args.threads)
+    dense_default = networks.DENSE_POINTS_PER_OFFSET
+    variants = {}
+    batch = pair = None
+    for v in args.variant:
+        overrides, own = _split(v)
+        cfg = load_config(args.config, [*overrides, "optim.affine_warmup_steps=0"])
+        if batch is None:
+            L.seed_everything(cfg.seed, verbose=False)
+            dm = make_datamodule(cfg)
+            dm.setup("fit")
+            batch = {k: t for k, t in next(iter(dm.train_dataloader())).items() if torch.is_tensor(t)}
+            val = next(iter(dm.val_dataloader()))
+            pair = val["moving"][:1], val["fixed"][:1]
+        torch.manual_seed(cfg.seed)
+        model = FIREModule(cfg, label_names=dm.label_names, spacing=dm.spacing)
+        limit = SCRIPT_KEYS["cost_volume"][own.get("cost_volume", "auto")]
+        variants[v] = (model, dense_default if limit is None else limit)
+
+    step = {v: [] for v in variants}
+    reg = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v, (model, limit) in variants.items():
+            networks.DENSE_POINTS_PER_OFFSET = limit
+            model.train().zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            _, loss = model._forward_loss(batch)
+            loss.total.backward()
+            step[v].append(time.perf_counter() - t0)
+            model.eval()
+            with torch.no_grad():
+                for _ in range(4):
+                    t0 = time.perf_counter()
+                    model.register(*pair)
+                    reg[v].append(time.perf_counter() - t0)
+    networks.DENSE_POINTS_PER_OFFSET = dense_default
+
+    rows = {}
+    for v in variants:
+        s, r = step[v][args.skip:], reg[v][4 * args.skip:]
+        rows[v] = {"step_ms_median": 1e3 * statistics.median(s), "step_ms_min": 1e3 * min(s),
+                   "register_ms_median": 1e3 * statistics.median(r), "register_ms_min": 1e3 * min(r),
+                   "rounds": len(s), "register_calls": len(r)}
+    print("| variant | FIRE step, median (fastest) ms | register, median (fastest) ms |\n|---|---|---|")
+    for v, row in rows.items():
+        print(f"| `{v}` | {row['step_ms_median']:.0f} ({row['step_ms_min']:.0f}) | "
+              f"{row['register_ms_median']:.1f} ({row['register_ms_min']:.1f}) |")
+    result = {"config": args.config, "threads": args.threads, "variants": rows}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
