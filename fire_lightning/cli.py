@@ -96,7 +96,8 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
     else:
         dataset = dm.test_dataset()
     meta = {"checkpoint": str(checkpoint), "split": split,
-            **{key: getattr(model.net.T_ab, key) for key in model.PASSES_EVAL}}
+            **{key: getattr(model.net.T_ab, key) for key in model.PASSES_EVAL},
+            "affine_symmetric_passes_eval": model.net.affine_symmetric_passes_eval}
     if cfg is not None:
         meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)
@@ -129,7 +130,8 @@ SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fra
 
 
 #: model keys that a benchmark may change on a trained network (they act at inference only)
-INFERENCE_KEYS = ("model.affine_passes_eval", "model.affine_fine_passes_eval", "model.affine_full_passes_eval")
+INFERENCE_KEYS = ("model.affine_passes_eval", "model.affine_fine_passes_eval", "model.affine_full_passes_eval",
+                  "model.affine_symmetric_passes_eval")
 
 
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
@@ -169,8 +171,8 @@ def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, ove
     elif cfg.data.spatial_dims != trained.spatial_dims or float(cfg.data.spacing) != float(trained.spacing):
         raise ValueError(f"{ckpt}: the model is {trained.spatial_dims}D at {trained.spacing} mm, the data "
                          f"config {cfg.data.spatial_dims}D at {cfg.data.spacing} mm")
-    for key in model_keys:  # inference passes only (checked above)
-        model.set_passes_eval(key.split(".", 1)[1], cfg.model[key.split(".", 1)[1]])
+    for key in model_keys:  # inference-only keys (checked above)
+        model.set_inference_key(key.split(".", 1)[1], cfg.model[key.split(".", 1)[1]])
     dm = make_datamodule(cfg)
     _check_held_out(dm, run_dir, ckpt)
     dm.setup("test")
@@ -461,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2, "
                    "and of the inference-only model keys: model.affine_passes_eval=5, model.affine_fine_passes_eval=3, "
-                   "model.affine_full_passes_eval=2 (a model trained with those levels)")
+                   "model.affine_full_passes_eval=2 (a model trained with those levels), "
+                   "model.affine_symmetric_passes_eval=2")
     b.add_argument("--split", default="test", choices=["test", "val"], help="score the test pairs (default) or the "
                    "validation pairs, to choose inference settings without the test pairs (output: RUN/benchmark-val)")
     b.add_argument("--checkpoint", default=None, help="checkpoint, a path or a name in RUN/checkpoints/ "

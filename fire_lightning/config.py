@@ -120,6 +120,9 @@ class ModelConfig:
     affine_full_passes: int = 0  # then passes of a third match head on G's full-resolution features (its first block)
     affine_full_passes_eval: Optional[int] = None  # its passes at inference; None: affine_full_passes
     affine_full_channels: List[int] = field(default_factory=lambda: [16, 32, 32])  # that head's (conv, -, descriptor)
+    # at inference, K > 0: the opposite direction's finest affine level runs K passes from the inverse of this
+    # direction's affine, and phi_af is the mean of the two estimates (networks.FIRENet.symmetric_affine)
+    affine_symmetric_passes_eval: int = 0
     affine_mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
     down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
     similarity: str = "rms"  # rms | mi | lncc, used in (7)
@@ -325,7 +328,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
     if cfg.model.affine_passes < 1:
         raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
-    for key in ("affine_fine_passes", "affine_full_passes"):
+    for key in ("affine_fine_passes", "affine_full_passes", "affine_symmetric_passes_eval"):
         if cfg.model[key] < 0:
             raise ConfigError(f"model.{key} must be >= 0, got {cfg.model[key]}")
     if cfg.model.affine_full_passes and not cfg.model.affine_fine_passes:

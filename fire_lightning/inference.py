@@ -50,7 +50,7 @@ def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
         affine_fine_passes_eval=m.affine_fine_passes_eval, affine_full_passes=m.affine_full_passes,
         affine_full_passes_eval=m.affine_full_passes_eval, affine_full_channels=tuple(m.affine_full_channels),
         affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
-        checkpoint_activations=m.checkpoint_activations,
+        checkpoint_activations=m.checkpoint_activations, affine_symmetric_passes_eval=m.affine_symmetric_passes_eval,
     )
     if m.channels_last:
         net = net.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)
@@ -67,6 +67,18 @@ class Registers:
     PASSES_EVAL = {"affine_passes_eval": ("affine", "affine_passes"),
                    "affine_fine_passes_eval": ("affine_fine", "affine_fine_passes"),
                    "affine_full_passes_eval": ("affine_full", "affine_full_passes")}
+
+    def set_inference_key(self, key: str, value) -> None:
+        """Change one inference-only key of ``model`` (:attr:`PASSES_EVAL`, ``affine_symmetric_passes_eval``)
+        on a trained model."""
+        if key in self.PASSES_EVAL:
+            return self.set_passes_eval(key, value)
+        if key != "affine_symmetric_passes_eval":
+            raise KeyError(f"model.{key} is not an inference-only key")
+        if value is None or int(value) < 0:
+            raise ValueError(f"{key} must be >= 0 (0: off), got {value}")
+        self.net.affine_symmetric_passes_eval = int(value)
+        self.cfg.model[key] = int(value)
 
     def set_passes_eval(self, key: str, passes: int | None) -> None:
         """Passes at inference of one level of the affine stage on a trained model: ``key`` one of

@@ -623,6 +623,17 @@ class TransformationNet(nn.Module):
         """How many finer levels (S/2, S/1) the affine stage reads."""
         return len(self.finer_levels())
 
+    def finest_level(self, fa: torch.Tensor, fb: torch.Tensor, fine: FinerFeatures | None
+                     ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """The affine stage's last head and the (moving, fixed) features it reads: the finest finer
+        level's, or the cascade's on G's output without finer levels."""
+        levels = self.finer_levels()
+        if not levels:
+            return self.affine, fa, fb
+        if fine is None or len(fine) < len(levels):
+            raise ValueError(f"the affine stage's {len(levels)} finer level(s) need G's finer features of both images")
+        return levels[-1][0], *fine[len(levels) - 1]
+
     def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
                      fine: FinerFeatures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """phi_af and the moving features warped by it: ``(theta (B, n, n+1), fa ∘ phi_af (B, C, *S/4))``.
@@ -640,8 +651,12 @@ class TransformationNet(nn.Module):
         return theta, spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
-                fine: FinerFeatures | None = None) -> Transform:
-        theta, fa_af = self.affine_theta(fa, fb, theta0, fine)
+                fine: FinerFeatures | None = None, theta: torch.Tensor | None = None) -> Transform:
+        """``theta``: phi_af given (:meth:`FIRENet.symmetric_affine`), the affine stage skipped."""
+        if theta is None:
+            theta, fa_af = self.affine_theta(fa, fb, theta0, fine)
+        else:
+            fa_af = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
         raw = self.nonrigid(fa_af, fb).float()  # a field is geometry: float32 also under mixed precision
         disp = spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
         return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=fa_af)
@@ -690,7 +705,7 @@ class FIRENet(nn.Module):
                  affine_passes_eval: int | None = None, affine_fine_passes: int = 0,
                  checkpoint_activations: bool = False, affine_fine_passes_eval: int | None = None,
                  affine_full_passes: int = 0, affine_full_passes_eval: int | None = None,
-                 affine_full_channels=(16, 32, 32)):
+                 affine_full_channels=(16, 32, 32), affine_symmetric_passes_eval: int = 0):
         super().__init__()
         if n not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {n}")
@@ -698,6 +713,9 @@ class FIRENet(nn.Module):
             raise ValueError(f"affine_init must be one of {AFFINE_INITS}, got {affine_init!r}")
         self.n = n
         self.affine_init = affine_init
+        if affine_symmetric_passes_eval < 0:
+            raise ValueError(f"affine_symmetric_passes_eval must be >= 0, got {affine_symmetric_passes_eval}")
+        self.affine_symmetric_passes_eval = int(affine_symmetric_passes_eval)
         self.spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * n
         self.G = Encoder(n, width, n_res=n_res, down_kernel=down_kernel)
         c = self.G.out_channels
@@ -794,7 +812,30 @@ class FIRENet(nn.Module):
                 images when not given).
         """
         fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
-        return self._net(direction)(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)
+        t, theta0 = self._net(direction), self.initial_affine(x_moving, x_fixed)
+        if self.training or not self.affine_symmetric_passes_eval:
+            return t(g_moving, g_fixed, theta0, fine)
+        theta = self.symmetric_affine(direction, t.affine_theta(g_moving, g_fixed, theta0, fine)[0], g_moving, g_fixed,
+                                      fine)
+        return t(g_moving, g_fixed, fine=fine, theta=theta)
+
+    def symmetric_affine(self, direction: str, theta: torch.Tensor, g_moving: torch.Tensor, g_fixed: torch.Tensor,
+                         fine: FinerFeatures | None) -> torch.Tensor:
+        """``direction``'s affine ``theta (B, n, n+1)`` made symmetric (``model.affine_symmetric_passes_eval``
+        K > 0, inference): the opposite direction's network runs K passes of its finest affine level
+        from ``theta``'s inverse, and phi_af is the mean of ``theta`` and the inverse of what it reaches.
+
+        FIRE trains T^{A→B} and T^{B→A} to be each other's inverse (8); at inference the two
+        networks' finest heads are two estimates of the same transform whose errors are partly
+        their own, and the mean halves the part that is not shared (the backward cascade starts
+        from the forward answer: its coarse levels would only repeat it). The arithmetic mean of
+        the two matrices: they differ by about a percent, where it equals their geodesic mean to
+        second order. (SyN is symmetric in the same sense.)"""
+        other = self._net("BtoA" if direction == "AtoB" else "AtoB")
+        swapped = None if fine is None else tuple((f, m) for m, f in fine)
+        head, f_moving, f_fixed = other.finest_level(g_fixed, g_moving, swapped)
+        back = other._cascade(head, f_moving, f_fixed, spatial.invert_affine(theta), self.affine_symmetric_passes_eval)
+        return 0.5 * (theta + spatial.invert_affine(back))
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Transform:
         """Register ``x_a`` (moving, ``(B,1,*S)``) to ``x_b`` (fixed): phi^{A→B}."""

@@ -210,7 +210,14 @@ def test_a_run_with_a_fine_level_can_be_rescored_with_more_fine_passes(tiny_over
     run = next((tmp_path / "runs").iterdir())
     assert main(["benchmark", str(run), "model.affine_fine_passes_eval=2", "--split", "val", "--no-ants"]) == 0
     meta = json.loads((run / "benchmark-val" / "results.json").read_text())["meta"]
-    assert meta["affine_fine_passes_eval"] == 2 and meta["affine_passes_eval"] == 5  # the config's, unchanged
+    assert meta["affine_fine_passes_eval"] == 2 and meta["affine_passes_eval"] == 4  # the config's, unchanged
+    assert meta["affine_symmetric_passes_eval"] == 1  # the config's
+    assert main(["benchmark", str(run), "model.affine_symmetric_passes_eval=0", "--split", "val", "--no-ants",
+                 "--out", str(tmp_path / "one-sided")]) == 0
+    one_sided = json.loads((tmp_path / "one-sided" / "results.json").read_text())
+    assert one_sided["meta"]["affine_symmetric_passes_eval"] == 0
+    symmetric = json.loads((run / "benchmark-val" / "results.json").read_text())
+    assert one_sided["methods"]["FIRE-Affine"]["affine_err_mm"] != symmetric["methods"]["FIRE-Affine"]["affine_err_mm"]
 
 
 def test_the_benchmark_times_the_pairs_it_scored_without_making_them_again(tiny_overrides, tmp_path, monkeypatch):

@@ -573,3 +573,36 @@ def test_channels_last_is_the_same_step_in_another_memory_layout(n):
     assert g0.keys() == g1.keys() and len(g0) > 10
     for k in g0:  # float32 rounding in another summation order, through MI's histograms: relative to the largest
         assert (g1[k] - g0[k]).abs().max() <= 1e-3 * g0[k].abs().max() + 1e-5, k
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("fine", [0, 1])
+def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposite_finest_level(n, fine):
+    """``model.affine_symmetric_passes_eval`` K: at inference phi_af^{A→B} is the mean of T^{A→B}'s affine and the
+    inverse of what T^{B→A}'s finest head reaches in K passes from its inverse; T_nr then reads the features
+    warped by that mean. Training, and K = 0, are the one-sided network."""
+    net = _tiny_net(n, affine_head="match", affine_init="scale", affine_fine_passes=fine, affine_symmetric_passes_eval=2)
+    x_a, x_b = _inputs(n, seed=12)
+    g_a, g_b, fine_features = net.encode_pair(x_a, x_b)
+    net.eval()
+    with torch.no_grad():
+        t = net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features)
+        own = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b), fine_features)[0]
+        if fine:
+            (h_a, h_b), = fine_features
+            head, moving, fixed = net.T_ba.affine_fine, h_b, h_a
+        else:
+            head, moving, fixed = net.T_ba.affine, g_b, g_a
+        back = net.T_ba._cascade(head, moving, fixed, spatial.invert_affine(own), 2)
+        expected = 0.5 * (own + spatial.invert_affine(back))
+        torch.testing.assert_close(t.theta, expected)
+        assert not torch.allclose(t.theta, own, atol=1e-4)
+        torch.testing.assert_close(t.feat_affine, spatial.warp(g_a, spatial.affine_to_displacement(expected, g_a.shape[2:])))
+        net.affine_symmetric_passes_eval = 0
+        torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features).theta, own)
+        net.affine_symmetric_passes_eval = 2
+        net.train()
+        trained = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b), fine_features)[0]
+        torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features).theta, trained)
+    with pytest.raises(ValueError, match="affine_symmetric_passes_eval"):
+        _tiny_net(n, affine_symmetric_passes_eval=-1)

@@ -606,8 +606,9 @@ def test_slices_in_different_planes_are_registered_with_a_warning(ckpts, case2d,
         result = Registrar(ckpts["2d"], device="cpu").register(tmp_path / "other_plane.nii.gz",
                                                               case2d["pair"]["fixed"])
     assert any("not in the same plane" in r.getMessage() for r in caplog.records)
-    # the moving slice is sampled where the points project onto it: as if it were in the plane
-    np.testing.assert_allclose(result.warped.get_fdata(), case2d["api"].warped.get_fdata(), atol=1e-3)
+    # the moving slice is sampled where the points project onto it: as if it were in the plane (float32
+    # rounding of the projected points, carried through the network: a relative tolerance too)
+    np.testing.assert_allclose(result.warped.get_fdata(), case2d["api"].warped.get_fdata(), atol=1e-3, rtol=1e-4)
 
 
 def test_a_csv_with_a_wrong_header_is_a_one_line_error(ckpts, tmp_path, capsys):
