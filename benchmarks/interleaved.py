@@ -8,7 +8,8 @@ On a shared machine whose speed moves by a third between sittings, a 10 % change
 the variants take turns in one process. Each variant is the config with its own ``key=value``
 overrides (space-separated in one ``--variant``), built with the same seed, so with the same
 weights; ``cost_volume=shifted`` makes the matching head's cost volume take the shifted-product
-route on every grid (``auto``: the all-pairs route on coarse grids, the default). Per round, every
+route on every grid (``auto``: the all-pairs route on coarse grids, the default), and ``norm=instance``
+puts torch's ``InstanceNorm`` where the networks have their GroupNorm form of it. Per round, every
 variant runs one FIRE training forward and backward (:func:`losses.fire_forward` +
 :func:`losses.fire_loss`, the affine warm-up off; no optimiser step, so the weights stay put) on
 the same training batch, then ``register`` on the same validation pair. It prints the median and
@@ -23,7 +24,20 @@ import statistics
 import time
 from pathlib import Path
 
-SCRIPT_KEYS = {"cost_volume": {"auto": None, "shifted": 0}}
+SCRIPT_KEYS = {"cost_volume": {"auto": None, "shifted": 0}, "norm": {"group": None, "instance": None}}
+
+
+def _torch_instance_norms(module, n: int) -> None:
+    """Swap the networks' instance norms (``networks.inorm``, a GroupNorm) for ``InstanceNorm{n}d``, weights kept."""
+    import torch
+
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.GroupNorm):
+            norm = getattr(torch.nn, f"InstanceNorm{n}d")(child.num_channels, eps=child.eps, affine=True)
+            norm.load_state_dict(child.state_dict())
+            setattr(module, name, norm)
+        else:
+            _torch_instance_norms(child, n)
 
 
 def _split(variant: str) -> tuple[list[str], dict[str, str]]:
@@ -73,6 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
             pair = val["moving"][:1], val["fixed"][:1]
         torch.manual_seed(cfg.seed)
         model = FIREModule(cfg, label_names=dm.label_names, spacing=dm.spacing)
+        if own.get("norm") == "instance":
+            _torch_instance_norms(model.net, cfg.data.spatial_dims)
         limit = SCRIPT_KEYS["cost_volume"][own.get("cost_volume", "auto")]
         variants[v] = (model, dense_default if limit is None else limit)
 

@@ -45,7 +45,14 @@ def conv(n: int, *args, **kwargs) -> nn.Module:
 
 
 def inorm(n: int, ch: int) -> nn.Module:
-    return getattr(nn, f"InstanceNorm{n}d")(ch, affine=True)
+    """Instance norm with a learned scale and shift per channel (``n`` is not needed: one module for
+    2D and 3D). ``GroupNorm`` with one channel per group is instance norm (statistics per sample and
+    channel over the spatial axes, in training and eval alike, eps 1e-5, ``weight`` / ``bias``: the
+    state-dict keys of ``InstanceNorm{n}d(affine=True)``, so older checkpoints load), computed by one
+    native op that keeps the channels-last layout; ``InstanceNorm`` reshapes, repeats its affine
+    parameters and returns to the default layout on every call (``register`` 6 % faster on the
+    2-core CPU, README "Speed and memory")."""
+    return nn.GroupNorm(ch, ch, eps=1e-5, affine=True)
 
 
 class ConvBlock(nn.Sequential):

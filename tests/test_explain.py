@@ -242,7 +242,7 @@ def test_a_region_needs_both_label_maps_and_a_pair_without_it_is_undefined():
 def test_the_output_layer_setting_hooks_the_projection():
     net = _net(2)
     assert ex.cam_layer(net, "D_A", layer="output") is net.D_a.net[-1]
-    assert ex.cam_layer(net, "D_A") is net.D_a.net[-3] and isinstance(net.D_a.net[-3], nn.InstanceNorm2d)
+    assert ex.cam_layer(net, "D_A") is net.D_a.net[-3] and isinstance(net.D_a.net[-3], nn.GroupNorm)
     assert ex.cam_layer(net, "T_nr", "BtoA", "output") is net.T_ba.nonrigid.head
     assert ex.cam_layer(net, "T_nr", "BtoA") is net.T_ba.nonrigid.res
     x_a, x_b, _ = _pair(2)

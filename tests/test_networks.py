@@ -541,8 +541,7 @@ def test_checkpointing_is_off_in_eval_mode_so_inference_and_grad_cam_hooks_run_o
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_channels_last_is_the_same_step_in_another_memory_layout(n):
-    """``model.channels_last``: weights and convolution outputs channels-last (instance norm returns
-    to the default layout), the same loss and gradients."""
+    """``model.channels_last``: weights and convolution outputs channels-last, the same loss and gradients."""
     from omegaconf import OmegaConf
 
     from fire_lightning.config import Config
@@ -606,3 +605,21 @@ def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposit
         torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features).theta, trained)
     with pytest.raises(ValueError, match="affine_symmetric_passes_eval"):
         _tiny_net(n, affine_symmetric_passes_eval=-1)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_instance_norm_is_torch_instance_norm_and_loads_its_weights(n):
+    """``inorm`` (GroupNorm, one channel per group) normalises as ``InstanceNorm{n}d(affine=True)`` in
+    training and eval mode, and takes its state dict (checkpoints written before the switch)."""
+    from fire_lightning.networks import inorm
+
+    reference = getattr(torch.nn, f"InstanceNorm{n}d")(5, affine=True)
+    with torch.no_grad():
+        reference.weight.normal_(generator=_gen(3))
+        reference.bias.normal_(generator=_gen(4))
+    norm = inorm(n, 5)
+    norm.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 5, *([6] * n), generator=_gen(5)) * 3 + 1
+    for training in (True, False):
+        norm.train(training), reference.train(training)
+        torch.testing.assert_close(norm(x), reference(x), rtol=1e-5, atol=1e-5)
