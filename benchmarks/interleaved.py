@@ -56,6 +56,7 @@ def _split(variant: str) -> tuple[list[str], dict[str, str]]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of every variant")
     p.add_argument("--variant", action="append", required=True, help="space-separated key=value overrides")
     p.add_argument("--rounds", type=int, default=14, help="training rounds (register: 4 calls a round)")
     p.add_argument("--skip", type=int, default=2, help="first rounds left out (allocations, caches)")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = pair = None
     for v in args.variant:
         overrides, own = _split(v)
-        cfg = load_config(args.config, [*overrides, "optim.affine_warmup_steps=0"])
+        cfg = load_config(args.config, [*args.overrides, *overrides, "optim.affine_warmup_steps=0"])
         if batch is None:
             L.seed_everything(cfg.seed, verbose=False)
             dm = make_datamodule(cfg)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     for v, row in rows.items():
         print(f"| `{v}` | {row['step_ms_median']:.0f} ({row['step_ms_min']:.0f}) | "
               f"{row['register_ms_median']:.1f} ({row['register_ms_min']:.1f}) |")
-    result = {"config": args.config, "threads": args.threads, "variants": rows}
+    result = {"config": args.config, "overrides": args.overrides, "threads": args.threads, "variants": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -1,0 +1,37 @@
+"""The measurement scripts in benchmarks/ run, compare what they say they compare, and refuse bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from .conftest import PHANTOM2D, ROOT
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_interleaved_times_every_variant_in_turns_and_restores_the_cost_volume_route(tiny_overrides, tmp_path):
+    from fire_lightning import networks
+
+    interleaved = _script("interleaved")
+    out = tmp_path / "cmp.json"
+    default = networks.DENSE_POINTS_PER_OFFSET
+    result = interleaved.main([str(PHANTOM2D), *tiny_overrides, "--variant", "model.channels_last=false",
+                               "--variant", "model.channels_last=true cost_volume=shifted norm=instance",
+                               "--rounds", "2", "--skip", "1", "--threads", "1", "--out", str(out)])
+    assert networks.DENSE_POINTS_PER_OFFSET == default
+    assert json.loads(out.read_text()) == result
+    rows = result["variants"]
+    assert list(rows) == ["model.channels_last=false", "model.channels_last=true cost_volume=shifted norm=instance"]
+    for row in rows.values():
+        assert row["rounds"] == 1 and row["register_calls"] == 4
+        assert 0 < row["step_ms_min"] <= row["step_ms_median"] and 0 < row["register_ms_min"] <= row["register_ms_median"]
+    with pytest.raises(SystemExit, match="cost_volume must be one of"):
+        interleaved.main([str(PHANTOM2D), *tiny_overrides, "--variant", "cost_volume=fast"])
