@@ -50,7 +50,7 @@ def inorm(n: int, ch: int) -> nn.Module:
     channel over the spatial axes, in training and eval alike, eps 1e-5, ``weight`` / ``bias``: the
     state-dict keys of ``InstanceNorm{n}d(affine=True)``, so older checkpoints load), computed by one
     native op that keeps the channels-last layout; ``InstanceNorm`` reshapes, repeats its affine
-    parameters and returns to the default layout on every call (``register`` 6 % faster on the
+    parameters and returns to the default layout on every call (``register`` 7 % faster on the
     2-core CPU, README "Speed and memory")."""
     return nn.GroupNorm(ch, ch, eps=1e-5, affine=True)
 
@@ -634,12 +634,19 @@ class TransformationNet(nn.Module):
                      ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         """The affine stage's last head and the (moving, fixed) features it reads: the finest finer
         level's, or the cascade's on G's output without finer levels."""
-        levels = self.finer_levels()
+        levels = self._finer_inputs(fine)
         if not levels:
             return self.affine, fa, fb
-        if fine is None or len(fine) < len(levels):
-            raise ValueError(f"the affine stage's {len(levels)} finer level(s) need G's finer features of both images")
-        return levels[-1][0], *fine[len(levels) - 1]
+        (head, _), (f_moving, f_fixed) = levels[-1]
+        return head, f_moving, f_fixed
+
+    def _finer_inputs(self, fine: FinerFeatures | None) -> list[tuple[tuple[MatchAffineNet, int], tuple]]:
+        """Each finer level's ``(head, passes)`` with its ``(moving, fixed)`` features from ``fine``."""
+        levels = self.finer_levels()
+        if levels and (fine is None or len(fine) < len(levels)):
+            raise ValueError(f"the affine stage's {len(levels)} finer level(s) need G's finer features of both images "
+                             f"(got {0 if fine is None else len(fine)} level(s))")
+        return list(zip(levels, fine or ()))
 
     def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
                      fine: FinerFeatures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -649,11 +656,7 @@ class TransformationNet(nn.Module):
         (:meth:`Encoder.finer`: S/2, then S/1), needed when ``affine_fine_passes`` (``affine_full_passes``).
         """
         theta = self._cascade(self.affine, fa, fb, theta0, self.affine_passes if self.training else self.affine_passes_eval)
-        levels = self.finer_levels()
-        if levels and (fine is None or len(fine) < len(levels)):
-            raise ValueError(f"the affine stage's {len(levels)} finer level(s) need G's finer features of both images "
-                             f"(got {0 if fine is None else len(fine)} level(s))")
-        for (head, passes), (f_moving, f_fixed) in zip(levels, fine or ()):
+        for (head, passes), (f_moving, f_fixed) in self._finer_inputs(fine):
             theta = self._cascade(head, f_moving, f_fixed, theta, passes)
         return theta, spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
 
