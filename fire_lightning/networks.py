@@ -649,8 +649,8 @@ class TransformationNet(nn.Module):
         return list(zip(levels, fine or ()))
 
     def affine_theta(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
-                     fine: FinerFeatures | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi_af and the moving features warped by it: ``(theta (B, n, n+1), fa ∘ phi_af (B, C, *S/4))``.
+                     fine: FinerFeatures | None = None) -> torch.Tensor:
+        """phi_af ``(B, n, n+1)`` (the moving features are warped by it in :meth:`forward`, which needs them).
 
         ``fine``: one ``(moving, fixed)`` pair of G's finer features per finer level, coarse to fine
         (:meth:`Encoder.finer`: S/2, then S/1), needed when ``affine_fine_passes`` (``affine_full_passes``).
@@ -658,15 +658,14 @@ class TransformationNet(nn.Module):
         theta = self._cascade(self.affine, fa, fb, theta0, self.affine_passes if self.training else self.affine_passes_eval)
         for (head, passes), (f_moving, f_fixed) in self._finer_inputs(fine):
             theta = self._cascade(head, f_moving, f_fixed, theta, passes)
-        return theta, spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
+        return theta
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
                 fine: FinerFeatures | None = None, theta: torch.Tensor | None = None) -> Transform:
         """``theta``: phi_af given (:meth:`FIRENet.symmetric_affine`), the affine stage skipped."""
         if theta is None:
-            theta, fa_af = self.affine_theta(fa, fb, theta0, fine)
-        else:
-            fa_af = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
+            theta = self.affine_theta(fa, fb, theta0, fine)
+        fa_af = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
         raw = self.nonrigid(fa_af, fb).float()  # a field is geometry: float32 also under mixed precision
         disp = spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
         return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=fa_af)
@@ -803,7 +802,7 @@ class FIRENet(nn.Module):
         """phi_af alone ``(B, n, n+1)`` of :meth:`transform` (no T_nr)."""
         t = self._net(direction)
         fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
-        return t.affine_theta(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)[0]
+        return t.affine_theta(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)
 
     def _net(self, direction: str) -> TransformationNet:
         if direction not in ("AtoB", "BtoA"):
@@ -825,8 +824,7 @@ class FIRENet(nn.Module):
         t, theta0 = self._net(direction), self.initial_affine(x_moving, x_fixed)
         if self.training or not self.affine_symmetric_passes_eval:
             return t(g_moving, g_fixed, theta0, fine)
-        theta = self.symmetric_affine(direction, t.affine_theta(g_moving, g_fixed, theta0, fine)[0], g_moving, g_fixed,
-                                      fine)
+        theta = self.symmetric_affine(direction, t.affine_theta(g_moving, g_fixed, theta0, fine), g_moving, g_fixed, fine)
         return t(g_moving, g_fixed, fine=fine, theta=theta)
 
     def symmetric_affine(self, direction: str, theta: torch.Tensor, g_moving: torch.Tensor, g_fixed: torch.Tensor,
@@ -837,7 +835,7 @@ class FIRENet(nn.Module):
 
         FIRE trains T^{A→B} and T^{B→A} to be each other's inverse (8); at inference the two
         networks' finest heads are two estimates of the same transform whose errors are partly
-        their own, and the mean halves the part that is not shared (the backward cascade starts
+        their own, and the mean averages out part of what is not shared (the backward cascade starts
         from the forward answer: its coarse levels would only repeat it). The arithmetic mean of
         the two matrices: they differ by about a percent, where it equals their geodesic mean to
         second order. (SyN is symmetric in the same sense.)"""

@@ -586,7 +586,7 @@ def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposit
     net.eval()
     with torch.no_grad():
         t = net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features)
-        own = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b), fine_features)[0]
+        own = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b), fine_features)
         if fine:
             (h_a, h_b), = fine_features
             head, moving, fixed = net.T_ba.affine_fine, h_b, h_a
@@ -601,7 +601,7 @@ def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposit
         torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features).theta, own)
         net.affine_symmetric_passes_eval = 2
         net.train()
-        trained = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b), fine_features)[0]
+        trained = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b), fine_features)
         torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features).theta, trained)
     with pytest.raises(ValueError, match="affine_symmetric_passes_eval"):
         _tiny_net(n, affine_symmetric_passes_eval=-1)
