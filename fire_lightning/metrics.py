@@ -7,10 +7,11 @@ neighbour, :func:`spatial.warp_labels`) and every metric are the same for all of
 
 from __future__ import annotations
 
-import warnings
+import itertools
 
+import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance
+from scipy import ndimage
 
 from . import spatial
 
@@ -60,8 +61,28 @@ def dice_by_method(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label
     return out
 
 
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """The mask's boundary voxels: those that a one-voxel erosion (the cross, the outside counted
+    as background) removes, as MONAI's ``get_mask_edges``."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def _hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """95th-percentile symmetric surface distance (mm) of two non-empty boolean masks ``(*S)``."""
+    e_p, e_t = _surface(pred), _surface(target)
+    directed = (ndimage.distance_transform_edt(~e_t, sampling=spacing)[e_p],  # each pred surface voxel → target's
+                ndimage.distance_transform_edt(~e_p, sampling=spacing)[e_t])
+    return max(float(torch.quantile(torch.from_numpy(d).float(), 0.95)) for d in directed)
+
+
 def hd95_per_label(pred: torch.Tensor, target: torch.Tensor, labels, spacing) -> torch.Tensor:
-    """95th-percentile symmetric Hausdorff distance in mm per sample and label (MONAI).
+    """95th-percentile symmetric Hausdorff distance in mm per sample and label.
+
+    MONAI's ``compute_hausdorff_distance(percentile=95, include_background=True, spacing=...)``
+    (``tests/test_metrics.py`` checks the two agree), computed with scipy's exact Euclidean
+    distance transform of each surface: the same distances without MONAI's per-call cropping and
+    conversions, about five times faster on the benchmark's 2D maps (a benchmark scores about 2 500
+    structure maps).
 
     Args:
         pred, target: integer label maps ``(B, 1, *S)``.
@@ -69,20 +90,20 @@ def hd95_per_label(pred: torch.Tensor, target: torch.Tensor, labels, spacing) ->
         spacing: voxel size in mm per spatial axis.
 
     Returns:
-        ``(B, L)``. A label present in one map only (a method erased or invented a structure)
+        ``(B, L)`` float64. A label present in one map only (a method erased or invented a structure)
         scores the grid's diagonal in mm, the largest distance possible, so that losing a
         structure cannot improve the mean; NaN where the label is absent from both maps.
     """
-    onehot_p = torch.cat([(pred == lab) for lab in labels], dim=1)
-    onehot_t = torch.cat([(target == lab) for lab in labels], dim=1)
-    with warnings.catch_warnings():  # MONAI warns about empty maps; they are handled below
-        warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(onehot_p, onehot_t, include_background=True, percentile=95,
-                                        spacing=[float(s) for s in spacing]).double().cpu()
-    in_p, in_t = onehot_p.flatten(2).any(-1).cpu(), onehot_t.flatten(2).any(-1).cpu()
-    diagonal = float(sum((n * float(s)) ** 2 for n, s in zip(pred.shape[2:], spacing)) ** 0.5)
-    hd[in_p ^ in_t] = diagonal
-    hd[~(in_p | in_t)] = float("nan")
+    spacing = tuple(float(s) for s in spacing)
+    p, t = pred[:, 0].cpu().numpy(), target[:, 0].cpu().numpy()
+    diagonal = float(sum((n * s) ** 2 for n, s in zip(pred.shape[2:], spacing)) ** 0.5)
+    hd = torch.full((p.shape[0], len(labels)), float("nan"), dtype=torch.float64)
+    for b, (i, lab) in itertools.product(range(p.shape[0]), enumerate(labels)):
+        in_p, in_t = p[b] == lab, t[b] == lab
+        if in_p.any() and in_t.any():
+            hd[b, i] = _hd95(in_p, in_t, spacing)
+        elif in_p.any() or in_t.any():
+            hd[b, i] = diagonal
     return hd
 
 

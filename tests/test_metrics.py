@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -55,6 +56,31 @@ def test_hd95_of_an_erased_structure_is_the_largest_distance_not_a_gap():
     assert hd[0, 0] == 0
     assert hd[0, 1].item() == pytest.approx(math.hypot(24 * 2.0, 20 * 1.0))  # the grid's diagonal in mm
     assert metrics.hd95_per_label(lab, erased, [2], (2.0, 1.0))[0, 0] == hd[0, 1]  # invented: the same
+
+
+@pytest.mark.parametrize("shape, spacing", [((40, 44), (3.0, 3.0)), ((40, 44), (2.0, 0.7)), ((14, 16, 12), (1.0, 1.5, 2.5))])
+def test_hd95_equals_monais_hausdorff_distance(shape, spacing):
+    # Smooth random label maps (3 structures; one map with a structure erased, one with a structure
+    # touching the border): the scipy route must give MONAI's figures.
+    from monai.metrics import compute_hausdorff_distance
+
+    g = torch.Generator().manual_seed(len(shape))
+    pool = torch.nn.functional.avg_pool2d if len(shape) == 2 else torch.nn.functional.avg_pool3d
+    x = pool(torch.randn(6, 1, *shape, generator=g), 5, 1, 2)
+    y = pool(torch.randn(6, 1, *shape, generator=g), 5, 1, 2)
+    cuts = torch.tensor([-0.1, 0.0, 0.1])
+    lab_f, lab_m = torch.bucketize(x, cuts), torch.bucketize(0.8 * x + 0.2 * y, cuts)
+    lab_m[0][lab_m[0] == 2] = 0
+    ours = metrics.hd95_per_label(lab_m, lab_f, [1, 2, 3], spacing)
+    onehot = [torch.cat([(m == k) for k in (1, 2, 3)], dim=1) for m in (lab_m, lab_f)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns about the erased structure
+        ref = compute_hausdorff_distance(*onehot, include_background=True, percentile=95, spacing=list(spacing))
+    present = [torch.stack([(m == k).flatten(1).any(1) for k in (1, 2, 3)], 1) for m in (lab_m, lab_f)]
+    both = present[0] & present[1]
+    assert both.sum() >= 15 and not both[0, 1]
+    torch.testing.assert_close(ours[both], ref.double()[both], rtol=1e-6, atol=1e-5)
+    assert (ours[~both] == math.dist([0] * len(shape), [n * s for n, s in zip(shape, spacing)])).all()
 
 
 def test_hd95_in_3d_uses_the_spacing_of_the_shifted_axis():
