@@ -137,6 +137,36 @@ def _bspline_displacement(points: torch.Tensor, coefficients: torch.Tensor, grid
     return disp * valid[..., None]
 
 
+def _axis_weights(c: torch.Tensor, size: int) -> torch.Tensor:
+    """``c`` ``(m,)`` continuous control-grid indices along one axis → ``(m, size)``: each point's cubic
+    B-spline weights on that axis's control points (the 4 from ``floor(c) - 1``); rows of points whose
+    support leaves the grid are zero (ITK's valid region, as :func:`_bspline_displacement`)."""
+    start = torch.floor(c) - 1
+    idx = start[:, None] + torch.arange(SPLINE_ORDER + 1, device=c.device, dtype=c.dtype)  # (m, 4)
+    valid = (start >= 0) & (start + SPLINE_ORDER <= size - 1)
+    w = _cubic_bspline(c[:, None] - idx) * valid[:, None]
+    out = torch.zeros(c.shape[0], size, device=c.device, dtype=c.dtype)
+    return out.scatter_add_(1, idx.long().clamp(0, size - 1), w)
+
+
+def _grid_displacement(vox_to_lps: torch.Tensor, shape3: tuple, coefficients: torch.Tensor, grid: tuple
+                       ) -> torch.Tensor | None:
+    """The B-spline displacement ``(B, N, 3)`` at every voxel of ``shape3`` when the voxel axes map to the
+    control grid's axes one to one (a diagonal map, as for every image :mod:`augment` builds): the
+    tensor product of per-axis weights, three small contractions instead of 64 gathered terms per voxel
+    (the same sums; float64 rounding apart). None when the map is not diagonal."""
+    origin, spacing, direction, size = (torch.as_tensor(g, dtype=torch.float64, device=coefficients.device)
+                                        for g in grid)
+    m = (vox_to_lps[:3, :3] @ direction) / spacing  # voxel index → continuous control-grid index
+    if bool((m - torch.diag(torch.diagonal(m))).abs().max() > 0):
+        return None
+    c0 = ((vox_to_lps[:3, 3] - origin) @ direction) / spacing
+    w = [_axis_weights(c0[a] + m[a, a] * torch.arange(s, device=m.device, dtype=m.dtype), int(size[a]))
+         for a, s in enumerate(shape3)]
+    disp = torch.einsum("ia,jb,kc,zxabc->zijkx", *w, coefficients)  # (B, *shape3, 3)
+    return disp.reshape(coefficients.shape[0], -1, 3)
+
+
 def source_coordinates(t: DeviceTransform, shape, spacing, k: int) -> torch.Tensor:
     """``(B, n, *S)``: where each output voxel samples the untransformed image, in
     :mod:`fire_lightning.spatial`'s normalised coordinates (``align_corners=False``)."""
@@ -149,7 +179,9 @@ def source_coordinates(t: DeviceTransform, shape, spacing, k: int) -> torch.Tens
     vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)  # (1, N, 3)
     to_lps = torch.as_tensor(_lps(sp3), device=dev)
     pts = (vox @ to_lps[:3, :3].T + to_lps[:3, 3]).expand(b, -1, -1)  # (B, N, 3)
-    pts = pts + _bspline_displacement(pts, t.coefficients.to(dev, torch.float64), bspline_grid(shape3, sp3, k))
+    coefficients, grid = t.coefficients.to(dev, torch.float64), bspline_grid(shape3, sp3, k)
+    disp = _grid_displacement(to_lps, shape3, coefficients, grid)
+    pts = pts + (_bspline_displacement(pts, coefficients, grid) if disp is None else disp)
     src = pts @ t.affine[:, :3, :3].transpose(1, 2) + t.affine[:, None, :3, 3]
     src_vox = (src - to_lps[:3, 3]) @ torch.linalg.inv(to_lps[:3, :3]).T  # (B, N, 3)
     size = torch.as_tensor(shape3, device=dev, dtype=torch.float64)

@@ -65,6 +65,32 @@ def test_the_device_transform_is_torchio_s_within_interpolation_error(shape, spa
     assert voxels.max() < 0.02
 
 
+@pytest.mark.parametrize("shape, spacing", [((64, 72), (3.0, 3.0)), ((20, 24, 16), (2.0, 2.5, 3.0))])
+def test_the_per_axis_b_spline_equals_the_gathered_one_and_a_rotated_grid_falls_back(shape, spacing):
+    """The separable evaluation (every voxel at once, per-axis weights) against the per-point one
+    (64 gathered terms per voxel, ITK's support and valid region), 2D and 3D, a batch of 3; a voxel
+    grid that is not axis-aligned with the control grid is left to the per-point route."""
+    from data_modules import device_augment as da
+
+    cfg = load_config(PHANTOM2D)
+    n = len(shape)
+    extent = [s * e for s, e in zip(spacing, shape)]
+    ts = [device_transform(sample_params(np.random.default_rng(s), n, extent, cfg.data.augment), shape, spacing)
+          for s in range(3)]
+    coef = torch.stack([t.coefficients for t in ts])
+    shape3, sp3 = tuple(shape) + (1,) * (3 - n), da._spacing3(spacing, n)
+    grid = da.bspline_grid(shape3, sp3, cfg.data.augment.elastic_control_points)
+    to_lps = torch.as_tensor(da._lps(sp3))
+    vox = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in shape3], indexing="ij"), -1)
+    points = (vox.reshape(1, -1, 3) @ to_lps[:3, :3].T + to_lps[:3, 3]).expand(3, -1, -1)
+    gathered = da._bspline_displacement(points, coef, grid)
+    assert gathered.abs().max() > 1  # a real deformation (mm)
+    torch.testing.assert_close(da._grid_displacement(to_lps, shape3, coef, grid), gathered, rtol=0, atol=1e-12)
+    rotated = to_lps.clone()
+    rotated[:2, :2] = torch.tensor([[0.0, -3.0], [3.0, 0.0]])
+    assert da._grid_displacement(rotated, shape3, coef, grid) is None
+
+
 def test_a_batch_on_the_device_matches_the_torchio_images():
     cfg = load_config(PHANTOM2D, TINY)
     dm = PhantomDataModule(cfg.data)
