@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import make_loader, split_suggestion, spread, RankedDraws, train_rng, trainer_rank
+from .loading import Memoised, make_loader, split_suggestion, spread, RankedDraws, train_rng, trainer_rank
 
 from fire_lightning.io import load_nifti, spatial_shape
 
@@ -416,8 +416,8 @@ class ACDCDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
 
-        return make_loader(self.cfg, EDESPairs(self._prepared()["val"], self.cfg, self.spacing, "val",
-                                               self.cfg.n_val_images))
+        return make_loader(self.cfg, Memoised(EDESPairs(self._prepared()["val"], self.cfg, self.spacing, "val",
+                                                        self.cfg.n_val_images)))
 
     def test_dataloader(self) -> DataLoader:
 

@@ -161,6 +161,47 @@ class DeviceAugmentation:
         return augment_on_device(batch, self.spacing, self.cfg.augment)
 
 
+#: bytes of evaluation pairs that :class:`Memoised` keeps per process (the 2D phantom's 80 validation pairs: 12 MB)
+EVAL_CACHE_BYTES = 256 << 20
+
+
+def _nbytes(item: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in item.values() if torch.is_tensor(v))
+
+
+class Memoised(Dataset):
+    """A dataset whose items never change (seeded evaluation pairs), each item made once and then kept
+    in memory, up to ``max_bytes`` (items beyond it are made again on every call).
+
+    The validation pairs are the same at every validation, and making them (TorchIO, and reading off
+    the known transform) ran on the loader's worker while the model validated, competing for a small
+    machine's cores: on the 2-core CPU the demo's 80 validation pairs took 7.8-8.1 s per validation
+    fed by the worker and 4.0-4.6 s from memory. With persistent workers the cache lives in the
+    worker, which is handed the same items at every validation."""
+
+    def __init__(self, dataset: Dataset, max_bytes: int = EVAL_CACHE_BYTES):
+        self.dataset, self.max_bytes = dataset, int(max_bytes)
+        self.items: dict[int, dict] = {}
+        self.kept_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        if i in self.items:
+            return self.items[i]
+        item = self.dataset[i]
+        size = _nbytes(item)
+        if self.kept_bytes + size <= self.max_bytes:
+            self.items[i], self.kept_bytes = item, self.kept_bytes + size
+        return item
+
+    def __getattr__(self, name: str):  # the wrapped dataset's attributes (``zs``, ``spacing`` ...)
+        if name == "dataset":  # not yet set (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def make_loader(cfg, dataset: Dataset, shuffle: bool = False) -> DataLoader:
     """A DataLoader of pair dicts for the ``data`` config ``cfg`` (batch size, workers)."""
     w = int(cfg.num_workers)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import DeviceAugmentation, make_loader, split_suggestion, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
+from .loading import DeviceAugmentation, Memoised, make_loader, split_suggestion, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
 from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,8 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg
-        return make_loader(self.cfg, FixedPairs(self._prepared()["val"], c, self.spacing, "val", c.n_val_images, c.val_transforms_per_image))
+        return make_loader(self.cfg, Memoised(FixedPairs(self._prepared()["val"], c, self.spacing, "val", c.n_val_images,
+                                                       c.val_transforms_per_image)))
 
     def test_dataloader(self) -> DataLoader:
         return make_loader(self.cfg, self.test_dataset())

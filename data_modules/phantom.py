@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import DeviceAugmentation, make_loader, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
+from .loading import DeviceAugmentation, Memoised, make_loader, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg
-        return make_loader(self.cfg, FixedPairs(self._prepared(), c, "val", c.n_val_images, c.val_transforms_per_image))
+        return make_loader(self.cfg, Memoised(FixedPairs(self._prepared(), c, "val", c.n_val_images, c.val_transforms_per_image)))
 
     def test_dataloader(self) -> DataLoader:
         return make_loader(self.cfg, self.test_dataset())

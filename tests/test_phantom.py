@@ -154,3 +154,55 @@ def test_bad_modality_is_a_clear_error():
     cfg = load_config(None, ["data.modalities=[T1,T3]"])
     with pytest.raises(ValueError, match="T3|modalities"):
         PhantomDataModule(cfg.data)
+
+
+class _Counted(torch.utils.data.Dataset):
+    """Items of 4 KiB that count how often each was made."""
+
+    def __init__(self, n: int):
+        self.made = [0] * n
+        self.zs = "wrapped attribute"
+
+    def __len__(self):
+        return len(self.made)
+
+    def __getitem__(self, i):
+        self.made[i] += 1
+        return {"moving": torch.full((1024,), float(i)), "id": f"pair{i}"}
+
+
+def test_memoised_makes_each_pair_once_within_its_budget_and_again_beyond():
+    from data_modules.loading import Memoised
+
+    inner = _Counted(5)
+    ds = Memoised(inner, max_bytes=3 * 4096)  # room for three items
+    for _ in range(3):
+        got = [ds[i] for i in range(5)]
+    assert [g["id"] for g in got] == [f"pair{i}" for i in range(5)] and float(got[4]["moving"][0]) == 4.0
+    assert inner.made == [1, 1, 1, 3, 3] and ds.kept_bytes == 3 * 4096
+    assert len(ds) == 5 and ds.zs == "wrapped attribute"
+
+
+def test_the_validation_loader_keeps_its_pairs_and_they_equal_the_unkept_ones():
+    """The validation loader (a persistent worker) hands out the same batches at every validation, equal
+    to the pairs made directly."""
+    import pickle
+
+    from data_modules.loading import Memoised
+    from data_modules.phantom import FixedPairs
+
+    cfg = load_config(PHANTOM2D, TINY + ["data.num_workers=1", "data.n_val_images=2", "data.val_transforms_per_image=2"])
+    dm = PhantomDataModule(cfg.data)
+    dm.setup()
+    loader = dm.val_dataloader()
+    assert isinstance(loader.dataset, Memoised) and loader.persistent_workers
+    first, second = list(loader), list(loader)
+    c = cfg.data
+    direct = FixedPairs(dm.prep, c, "val", c.n_val_images, c.val_transforms_per_image)
+    assert len(direct) == 4 and sum(b["moving"].shape[0] for b in first) == 4
+    for a, b, i in zip(first, second, range(0, 4, c.batch_size)):
+        assert a["id"] == b["id"] == [direct[j]["id"] for j in range(i, i + c.batch_size)]
+        for key in ("moving", "fixed", "moving_label", "fixed_label", "true_theta", "true_elastic"):
+            assert torch.equal(a[key], b[key])
+            assert torch.equal(a[key], torch.stack([direct[j][key] for j in range(i, i + c.batch_size)]))
+    assert len(pickle.loads(pickle.dumps(loader.dataset))) == 4  # spawned workers receive it pickled
