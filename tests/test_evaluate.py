@@ -76,7 +76,7 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     capsys.readouterr()
     # a checkpoint inside a run folder finds the run's data config; --max-pairs keeps it quick
     assert main(["benchmark", str(ckpt), "--max-pairs", "2", "--threads", "1", "--out", str(tmp_path / "bm"),
-                 "--refine", "3", "--refine-curve", "3,0,1"]) == 0
+                 "--refine", "3", "--refine-curve", "3,0,1", "--ants-ice-every", "2"]) == 0
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "bm" / "results.json").read_text())
     assert list(METHODS) == ["Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE"]
@@ -96,6 +96,15 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
         if method not in ("Unaligned", *TRUE_METHODS):
             for key in ("folding_pct", "logjac_std", "ice_mm"):
                 assert len(res[key]["values"]) == 2, (method, key)
+    # --ants-ice-every 2: ANTs registered pair 0 both ways, pair 1 one way (no ICE; timed all the same)
+    assert ants["ice_every"] == 2
+    for method in ("ANTs-Affine", "ANTs-SyN"):
+        ice = results["methods"][method]["ice_mm"]["values"]
+        assert ice[0] is not None and ice[0] >= 0 and ice[1] is None, method
+    fire_ice = results["methods"]["FIRE"]["ice_mm"]["values"]
+    assert all(v is not None for v in fire_ice)
+    note = next(line for line in (tmp_path / "bm" / "results.md").read_text().splitlines() if line.startswith("ICE of ANTs"))
+    assert "over the 1 of the 2 pairs" in note and f"FIRE {fire_ice[0]:.2f} (0.00)" in note
     # ANTs-Affine's affine, read off its field, is scored against the known transform like FIRE's
     ants_err = results["methods"]["ANTs-Affine"]["affine_err_mm"]
     assert ants_err["mean"] < results["methods"]["FIRE-Affine"]["affine_err_mm"]["mean"]  # an untrained FIRE
