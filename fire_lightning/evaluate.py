@@ -65,23 +65,25 @@ def time_register(model: FIREModule, dataset, device: torch.device, repeats: int
     ``dataset`` (items with ``moving`` / ``fixed`` ``(1, *S)``: a data set, or a list of them) at a time,
     after one warm-up call; pairs are fetched one by one, so no more than one is moved for timing."""
     model = model.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def pair(i: int):
         item = dataset[i]
         return item["moving"][None].to(device), item["fixed"][None].to(device)
 
     model.register(*pair(0), refine=refine)  # warm-up: allocations, kernels, caches
-    out = []
-    for i in range(len(dataset)):
-        mov, fix = pair(i)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            model.register(mov, fix, refine=refine)
-        sync()
-        out.append((time.perf_counter() - t0) / repeats)
-    return out
+    return [seconds_to_register(model, *pair(i), repeats=repeats, refine=refine) for i in range(len(dataset))]
+
+
+def seconds_to_register(model: FIREModule, moving: torch.Tensor, fixed: torch.Tensor, repeats: int = 1,
+                        refine=None) -> float:
+    """Seconds of one ``model.register`` of a pair ``(1, 1, *S)`` on the model's device (mean of ``repeats``)."""
+    sync = torch.cuda.synchronize if moving.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        model.register(moving, fixed, refine=refine)
+    sync()
+    return (time.perf_counter() - t0) / repeats
 
 
 @torch.no_grad()
@@ -141,6 +143,11 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
     ids: list[str] = []
     example = None
 
+    # Table 4 on the CPU: with ANTs, FIRE (and FIRE+IO) are timed on each pair just before ANTs registers it,
+    # so that both are measured over the same minutes (this machine's speed moves by 15 % from one minute to
+    # the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six repeats); else afterwards
+    interleaved = ants is not None and device.type == "cpu"
+    cpu_seconds: dict[str, list[float]] = {"FIRE": [], IO_METHOD: []}
     kept: list[dict] | None = []  # the pairs' images for Table 4's timing, unless they outgrow TIMING_KEEP_BYTES
     kept_bytes = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
@@ -165,7 +172,15 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
                 inverse[IO_METHOD] = model.refined(back, fix, mov, refine).field(shape).cpu()
             ants_out, one_way = [], []  # one_way: pairs not registered the other way round (no ICE)
             if ants is not None:
+                if interleaved and not cpu_seconds["FIRE"]:  # warm-up: allocations, caches
+                    for r in (None, refine) if io else (None,):
+                        model.register(mov[:1], fix[:1], refine=r)
                 for i in range(mov.shape[0]):
+                    if interleaved:  # FIRE timed on the pair right before ANTs: the same minutes of the machine
+                        cpu_seconds["FIRE"].append(seconds_to_register(model, mov[i:i + 1], fix[i:i + 1]))
+                        if io:
+                            cpu_seconds[IO_METHOD].append(seconds_to_register(model, mov[i:i + 1], fix[i:i + 1],
+                                                                              refine=refine))
                     both = ants.ice_every > 0 and (len(ids) + i) % ants.ice_every == 0
                     try:
                         ants_out.append(register_pair(batch["moving"][i], batch["fixed"][i], spacing, ants, both))
@@ -212,9 +227,9 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
     # Table 4: one pair at a time, same threads as ANTs; the pairs kept above, else made again
     if kept is not None:
         dataset = kept
-    per["FIRE"]["seconds_per_pair"] = time_register(model, dataset, torch.device("cpu"))
-    if io:
-        per[IO_METHOD]["seconds_per_pair"] = time_register(model, dataset, torch.device("cpu"), refine=refine)
+    for method, r in (("FIRE", None), (IO_METHOD, refine)) if io else (("FIRE", None),):
+        per[method]["seconds_per_pair"] = (cpu_seconds[method] if interleaved else
+                                           time_register(model, dataset, torch.device("cpu"), refine=r))
     gpu_name = None
     if torch.cuda.is_available():
         per["FIRE"]["seconds_per_pair_gpu"] = time_register(model, dataset, torch.device("cuda"), repeats=5)
@@ -236,7 +251,8 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
             "iterations": int(model.iteration), "threads": threads, "cpu": _cpu_name(),
             "cpu_count": os.cpu_count(), "gpu": gpu_name, "torch": torch.__version__,
             "timing": "seconds per pair, one pair at a time; FIRE = model.register (both fields, warped image) "
-                      "after one warm-up call; ANTs = ants.registration calls (ANTs-SyN includes its affine stage)",
+                      "after one warm-up call; ANTs = ants.registration calls (ANTs-SyN includes its affine stage)"
+                      + ("; FIRE and FIRE+IO timed on each pair just before ANTs registers it" if interleaved else ""),
             "ants": ants.record() if ants is not None else None,
             "refine": dataclasses.asdict(refine) if io else None,
         },

@@ -69,16 +69,29 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
         assert (out / f).stat().st_size > 0
 
 
-def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_overrides, tmp_path, capsys):
+def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_overrides, tmp_path, capsys,
+                                                                         monkeypatch):
+    from fire_lightning import baselines, evaluate
+
     assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
     ckpt = run / "checkpoints" / "last.ckpt"
     capsys.readouterr()
+    # Table 4's CPU times: FIRE and FIRE+IO on each pair just before ANTs (one run of each), no pass afterwards
+    events = []
+    for module, name, tag in ((baselines, "register_pair", "ANTs"), (evaluate, "seconds_to_register", "FIRE")):
+        def traced(*a, _f=getattr(module, name), _tag=tag, **k):
+            events.append(_tag + ("+IO" if k.get("refine") else ""))
+            return _f(*a, **k)
+        monkeypatch.setattr(module, name, traced)
     # a checkpoint inside a run folder finds the run's data config; --max-pairs keeps it quick
     assert main(["benchmark", str(ckpt), "--max-pairs", "2", "--threads", "1", "--out", str(tmp_path / "bm"),
                  "--refine", "3", "--refine-curve", "3,0,1", "--ants-ice-every", "2"]) == 0
     printed = capsys.readouterr().out
+    # then only the refinement curve's timings (3 settings x 2 pairs): no separate FIRE or FIRE+IO pass
+    assert events[:6] == ["FIRE", "FIRE+IO", "ANTs"] * 2 and events[6:] == ["FIRE+IO"] * 6
     results = json.loads((tmp_path / "bm" / "results.json").read_text())
+    assert "just before ANTs" in results["meta"]["timing"]
     assert list(METHODS) == ["Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE"]
     assert list(results["methods"]) == [*TRUE_METHODS, *METHODS, "FIRE+IO"]
     assert results["meta"]["n_pairs"] == 2 and results["meta"]["threads"] == 1
