@@ -148,7 +148,8 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
     # the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six repeats); else afterwards
     interleaved = ants is not None and device.type == "cpu"
     cpu_seconds: dict[str, list[float]] = {"FIRE": [], IO_METHOD: []}
-    kept: list[dict] | None = []  # the pairs' images for Table 4's timing, unless they outgrow TIMING_KEEP_BYTES
+    # the pairs' images for Table 4's timing passes (GPU, or CPU without ANTs), unless they outgrow TIMING_KEEP_BYTES
+    kept: list[dict] | None = None if interleaved and not torch.cuda.is_available() else []
     kept_bytes = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
     bar = tqdm(total=len(dataset), desc="benchmark" if ants is not None else "evaluate", unit="pair")
