@@ -145,7 +145,8 @@ def _run(model: FIREModule, dataset, ants, threads: int, batch_size: int, device
 
     # Table 4 on the CPU: with ANTs, FIRE (and FIRE+IO) are timed on each pair just before ANTs registers it,
     # so that both are measured over the same minutes (this machine's speed moves by 15 % from one minute to
-    # the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six repeats); else afterwards
+    # the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six exploratory repeats);
+    # else afterwards
     interleaved = ants is not None and device.type == "cpu"
     cpu_seconds: dict[str, list[float]] = {"FIRE": [], IO_METHOD: []}
     # the pairs' images for Table 4's timing passes (GPU, or CPU without ANTs), unless they outgrow TIMING_KEEP_BYTES
