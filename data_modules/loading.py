@@ -176,8 +176,8 @@ class Memoised(Dataset):
     The validation pairs are the same at every validation, and making them (TorchIO, and reading off
     the known transform) ran on the loader's worker while the model validated, competing for a small
     machine's cores: on the 2-core CPU (an exploratory timing) the demo's 80 validation pairs took
-    7.8-8.1 s per validation fed by the worker and 4.0-4.6 s from memory. With persistent workers the cache lives in the
-    worker, which is handed the same items at every validation."""
+    7.8-8.1 s per validation fed by the worker and 4.0-4.6 s from memory. With persistent workers
+    the cache lives in the worker, which is handed the same items at every validation."""
 
     def __init__(self, dataset: Dataset, max_bytes: int = EVAL_CACHE_BYTES):
         self.dataset, self.max_bytes = dataset, int(max_bytes)
