@@ -25,12 +25,20 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import ConfigError, load_config
 from .errors import Preempted
+from .schema import ConfigError
 
 log = logging.getLogger("fire")
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "phantom2d.yaml"
+
+
+def load_config(path, overrides=None):
+    """:func:`config.load_config`, imported when a command needs it: ``fire register`` does not load
+    an experiment, and importing OmegaConf would cost it a tenth of a second."""
+    from .config import load_config as load
+
+    return load(path, overrides)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -326,11 +334,8 @@ def _cmd_export_pairs(args) -> int:
 
 
 def _cmd_register(args) -> int:
-    from tqdm import tqdm
-
-    from .register import Registrar, register_csv
-
     from .refine import settings_from_cli
+    from .register import Registrar, register_csv
 
     refine = settings_from_cli(args.refine, args.refine_lr_affine, args.refine_lr_field)
     single = {"--moving": args.moving, "--fixed": args.fixed, "--out": args.out, "--moving-labels": args.moving_labels,
@@ -339,6 +344,8 @@ def _cmd_register(args) -> int:
         given = [k for k, v in single.items() if v is not None]
         if given:
             raise ValueError(f"{args.csv}: --csv takes every path from the CSV file; drop {', '.join(given)}")
+        from tqdm import tqdm
+
         report = register_csv(args.checkpoint, args.csv, device=args.device,
                               on_error=lambda msg: tqdm.write("fire: error: " + msg, file=sys.stderr), refine=refine)
         if report.failures:

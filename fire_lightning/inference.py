@@ -2,42 +2,45 @@
 
 :class:`Registers` is the registration code path (§3.4, FIRE+IO), shared by the training
 :class:`~fire_lightning.module.FIREModule` and by :class:`InferenceModel`, which
-:func:`load_model` builds from a ``fire train`` checkpoint with torch and omegaconf only.
-``fire register`` uses the latter, so that a single pair does not pay for importing lightning
-and monai (seconds on a small CPU); ``tests/test_register.py`` guards that import list.
+:func:`load_model` builds from a ``fire train`` checkpoint with torch alone (its configuration as
+:mod:`.schema`'s dataclasses). ``fire register`` uses the latter, so that a single pair does not
+pay for importing lightning and monai (seconds on a small CPU) or omegaconf (a fifth of a second);
+``tests/test_register.py`` guards that import list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import spatial
-from .config import Config
 from .io import describe_error
 from .networks import FIRENet, Transform
 from .refine import RefineSettings
 from .refine import refine as refine_pair
+from .schema import Config, from_dict
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 LABEL_NAMES = {1: "CSF", 2: "GM", 3: "WM"}  # the phantom's; data modules pass their own
 
 
-def model_config(cfg: DictConfig | dict, spacing=None) -> tuple[DictConfig, tuple[float, ...]]:
-    """``cfg`` on the schema (a checkpoint saved before a key existed still loads, with its default)
-    and the voxel size (mm) per model axis: ``spacing``, or isotropic ``data.spacing`` when None
+def model_spacing(cfg: Config | DictConfig, spacing=None) -> tuple[float, ...]:
+    """The voxel size (mm) per model axis: ``spacing``, or isotropic ``data.spacing`` when None
     (checkpoints saved before the argument existed)."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     n = int(cfg.data.spatial_dims)
     spacing = (float(cfg.data.spacing),) * n if spacing is None else tuple(float(s) for s in spacing)
     if len(spacing) != n:
         raise ValueError(f"spacing {spacing} has {len(spacing)} values; data.spatial_dims is {n}")
-    return cfg, spacing
+    return spacing
 
 
-def build_net(cfg: DictConfig, spacing=None) -> FIRENet:
+def build_net(cfg: Config | DictConfig, spacing=None) -> FIRENet:
     """The networks of ``cfg.model``; ``spacing``: voxel size per axis (mm), for the moments initialisation.
     With ``model.channels_last`` their weights are channels-last, and so are the convolutions' outputs
     (oneDNN's preferred layout on a CPU; the values are the same within float rounding)."""
@@ -61,7 +64,7 @@ class Registers:
     """Registration with ``self.net`` (:class:`FIRENet`) configured by ``self.cfg``."""
 
     net: FIRENet
-    cfg: DictConfig
+    cfg: Config | DictConfig  # the training module's OmegaConf config; an InferenceModel's dataclasses
 
     #: inference-only passes (``model.<key>``) → (the level's head attribute, its training-passes key)
     PASSES_EVAL = {"affine_passes_eval": ("affine", "affine_passes"),
@@ -78,7 +81,7 @@ class Registers:
         if value is None or int(value) < 0:
             raise ValueError(f"{key} must be >= 0 (0: off), got {value}")
         self.net.affine_symmetric_passes_eval = int(value)
-        self.cfg.model[key] = int(value)
+        setattr(self.cfg.model, key, int(value))
 
     def set_passes_eval(self, key: str, passes: int | None) -> None:
         """Passes at inference of one level of the affine stage on a trained model: ``key`` one of
@@ -90,7 +93,7 @@ class Registers:
             raise ValueError(f"{key} must be >= 1 (or null), got {passes}")
         for t in (self.net.T_ab, self.net.T_ba):
             setattr(t, key, int(passes) if passes is not None else getattr(t, trained))
-        self.cfg.model[key] = passes
+        setattr(self.cfg.model, key, passes)
 
     @torch.no_grad()
     def register(self, moving: torch.Tensor, fixed: torch.Tensor, refine: RefineSettings | None = None,
@@ -134,12 +137,13 @@ class Registers:
 
 
 class InferenceModel(Registers, nn.Module):
-    """The networks of a trained run, for inference: ``cfg``, ``spacing``, ``label_names``, ``net``,
-    ``iteration`` (training iterations done) and :meth:`Registers.register`."""
+    """The networks of a trained run, for inference: ``cfg`` (:class:`schema.Config`), ``spacing``,
+    ``label_names``, ``net``, ``iteration`` (training iterations done) and :meth:`Registers.register`."""
 
-    def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None, spacing=None, iteration: int = 0):
+    def __init__(self, cfg: Config | Mapping, label_names: dict | None = None, spacing=None, iteration: int = 0):
         super().__init__()
-        self.cfg, self.spacing = model_config(cfg, spacing)
+        self.cfg = cfg if isinstance(cfg, Config) else from_dict(cfg)
+        self.spacing = model_spacing(self.cfg, spacing)
         self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
         self.net = build_net(self.cfg, self.spacing)
         self.iteration = int(iteration)

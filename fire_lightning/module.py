@@ -28,7 +28,8 @@ from .losses import (
     lsgan_discriminator_loss,
     make_similarity,
 )
-from .inference import LABEL_NAMES, Registers, build_net, model_config  # noqa: F401 (re-exported)
+from .inference import LABEL_NAMES, Registers, build_net, model_spacing  # noqa: F401 (re-exported)
+from .schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ class FIREModule(Registers, L.LightningModule):
     def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None, spacing=None):
         super().__init__()
         # Onto the schema; the voxel size per axis: the data module's (anisotropic for ACDC 3D).
-        cfg, spacing = model_config(cfg, spacing)
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        spacing = model_spacing(cfg, spacing)
         n = int(cfg.data.spatial_dims)
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True),
                                    "label_names": dict(label_names or LABEL_NAMES), "spacing": list(spacing)})

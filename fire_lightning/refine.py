@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from . import spatial
 from .losses import MutualInformation, smoothness, smoothness_weight
@@ -107,6 +106,8 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, nr: t
              ([{"params": [v], "lr": settings.lr_field}] if settings.field else [])
     opt = torch.optim.Adam(groups)
     losses = []
+    from tqdm.auto import tqdm  # here: ``fire register`` without --refine does not import it
+
     with torch.enable_grad():
         for k in tqdm(range(1, settings.steps + 1), desc="refine", unit="step", disable=not progress, leave=False):
             loss = objective(moving, fixed, th, v, mi, lam, diffeomorphic, integration_steps)

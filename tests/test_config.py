@@ -72,3 +72,28 @@ def test_bad_affine_stage_switches_are_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(PHANTOM2D, [override])
     assert load_config(PHANTOM2D, ["model.affine_passes_eval=8"]).model.affine_passes_eval == 8
+
+
+def test_a_saved_config_comes_back_as_the_schema_dataclasses_without_omegaconf():
+    """``schema.from_dict`` (how ``fire register`` reads a checkpoint's config): the same values as the
+    OmegaConf config it was saved from, the schema's defaults for keys saved before they existed, and
+    an unknown key is an error naming it in full."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from fire_lightning.schema import Config, from_dict
+
+    cfg = load_config(PHANTOM2D, ["model.width=5", "data.structures={CSF: [5, 6]}", "optim.betas=[0.5,0.9]"])
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    back = from_dict(saved)
+    assert isinstance(back, Config) and dataclasses.asdict(back) == saved
+    assert back.model.width == 5 and back.data.structures == {"CSF": [5, 6]} and back.data.split.fractions.val == 0.1
+    del saved["model"]["affine_fine_passes"], saved["data"]["split"]["fractions"]
+    older = from_dict(saved)
+    assert older.model.affine_fine_passes == Config().model.affine_fine_passes == 0
+    assert older.data.split.fractions.train == 0.7 and older.model.width == 5
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.widht' \(did you mean 'model\.width'\?\)"):
+        from_dict({"model": {"widht": 8}})
+    with pytest.raises(ConfigError, match="'data.split' must be a section"):
+        from_dict({"data": {"split": 3}})
