@@ -123,7 +123,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
     if cfg.model.affine_passes < 1:
         raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
-    for key in ("affine_fine_passes", "affine_full_passes", "affine_symmetric_passes_eval"):
+    for key in ("affine_fine_passes", "affine_full_passes", "affine_symmetric_passes_eval", "checkpoint_chunk"):
         if cfg.model[key] < 0:
             raise ConfigError(f"model.{key} must be >= 0, got {cfg.model[key]}")
     if cfg.model.affine_full_passes and not cfg.model.affine_fine_passes:

@@ -54,6 +54,7 @@ def build_net(cfg: Config | DictConfig, spacing=None) -> FIRENet:
         affine_full_passes_eval=m.affine_full_passes_eval, affine_full_channels=tuple(m.affine_full_channels),
         affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
         checkpoint_activations=m.checkpoint_activations, affine_symmetric_passes_eval=m.affine_symmetric_passes_eval,
+        checkpoint_chunk=m.checkpoint_chunk,
     )
     if m.channels_last:
         net = net.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)

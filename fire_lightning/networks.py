@@ -26,9 +26,16 @@ class Checkpointed(nn.Module):
     and outputs, not every layer of every call (the memory of 3D at paper width). Same values and
     gradients either way. Whole calls are checkpointed, not single blocks: on a 64×64×32 step at
     width 16, per-block checkpointing cut the peak by 28 %, whole calls by 50 % (for +28 % time).
-    Eval mode (validation, inference, Grad-CAM and its hooks) always runs plainly."""
+    Eval mode (validation, inference, Grad-CAM and its hooks) always runs plainly.
+
+    ``chunk`` (``model.checkpoint_chunk``) > 0 checkpoints each run of that many samples of a call
+    apart: the backward then recomputes one chunk's activations at a time, not the whole batch's
+    (every layer works per sample: convolutions, instance norm, upsampling), so the transient of the
+    recomputation shrinks with the chunk; the values are the same, the weights' gradients equal up to
+    float summation order."""
 
     checkpoint: bool = False
+    chunk: int = 0
     net: nn.Sequential
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,6 +43,8 @@ class Checkpointed(nn.Module):
 
     def _run(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and self.training and torch.is_grad_enabled():
+            if 0 < self.chunk < x.shape[0]:
+                return torch.cat([checkpoint(blocks, part, use_reentrant=False) for part in x.split(self.chunk)])
             return checkpoint(blocks, x, use_reentrant=False)
         return blocks(x)
 
@@ -481,6 +490,14 @@ class MatchAffineNet(nn.Module):
         return lambda fa: self.fit(*self._match(self.project(fa), eb, self.log_temperature))
 
 
+def clear_caches() -> None:
+    """Empty the grids shared between calls (:func:`spatial.identity_grid`, the cost volume's window
+    index): before and after running on fake tensors (``profiling.fake_tensors``), whose grids must
+    neither meet real ones nor outlive their mode."""
+    spatial._identity_grid.cache_clear()
+    _window_index.cache_clear()
+
+
 #: :meth:`MatchAffineNet.cost_volume` takes the all-pairs route up to this many points per offset
 DENSE_POINTS_PER_OFFSET = 16
 
@@ -714,7 +731,8 @@ class FIRENet(nn.Module):
                  affine_passes_eval: int | None = None, affine_fine_passes: int = 0,
                  checkpoint_activations: bool = False, affine_fine_passes_eval: int | None = None,
                  affine_full_passes: int = 0, affine_full_passes_eval: int | None = None,
-                 affine_full_channels=(16, 32, 32), affine_symmetric_passes_eval: int = 0):
+                 affine_full_channels=(16, 32, 32), affine_symmetric_passes_eval: int = 0,
+                 checkpoint_chunk: int = 0):
         super().__init__()
         if n not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {n}")
@@ -731,7 +749,7 @@ class FIRENet(nn.Module):
         self.F_ab = Decoder(n, width, n_res=n_res)
         self.F_ba = Decoder(n, width, n_res=n_res)
         for m in (self.G, self.F_ab, self.F_ba):
-            m.checkpoint = bool(checkpoint_activations)
+            m.checkpoint, m.chunk = bool(checkpoint_activations), int(checkpoint_chunk)
         kw = dict(affine_channels=affine_channels, affine_hidden=affine_hidden,
                   diffeomorphic=diffeomorphic, integration_steps=integration_steps, affine_head=affine_head,
                   affine_passes=affine_passes, affine_weighting=affine_weighting, affine_passes_eval=affine_passes_eval,

@@ -26,6 +26,7 @@ import platform
 import resource
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean, median
@@ -33,6 +34,8 @@ from statistics import mean, median
 import lightning as L
 import torch
 from omegaconf import DictConfig
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .module import FIREModule
 from .train import make_datamodule
@@ -138,11 +141,11 @@ def saved_for_backward(model: FIREModule, batch: dict, context=contextlib.nullco
     """Bytes that one FIRE training forward (:func:`losses.fire_forward` + :func:`losses.fire_loss`)
     keeps for its backward, each storage counted once: the activation memory of a step, which
     ``model.checkpoint_activations`` cuts, measured the same way on a CPU and a GPU."""
-    seen: dict[tuple, int] = {}
+    seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
-        seen[(t.device.type, storage.data_ptr())] = storage.nbytes()
+        seen[storage._cdata] = storage.nbytes()  # the storage's own address: fake tensors have no data
         return t
 
     model.train()
@@ -150,6 +153,73 @@ def saved_for_backward(model: FIREModule, batch: dict, context=contextlib.nullco
         out, loss = model._forward_loss(batch)
     del out, loss
     return sum(seen.values())
+
+
+class LiveTensorMemory(TorchDispatchMode):
+    """Bytes of tensor storage alive, and their peak (``now``, ``peak``), among the storages that ops
+    create while the mode is on: a storage counts from the op that makes it until it is freed (a weak
+    reference to it), rounded up to the CUDA caching allocator's 512-byte blocks, so that ``peak`` is
+    what ``torch.cuda.max_memory_allocated`` would show above the memory in use before (allocator
+    fragmentation and library workspaces such as cuDNN's aside). Views and in-place results share an
+    input's storage and add nothing; tensors made before the mode (weights, inputs) are not counted.
+
+    It also runs on fake tensors (``torch._subclasses.fake_tensor.FakeTensorMode``): shapes without
+    data, so the memory of a step at any size, on any machine, without the memory. Forward and
+    backward both run under it (the backward's ops are dispatched in the mode too).
+    """
+
+    BLOCK = 512
+
+    def __init__(self):
+        super().__init__()
+        self.now = self.peak = 0
+        self._live: dict[int, tuple[int, weakref.ref]] = {}
+
+    def _freed(self, key: int) -> None:
+        self.now -= self._live.pop(key, (0, None))[0]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in inputs or key in self._live:
+                continue
+            size = -(-storage.nbytes() // self.BLOCK) * self.BLOCK
+            self._live[key] = (size, weakref.ref(storage, lambda _, key=key: self._freed(key)))
+            self.now += size
+            self.peak = max(self.peak, self.now)
+        return out
+
+
+@contextlib.contextmanager
+def fake_tensors():
+    """``FakeTensorMode``: tensors made inside have shapes, dtypes and devices but no data, and ops
+    on them compute nothing. The shared grid caches are emptied on entry and exit."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .networks import clear_caches
+
+    clear_caches()
+    try:
+        with FakeTensorMode():
+            yield
+    finally:
+        clear_caches()
+
+
+def step_memory(model: FIREModule, batch: dict) -> int:
+    """Peak bytes of tensor memory that one FIRE training forward and backward adds to the weights
+    and inputs (:class:`LiveTensorMemory`; the gradients included, the optimisers' states not)."""
+    model.train()
+    with LiveTensorMemory() as memory:
+        out, loss = model._forward_loss(batch)
+        loss.total.backward()
+        del out, loss
+    return memory.peak
 
 
 def _peak_rss_gib() -> float:

@@ -113,6 +113,7 @@ class ModelConfig:
     affine_passes: int = 1  # recursive cascade: the affine head applied K times, each on the re-warped features
     affine_passes_eval: Optional[int] = None  # passes at inference (validation, test, register); None: affine_passes
     checkpoint_activations: bool = False  # G and F recompute their activations in the backward (memory, 3D)
+    checkpoint_chunk: int = 0  # with it: each run of that many samples of a G/F call checkpointed apart; 0: whole calls
     channels_last: bool = False  # the networks' weights and activations channels-last (CPU: a faster step)
     affine_fine_passes: int = 0  # coarse to fine: passes of a second match head on G's S/2 features after the cascade
     affine_fine_passes_eval: Optional[int] = None  # its passes at inference; None: affine_fine_passes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -44,3 +45,53 @@ def test_a_phase_takes_medians_so_one_slow_iteration_does_not_move_it():
     assert (p.step_s, p.data_s, p.iterations) == (0.1, 0.01, 3) and p.step_mean_s > 3
     assert p.its_per_s == pytest.approx(1 / 0.11)
     assert Phase.of([]) is None
+
+
+def test_live_tensor_memory_counts_what_ops_allocate_until_it_is_freed():
+    """Each new storage rounded up to 512 bytes; views and in-place results add nothing; what
+    existed before the mode is not counted; freed storages leave the count."""
+    import torch
+
+    from fire_lightning.profiling import LiveTensorMemory
+
+    before = torch.ones(10_000)
+    with LiveTensorMemory() as memory:
+        a = torch.ones(1000)  # 4000 bytes -> 4096
+        view, _ = before[:10], before.mul_(1)  # a view and an in-place op of a tensor made before
+        b = a * 2
+        assert (memory.now, memory.peak) == (8192, 8192)
+        del a
+        assert memory.now == 4096
+        c = b.view(10, 100).t() + 1  # a view of b adds nothing, the sum 4096
+        del b, c
+        x = torch.ones(100, requires_grad=True)
+        (x.exp() * 3).sum().backward()  # the backward's ops are counted too; x.grad stays (512)
+        assert memory.now == 1024 and memory.peak == 8192  # x and x.grad
+    del view
+
+
+def test_a_step_on_fake_tensors_needs_the_memory_of_the_real_step(tiny_overrides):
+    """``profiling.fake_tensors``: the same FIRE step on shapes without data saves the same bytes for
+    its backward and peaks at the same tensor memory as on real tensors (how
+    ``benchmarks/activation_memory.py --fake`` projects paper-width 3D), and leaves no fake grid behind."""
+    import torch
+
+    from fire_lightning import spatial
+    from fire_lightning.module import FIREModule
+    from fire_lightning.profiling import fake_tensors, saved_for_backward, step_memory
+
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "data.spatial_dims=3", "data.size=[16,16,8]",
+                                  "model.checkpoint_activations=true", "model.checkpoint_chunk=1",
+                                  "model.channels_last=false"])  # fake weights cannot change layout
+    measured = []
+    for fake in (False, True):
+        with fake_tensors() if fake else contextlib.nullcontext():
+            torch.manual_seed(0)
+            model = FIREModule(cfg)
+            batch = {k: torch.rand(2, 1, 16, 16, 8) * 2 - 1 for k in ("moving", "fixed")}
+            measured.append((saved_for_backward(model, batch), step_memory(model, batch)))
+    (saved, peak), (fake_saved, fake_peak) = measured
+    assert saved > 0 and fake_saved == saved
+    assert abs(fake_peak - peak) <= 0.01 * peak, (fake_peak, peak)
+    grid = spatial.identity_grid((4, 4), "cpu", torch.float32)
+    assert not isinstance(grid, torch._subclasses.fake_tensor.FakeTensor) and grid.sum() == 0
