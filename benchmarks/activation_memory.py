@@ -11,7 +11,8 @@ and writes as JSON (``--out``), the bytes saved for the backward, the peak memor
 (on a GPU ``torch.cuda.max_memory_allocated``; on a CPU the peak resident set above the
 process's size before the step), the peak tensor memory that :class:`profiling.LiveTensorMemory`
 counts (what ``max_memory_allocated`` shows on a GPU, allocator fragmentation and cuDNN workspaces
-aside), the step's seconds and its loss, which must be the same.
+aside), the step's seconds (the median of ``--steps``), ``register``'s ms on one pair of the
+batch (eval mode: no checkpointing; the median of 5 after a first) and the loss, which must be the same.
 
 ``--fake`` runs the same step on fake tensors (shapes without data, ``FakeTensorMode``): no
 arithmetic and no memory, so a step at paper width is projected in seconds on a laptop. It gives
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +40,7 @@ def _rss_gib() -> float:
 
 
 def one(config: str, shape: list[int], width: int, checkpoint: bool, overrides: list[str], device: str,
-        fake: bool = False, batch_size: int = 1) -> dict:
+        fake: bool = False, batch_size: int = 1, steps: int = 1) -> dict:
     import torch
 
     from fire_lightning.config import load_config
@@ -64,25 +67,42 @@ def one(config: str, shape: list[int], width: int, checkpoint: bool, overrides: 
     model._forward_loss(small)[1].total.backward()  # libraries and kernels loaded before measuring
     model.zero_grad(set_to_none=True)
     saved = saved_for_backward(model, batch)
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    sync()
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_gib()
-    t0 = time.perf_counter()
-    loss = model._forward_loss(batch)[1].total
-    loss.backward()
+    times = []
+    for _ in range(steps):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        loss = model._forward_loss(batch)[1].total
+        loss.backward()
+        sync()
+        times.append(time.perf_counter() - t0)
     if device == "cuda":
-        torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - base
-    seconds = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
     tracked = step_memory(model, batch)  # untimed: the dispatch mode slows every op
+    model.eval()
+    pair = batch["moving"][:1], batch["fixed"][:1]
+    infer = []
+    for _ in range(6):  # the first, off the clock: kernels chosen for this shape
+        sync()
+        t0 = time.perf_counter()
+        model.register(*pair)
+        sync()
+        infer.append(time.perf_counter() - t0)
     return {"checkpoint_activations": checkpoint, "saved_for_backward_mib": saved / 2**20, "peak_step_gib": peak,
-            "tracked_peak_step_gib": tracked / 2**30, "step_s": seconds, "loss": float(loss)}
+            "tracked_peak_step_gib": tracked / 2**30, "step_s": statistics.median(times), "steps_s": times,
+            "inference_ms": 1000 * statistics.median(infer[1:]), "loss": float(loss)}
 
 
 def main(argv=None) -> int:
@@ -91,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--shape", type=int, nargs="+", default=[64, 64, 32])
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--batch", type=int, default=1, help="pairs per step")
+    p.add_argument("--steps", type=int, default=1, help="timed steps (the median is reported)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     p.add_argument("--fake", action="store_true", help="fake tensors: the memory projected, nothing computed")
     p.add_argument("--out", default=None, help="JSON (default runs/benchmarks/activation_memory[-fake].json)")
@@ -103,12 +124,13 @@ def main(argv=None) -> int:
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     if a.one:
         print(json.dumps(one(a.config, a.shape, a.width, a.one == "checkpointed", a.overrides, a.device, a.fake,
-                             a.batch)))
+                             a.batch, a.steps)))
         return 0
     rows = []
     for kind in ("plain", "checkpointed"):
         cmd = [sys.executable, __file__, "--one", kind, "--config", a.config, "--shape", *map(str, a.shape),
-               "--width", str(a.width), "--batch", str(a.batch), "--device", a.device, *(["--fake"] if a.fake else []),
+               "--width", str(a.width), "--batch", str(a.batch), "--steps", str(a.steps), "--device", a.device,
+               *(["--fake"] if a.fake else []),
                *a.overrides]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -126,12 +148,14 @@ def main(argv=None) -> int:
                   f"{r['tracked_peak_step_gib']:.2f} | {r['weights_mib']:.1f} | {r['projected_iteration_gib']:.2f} |")
     else:
         print("| model.checkpoint_activations | saved for the backward (MiB) | peak of the step (GiB) "
-              "| counted tensor peak (GiB) | step (s) | loss |\n|---|---|---|---|---|---|")
+              "| counted tensor peak (GiB) | step (s) | inference (ms) | loss |\n|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {str(r['checkpoint_activations']).lower()} | {r['saved_for_backward_mib']:.1f} | "
-                  f"{r['peak_step_gib']:.2f} | {r['tracked_peak_step_gib']:.2f} | {r['step_s']:.1f} | {r['loss']:.6f} |")
+                  f"{r['peak_step_gib']:.2f} | {r['tracked_peak_step_gib']:.2f} | {r['step_s']:.3g} | "
+                  f"{r['inference_ms']:.1f} | {r['loss']:.6f} |")
         print(f"checkpointed / plain: peak {ckpt['peak_step_gib'] / plain['peak_step_gib']:.2f}, "
-              f"time {ckpt['step_s'] / plain['step_s']:.2f}; same loss: {ckpt['loss'] == plain['loss']}")
+              f"time {ckpt['step_s'] / plain['step_s']:.2f}; same loss (to 1e-6; chunks round apart): "
+              f"{math.isclose(ckpt['loss'], plain['loss'], rel_tol=1e-6)}")
     print(f"checkpointed / plain: saved {ckpt['saved_for_backward_mib'] / plain['saved_for_backward_mib']:.2f}, "
           f"counted peak {ckpt['tracked_peak_step_gib'] / plain['tracked_peak_step_gib']:.2f}")
     out = Path(a.out or f"runs/benchmarks/activation_memory{'-fake' if a.fake else ''}.json")

@@ -97,3 +97,11 @@ def test_a_saved_config_comes_back_as_the_schema_dataclasses_without_omegaconf()
         from_dict({"model": {"widht": 8}})
     with pytest.raises(ConfigError, match="'data.split' must be a section"):
         from_dict({"data": {"split": 3}})
+
+
+@pytest.mark.parametrize("path", sorted((PHANTOM2D.parent).glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_config_loads_onto_the_schema(path):
+    cfg = load_config(path, ["data.root=/data"])
+    assert cfg.experiment == path.stem and cfg.model.width >= 1
+    if cfg.model.checkpoint_chunk:
+        assert cfg.model.checkpoint_activations  # the chunk applies only with checkpointing

@@ -185,6 +185,21 @@ def test_batches_have_the_phantom_format(dataset, tmp_path, dims):
         == set(dm.describe()["test"])
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_training_pairs_transformed_on_the_device_have_the_same_format(dataset, tmp_path, dims):
+    """``data.augment.device`` (set in experiments/mrbrains3d_t1_flair.yaml): the loader leaves the
+    training pair's transform to the training device, which gives the same kind of batch."""
+    dm = MRBrainSDataModule(make_cfg(dataset, tmp_path, "data.augment.device=true", dims=dims))
+    dm.setup()
+    raw = next(iter(dm.train_dataloader()))
+    assert "aug_moving_affine" in raw
+    b = dm.on_after_batch_transfer(raw, 0)
+    assert_pair_batch(b, 2, (24,) * dims)
+    assert not any(k.startswith("aug_") for k in b)
+    assert set(b["moving_label"].unique().tolist()) <= {0, 1, 2, 3} and b["moving_label"].max() > 0
+    assert not torch.equal(b["moving"], raw["moving"] * 2 - 1)  # transformed, not only rescaled
+
+
 def test_2d_test_pairs_spread_over_the_brain_and_identical_across_instances(dataset, tmp_path):
     cfgs = [make_cfg(dataset, tmp_path / f"c{i}", "data.n_test_images=3") for i in range(2)]
     a, b = (MRBrainSDataModule(c).test_dataset() for c in cfgs)
