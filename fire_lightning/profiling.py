@@ -8,7 +8,8 @@ Three measurements, each on its own:
    the time between steps (waiting for the loader, plus the loop's own bookkeeping). Peak memory:
    ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU; and,
    on any device, the bytes one FIRE step saves for its backward (the activations, which
-   ``model.checkpoint_activations`` trades for recomputation).
+   ``model.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
+   (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device).
    When the config has an affine warm-up (``optim.affine_warmup_steps``), the first iterations
    are warm-up iterations and are reported apart: they cost a fraction of a FIRE iteration.
 3. **Inference**: ``register`` on one validation pair at a time, ms per pair.
@@ -83,6 +84,8 @@ class Profile:
     peak_memory_kind: str
     saved_for_backward_gib: float  # what one FIRE step keeps for its backward (activations), any device
     inference_ms_per_pair: float
+    ops_per_step: int = 0  # aten ops of one FIRE forward + backward, views aside: kernel launches on a GPU
+    host_syncs_per_step: int = 0  # of which read a value back to the host
     bound: str = ""
     data_to_step: float = 0.0
     notes: list = field(default_factory=list)
@@ -195,6 +198,47 @@ class LiveTensorMemory(TorchDispatchMode):
         return out
 
 
+#: aten ops that only make another view of a storage: no kernel runs for them on a GPU
+VIEW_OPS = frozenset({"view", "_unsafe_view", "reshape", "detach", "alias", "expand", "unsqueeze", "squeeze", "t",
+                      "transpose", "permute", "select", "slice", "as_strided", "unbind", "split", "split_with_sizes",
+                      "chunk", "narrow", "unfold", "view_as", "diagonal", "movedim", "lift_fresh"})
+#: aten ops that read a value back to the host (``.item()``, ``float(t)``, ``bool(t)``, a data-dependent
+#: shape): on a GPU each waits for every kernel queued before it
+HOST_SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "unique"})
+
+
+class OpCounter(TorchDispatchMode):
+    """The aten ops dispatched while the mode is on: ``kernels`` (every op but views: on a GPU each is
+    at least one kernel launch, and PyTorch's per-op overhead on the host is paid for each), ``syncs``
+    (:data:`HOST_SYNC_OPS`: each stops the host until the GPU has caught up), and ``by_op`` (op name →
+    count). A step of hundreds of small kernels is bound by the host's launches, not by the GPU's
+    arithmetic: the count tells which it is on any device."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = self.syncs = 0
+        self.by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in VIEW_OPS:
+            self.kernels += 1
+            self.by_op[name] = self.by_op.get(name, 0) + 1
+            self.syncs += name in HOST_SYNC_OPS
+        return func(*args, **(kwargs or {}))
+
+
+def step_ops(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> OpCounter:
+    """The ops of one FIRE training forward and backward (:class:`OpCounter`); optimiser steps apart."""
+    model.train()
+    with context(), OpCounter() as ops:
+        out, loss = model._forward_loss(batch)
+        loss.total.backward()
+        del out, loss
+    model.zero_grad(set_to_none=True)
+    return ops
+
+
 @contextlib.contextmanager
 def fake_tensors():
     """``FakeTensorMode``: tensors made inside have shapes, dtypes and devices but no data, and ops
@@ -268,7 +312,9 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
 
     train_batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in next(iter(dm.train_dataloader())).items()}
     model = model.to(dev)
-    saved = saved_for_backward(model, train_batch, trainer.strategy.precision_plugin.forward_context) / (1 << 30)
+    context = trainer.strategy.precision_plugin.forward_context
+    saved = saved_for_backward(model, train_batch, context) / (1 << 30)
+    ops = step_ops(model, train_batch, context)
     model = model.eval()
     batch = next(iter(dm.val_dataloader()))
     moving, fixed = batch["moving"][:1].to(dev), batch["fixed"][:1].to(dev)
@@ -286,7 +332,7 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
                      num_workers=int(cfg.data.num_workers), threads=torch.get_num_threads(),
                      loader_samples_per_s=rate, loader_first_batch_s=first, fire=fire, warmup=warm,
                      peak_memory_gib=peak, peak_memory_kind=kind, saved_for_backward_gib=saved,
-                     inference_ms_per_pair=infer_ms)
+                     inference_ms_per_pair=infer_ms, ops_per_step=ops.kernels, host_syncs_per_step=ops.syncs)
     if fire is not None:
         result.data_to_step = fire.data_s / fire.step_s
         needed = cfg.data.batch_size / (fire.step_s + fire.data_s)
@@ -309,6 +355,8 @@ def table(p: Profile) -> str:
                                f"{1000 * phase.data_s:.1f} ms (medians of {phase.iterations})"))
     rows += [("peak memory", f"{p.peak_memory_gib:.2f} GiB ({p.peak_memory_kind})"),
              ("saved for the backward", f"{1024 * p.saved_for_backward_gib:.1f} MiB per FIRE step (activations)"),
+             ("ops per FIRE step", f"{p.ops_per_step} aten ops in its forward + backward, views aside (on a GPU, "
+                                   f"kernel launches), {p.host_syncs_per_step} reading a value back to the host"),
              ("inference", f"{p.inference_ms_per_pair:.1f} ms per pair (batch 1)")]
     if p.bound:
         rows.append(("bound by", f"**{p.bound}**: data time per iteration = {p.data_to_step:.2f} × step time "

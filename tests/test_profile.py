@@ -35,6 +35,8 @@ def test_without_a_warm_up_only_fire_iterations_are_measured_and_checkpointing_s
     cfg = load_config(PHANTOM2D, tiny_overrides)
     p = profile(cfg, steps=3, loader_batches=2, inference_pairs=1, skip=1)
     assert p.warmup is None and p.fire.iterations == 3 and p.saved_for_backward_gib > 0
+    # no value is read back to the host inside a step's forward and backward (each would stall a GPU)
+    assert p.ops_per_step > 100 and p.host_syncs_per_step == 0
     ckpt = profile(load_config(PHANTOM2D, [*tiny_overrides, "model.checkpoint_activations=true"]), steps=1,
                    loader_batches=1, inference_pairs=1, skip=1)
     assert ckpt.saved_for_backward_gib < 0.7 * p.saved_for_backward_gib
@@ -95,3 +97,18 @@ def test_a_step_on_fake_tensors_needs_the_memory_of_the_real_step(tiny_overrides
     assert abs(fake_peak - peak) <= 0.01 * peak, (fake_peak, peak)
     grid = spatial.identity_grid((4, 4), "cpu", torch.float32)
     assert not isinstance(grid, torch._subclasses.fake_tensor.FakeTensor) and grid.sum() == 0
+
+
+def test_the_op_counter_counts_kernels_not_views_and_names_host_reads():
+    import torch
+
+    from fire_lightning.profiling import OpCounter
+
+    x = torch.ones(4, 3)
+    with OpCounter() as ops:
+        y = (x * 2).t()[:2].unsqueeze(0)  # one kernel, then views
+        assert float(y.sum()) == 16.0  # a kernel and a read back to the host
+        _ = y.reshape(-1)  # a view of a non-contiguous tensor is a copy: a kernel
+        _ = x.nonzero()  # a data-dependent shape: a read too
+    assert ops.by_op == {"mul": 1, "sum": 1, "_local_scalar_dense": 1, "clone": 1, "nonzero": 1}
+    assert ops.kernels == 5 and ops.syncs == 2
