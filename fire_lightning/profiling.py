@@ -229,8 +229,10 @@ class OpCounter(TorchDispatchMode):
 
 
 def step_ops(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> OpCounter:
-    """The ops of one FIRE training forward and backward (:class:`OpCounter`); optimiser steps apart."""
+    """The ops of one FIRE training forward and backward (:class:`OpCounter`); optimiser steps apart.
+    Gradients start at None, as after a training step's ``zero_grad`` (else each would add one op)."""
     model.train()
+    model.zero_grad(set_to_none=True)
     with context(), OpCounter() as ops:
         out, loss = model._forward_loss(batch)
         loss.total.backward()
