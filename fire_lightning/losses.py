@@ -152,7 +152,7 @@ def smoothness_weight(n: int, image_shape) -> float:
     The Laplacian is evaluated where phi_nr is produced, on the feature grid with N / 4^n
     points, so λ·R_smooth is 0.1 × the mean squared Laplacian per feature point.
     """
-    return 2 ** (2 * n) / (10 * math.prod(int(s) for s in image_shape))
+    return 2 ** (2 * n) / (10 * math.prod([int(s) for s in image_shape]))
 
 
 @dataclass

@@ -100,6 +100,11 @@ class FIREModule(Registers, L.LightningModule):
         self.similarity = make_similarity(m.similarity, cfg.data.spatial_dims, m.mi_bins, m.mi_sigma_ratio, m.ncc_kernel)
         wants_mi = m.affine_mi_weight > 0 or cfg.optim.affine_warmup_steps > 0
         self.affine_similarity = make_similarity("mi", n, m.mi_bins, m.mi_sigma_ratio) if wants_mi else None
+        # the loss's settings as plain values: the step reads no config object, so torch.compile (dynamo)
+        # traces the forward and the loss as one graph
+        self._loss_settings = {"similarity_input": str(m.similarity_input), "smooth_units": str(m.smooth_units),
+                               "affine_weight": float(m.affine_mi_weight)}
+        self._adv_weight = float(m.adv_weight)
         self.spacing = spacing
         self._group_names = tuple(self.net.parameter_groups())
         expected = GENERATOR_GROUPS + (DISCRIMINATOR_GROUPS if self.net.D_a is not None else ())
@@ -183,11 +188,9 @@ class FIREModule(Registers, L.LightningModule):
         out = fire_forward(self.net, x_a, x_b)
         adv = None
         if self.net.D_a is not None:  # ExFIRE §3: G, F, T learn to confuse D^A and D^B
-            adv = self.cfg.model.adv_weight * generator_adversarial_loss(self.net, adversarial_images(out, x_a, x_b))
-        m = self.cfg.model
-        return out, fire_loss(out, x_a, x_b, self.similarity, adversarial=adv, similarity_input=m.similarity_input,
-                               smooth_units=m.smooth_units, affine_similarity=self.affine_similarity,
-                               affine_weight=m.affine_mi_weight)
+            adv = self._adv_weight * generator_adversarial_loss(self.net, adversarial_images(out, x_a, x_b))
+        return out, fire_loss(out, x_a, x_b, self.similarity, adversarial=adv, affine_similarity=self.affine_similarity,
+                              **self._loss_settings)
 
     def _log_loss(self, loss: FIRELoss, stage: str, batch_size: int) -> None:
         """Training losses per step, on each rank's batch; validation / test losses per epoch, averaged

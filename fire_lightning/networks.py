@@ -436,7 +436,7 @@ class MatchAffineNet(nn.Module):
         than D shifted products; on finer grids, where the all-pairs product grows with the square of
         the points, one shifted product per offset."""
         size = ea.shape[2:]
-        if math.prod(size) <= DENSE_POINTS_PER_OFFSET * math.prod(2 * r + 1 for r in radii):
+        if math.prod(size) <= DENSE_POINTS_PER_OFFSET * math.prod([2 * r + 1 for r in radii]):
             b = ea.shape[0]
             corr = torch.bmm(eb.flatten(2).transpose(1, 2), ea.flatten(2))  # (B, fixed points, moving points)
             index = _window_index(tuple(size), tuple(radii), ea.device)  # (P, D)

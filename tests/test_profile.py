@@ -112,3 +112,26 @@ def test_the_op_counter_counts_kernels_not_views_and_names_host_reads():
         _ = x.nonzero()  # a data-dependent shape: a read too
     assert ops.by_op == {"mul": 1, "sum": 1, "_local_scalar_dense": 1, "clone": 1, "nonzero": 1}
     assert ops.kernels == 5 and ops.syncs == 2
+
+
+@pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"], ["model.adversarial=true"]],
+                         ids=["2d", "3d", "exfire"])
+def test_the_fire_step_is_one_graph_for_torch_compile(tiny_overrides, extra):
+    """The training forward and loss read no config object and no value back to the host, so dynamo
+    (``torch.compile``'s tracer) captures them whole: the ground for capturing the step on a GPU,
+    where its ~4 000 ops' dispatch, not its arithmetic, bounds it (README "Speed and memory")."""
+    import torch
+    import torch._dynamo
+
+    from fire_lightning.module import FIREModule
+
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "model.channels_last=false", *extra])
+    model = FIREModule(cfg).train()
+    shape = list(cfg.data.size)
+    batch = {k: torch.rand(2, 1, *shape) * 2 - 1 for k in ("moving", "fixed")}
+    try:
+        explained = torch._dynamo.explain(lambda b: model._forward_loss(b)[1].total)(batch)
+    finally:
+        torch._dynamo.reset()
+    assert explained.graph_break_count == 0, [str(r.reason).splitlines()[0] for r in explained.break_reasons]
+    assert explained.graph_count == 1
