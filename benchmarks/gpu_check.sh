@@ -4,10 +4,11 @@
 #   ../shared/tools/offline-gpu-bundle.sh        # here, once: prepares .gpu/ (ignored)
 #   # then, on the GPU machine (the device tool: carry [".gpu"], timeout_s 600):
 #   source .gpu/activate.sh; bash benchmarks/gpu_check.sh profile memory     # one call, <= 400 s
+#   source .gpu/activate.sh; bash benchmarks/gpu_check.sh compile            # then, time allowing, <= 480 s
 #   source .gpu/activate.sh; bash benchmarks/gpu_check.sh bf16               # another, <= 580 s
-# (a device call runs at most 600 s; name no stage to run all three where there is no such limit)
+# (a device call runs at most 600 s; name no stage to run them all where there is no such limit)
 #
-# Stages (all three when none is named), each bounded by its own timeout so that one that runs
+# Stages (all when none is named), each bounded by its own timeout so that one that runs
 # long leaves the others their time. Everything is written under $WORK (default /tmp/gpu-check);
 # the few files worth bringing back (the log with each command's last lines, the JSON figures, the
 # benchmark tables: at most 8, as the device tool returns) are copied to $OUT (default runs/gpu-check):
@@ -18,13 +19,16 @@
 #            plain and checkpointed in chunks of one sample (model.checkpoint_chunk=1): step seconds,
 #            torch.cuda.max_memory_allocated, the counted tensor peak (to set against the fake-tensor
 #            projection) and inference ms (about 3 minutes)
+#   compile  the same profile with trainer.compile=true (torch.compile of the training forward +
+#            loss, one graph), default mode, then mode reduce-overhead (CUDA graphs): the step is
+#            bound by dispatching ~4 000 small ops, which capture should remove (about 8 minutes)
 #   bf16     the demo model trained in fp32 and in bf16-mixed, each benchmarked on the 120 test
 #            pairs without ANTs: is Dice the same within run-to-run noise? (about 6 minutes)
 set -u
 out=${OUT:-runs/gpu-check}
 work=${WORK:-/tmp/gpu-check}
 mkdir -p "$out" "$work"
-stages=${*:-profile memory bf16}
+stages=${*:-profile memory compile bf16}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 log() { echo "== $(date +%T) $*" | tee -a "$out/gpu_check.log"; }
@@ -46,6 +50,13 @@ for stage in $stages; do
           --steps 150 --warmup-steps 20 --loader-batches 60 --out "$work/profile-$p.json"
         cp "$work/profile-$p.json" "$out/" 2>/dev/null
       done ;;
+    compile)
+      for mode in default reduce-overhead; do
+        run 240 "profile-compile-$mode" $py -m fire_lightning.cli profile experiments/phantom2d_gpu.yaml \
+          trainer.compile=true trainer.compile_mode=$mode --steps 150 --warmup-steps 20 --loader-batches 10 \
+          --out "$work/profile-compile-$mode.json"
+        cp "$work/profile-compile-$mode.json" "$out/" 2>/dev/null
+      done ;;
     memory)
       run 200 memory-3d-paper $py benchmarks/activation_memory.py --config experiments/mrbrains3d_t1_flair.yaml \
         --shape 176 176 112 --width 64 --steps 3 --device cuda --out "$work/memory-3d-paper.json" \
@@ -61,7 +72,7 @@ for stage in $stages; do
         cp "$work/bench-$p/results.md" "$out/results-$p.md" 2>/dev/null
       done
       grep -H "^| FIRE" "$out"/results-*.md 2>/dev/null | tee -a "$out/gpu_check.log" ;;
-    *) echo "unknown stage '$stage' (profile, memory, bf16)" >&2; exit 2 ;;
+    *) echo "unknown stage '$stage' (profile, memory, compile, bf16)" >&2; exit 2 ;;
   esac
 done
 log "done"

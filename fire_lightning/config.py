@@ -22,6 +22,7 @@ from .schema import (  # noqa: F401  (re-exported: `from fire_lightning.config i
 
 
 LR_DECAYS = ("none", "cosine")  # optim.lr_decay
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # trainer.compile_mode
 EXPLAIN_SCALARS = ("displacement", "nonrigid", "affine")  # G, T_af, T_nr (fire_lightning/explain.py)
 EXPLAIN_D_SCALARS = ("realness", "fakeness")
 EXPLAIN_METHODS = ("gradcam", "hirescam")
@@ -148,6 +149,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.explain.every_n_epochs < 0 or cfg.explain.n_pairs < 1:
         raise ConfigError(f"explain.every_n_epochs must be >= 0 and explain.n_pairs >= 1, got "
                           f"{cfg.explain.every_n_epochs} and {cfg.explain.n_pairs}")
+    if cfg.trainer.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"trainer.compile_mode must be one of {COMPILE_MODES}, got '{cfg.trainer.compile_mode}'")
     if cfg.trainer.max_steps < 1:
         raise ConfigError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
 

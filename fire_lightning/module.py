@@ -105,6 +105,10 @@ class FIREModule(Registers, L.LightningModule):
         self._loss_settings = {"similarity_input": str(m.similarity_input), "smooth_units": str(m.smooth_units),
                                "affine_weight": float(m.affine_mi_weight)}
         self._adv_weight = float(m.adv_weight)
+        t = cfg.trainer
+        self._train_forward_loss = self._forward_loss if not t.compile else torch.compile(
+            self._forward_loss, mode=None if t.compile_mode == "default" else str(t.compile_mode),
+            backend=str(t.compile_backend))
         self.spacing = spacing
         self._group_names = tuple(self.net.parameter_groups())
         expected = GENERATOR_GROUPS + (DISCRIMINATOR_GROUPS if self.net.D_a is not None else ())
@@ -208,7 +212,7 @@ class FIREModule(Registers, L.LightningModule):
             return self._warmup_step(batch, opts, bs)
         # Generator step: D^A, D^B are frozen, so L (adversarial term included) trains T, G, F only.
         with frozen(*discriminators(self.net).values()):
-            out, loss = self._forward_loss(batch)
+            out, loss = self._train_forward_loss(batch)
             if not self._finite_everywhere(loss.total):
                 self._count_skipped("loss", loss.total)
                 self.log("train/skipped_steps", self.skipped_steps.float(), on_step=True, batch_size=bs)

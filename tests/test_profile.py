@@ -135,3 +135,37 @@ def test_the_fire_step_is_one_graph_for_torch_compile(tiny_overrides, extra):
         torch._dynamo.reset()
     assert explained.graph_break_count == 0, [str(r.reason).splitlines()[0] for r in explained.break_reasons]
     assert explained.graph_count == 1
+
+
+@pytest.mark.slow  # about 30 s: tracing and compiling the step
+def test_trainer_compile_compiles_the_training_step_to_the_same_loss(tiny_overrides):
+    """``trainer.compile=true``: the training forward + loss through ``torch.compile`` (the
+    ``aot_eager`` backend here: it traces and runs the captured graph without generating code, so
+    it checks the capture on any machine); the same loss, to every digit, and close gradients."""
+    import torch
+    import torch._dynamo
+
+    from fire_lightning.config import ConfigError
+    from fire_lightning.module import FIREModule
+
+    overrides = [*tiny_overrides, "model.channels_last=false"]
+    batch = {k: torch.rand(2, 1, *load_config(PHANTOM2D, overrides).data.size) * 2 - 1 for k in ("moving", "fixed")}
+    results = []
+    try:
+        for extra in ([], ["trainer.compile=true", "trainer.compile_backend=aot_eager"]):
+            torch.manual_seed(0)
+            model = FIREModule(load_config(PHANTOM2D, [*overrides, *extra])).train()
+            loss = model._train_forward_loss(batch)[1].total
+            loss.backward()
+            results.append((model._train_forward_loss, loss.detach(),
+                            {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))
+    finally:
+        torch._dynamo.reset()
+    (eager_fn, l0, g0), (compiled_fn, l1, g1) = results
+    assert not hasattr(eager_fn, "_torchdynamo_orig_callable") and hasattr(compiled_fn, "_torchdynamo_orig_callable")
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=0)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-2, atol=1e-3 * max(float(g.abs().max()) for g in g0.values()))
+    with pytest.raises(ConfigError, match="trainer.compile_mode must be one of"):
+        load_config(PHANTOM2D, ["trainer.compile_mode=fast"])
