@@ -228,17 +228,23 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def step_ops(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> OpCounter:
-    """The ops of one FIRE training forward and backward (:class:`OpCounter`); optimiser steps apart.
-    Gradients start at None, as after a training step's ``zero_grad`` (else each would add one op)."""
+def _forward_backward(model: FIREModule, batch: dict, mode: TorchDispatchMode, context=contextlib.nullcontext):
+    """``mode`` after one FIRE training forward and backward run under it (optimiser steps apart).
+    Gradients start at None, as after a training step's ``zero_grad`` (else the backward would add
+    into them), and are cleared again afterwards."""
     model.train()
     model.zero_grad(set_to_none=True)
-    with context(), OpCounter() as ops:
+    with context(), mode:
         out, loss = model._forward_loss(batch)
         loss.total.backward()
         del out, loss
     model.zero_grad(set_to_none=True)
-    return ops
+    return mode
+
+
+def step_ops(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> OpCounter:
+    """The ops of one FIRE training forward and backward (:class:`OpCounter`)."""
+    return _forward_backward(model, batch, OpCounter(), context)
 
 
 @contextlib.contextmanager
@@ -260,12 +266,7 @@ def fake_tensors():
 def step_memory(model: FIREModule, batch: dict) -> int:
     """Peak bytes of tensor memory that one FIRE training forward and backward adds to the weights
     and inputs (:class:`LiveTensorMemory`; the gradients included, the optimisers' states not)."""
-    model.train()
-    with LiveTensorMemory() as memory:
-        out, loss = model._forward_loss(batch)
-        loss.total.backward()
-        del out, loss
-    return memory.peak
+    return _forward_backward(model, batch, LiveTensorMemory()).peak
 
 
 def _peak_rss_gib() -> float:
