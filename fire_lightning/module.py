@@ -226,10 +226,16 @@ class FIREModule(Registers, L.LightningModule):
         return loss.total.detach()
 
     def _log_progress(self, opts: dict[str, LightningOptimizer], bs: int) -> None:
-        """The iteration count and each optimiser's learning rate, by its sub-network (``lr/T_af`` …)."""
-        self.log("train/iteration", float(self.iteration), on_step=True, batch_size=bs)
-        self.log_dict({f"lr/{name}": float(opt.param_groups[0]["lr"]) for name, opt in opts.items()}, on_step=True,
-                      batch_size=bs)
+        """The iteration count and each optimiser's learning rate, by its sub-network (``lr/T_af`` …), as
+        tensors filled on the device: ``self.log`` of a Python number copies it from the host, which on
+        a GPU waits for every kernel queued before it (``profiling.HostCopies``)."""
+        self.log("train/iteration", self._on_device(self.iteration), on_step=True, batch_size=bs)
+        self.log_dict({f"lr/{name}": self._on_device(opt.param_groups[0]["lr"]) for name, opt in opts.items()},
+                      on_step=True, batch_size=bs)
+
+    def _on_device(self, value: float) -> torch.Tensor:
+        """``value`` as a 0-d float32 tensor written on the module's device by a kernel, not copied."""
+        return torch.full((), float(value), device=self.device)
 
     def _warmup_step(self, batch, opts: dict[str, LightningOptimizer], bs: int):
         """Affine warm-up (``optim.affine_warmup_steps``, beyond the paper): G and T_af learn the affine

@@ -409,10 +409,10 @@ class MatchAffineNet(nn.Module):
         return tuple(min(self.radius, (int(s) - 1) // 2) for s in size)
 
     @staticmethod
-    def offsets(radii) -> torch.Tensor:
-        """``(n, D)`` integer displacements within ``radii`` (tensor-axis order)."""
-        grids = torch.meshgrid(*[torch.arange(-r, r + 1) for r in radii], indexing="ij")
-        return torch.stack(grids, 0).flatten(1)
+    def offsets(radii, device: torch.device | None = None, dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """``(n, D)`` integer displacements within ``radii`` (tensor-axis order), built on ``device``
+        once per radii, device and dtype and shared: never modify them in place."""
+        return _offsets(tuple(int(r) for r in radii), torch.device(device or "cpu"), dtype)
 
     def correspondences(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``u (B, n, *S)`` normalised displacement and weights: ``(B, *S)`` summing to 1 (``"peak"``), or
@@ -454,11 +454,10 @@ class MatchAffineNet(nn.Module):
         """``ea (B, d, *S)``: the moving features' projection; ``eb``: the fixed :meth:`descriptors`."""
         b, size, n = ea.shape[0], ea.shape[2:], self.n
         radii = self.search_radii(size)
-        offsets = self.offsets(radii)  # (n, D)
+        off = self.offsets(radii, ea.device, ea.dtype)  # (n, D)
         ea = nn.functional.normalize(ea, dim=1)
         prob = torch.softmax(self.cost_volume(ea, eb, radii) / log_temperature.exp(), dim=1)  # (B, D, *S)
-        step = torch.tensor([2.0 / s for s in size], device=ea.device, dtype=ea.dtype)  # one point, normalised
-        off = offsets.to(ea.device, ea.dtype)
+        step = spatial.axis_constants([2.0 / s for s in size], ea.device, ea.dtype)  # one point, normalised
         mean = torch.einsum("bd...,nd->bn...", prob, off)  # (B, n, *S) points
         u = mean * step.view(1, n, *([1] * n))
         if self.weighting == "peak":
@@ -477,8 +476,8 @@ class MatchAffineNet(nn.Module):
         """theta through the correspondences, with the ridge in the units of unit-sum scalar weights."""
         if w.dim() == u.dim() - 1:  # scalar weights (B, *S); matrices are (B, n, n, *S)
             return spatial.fit_affine_to_field(u, w, ridge=self.ridge)
-        step2 = torch.tensor([(2.0 / s) ** 2 for s in u.shape[2:]], device=u.device, dtype=u.dtype)
-        return spatial.fit_affine_to_field(u, w, ridge=self.ridge / float(step2.mean()))
+        step2 = [(2.0 / s) ** 2 for s in u.shape[2:]]  # Python numbers: a tensor's mean would be read back
+        return spatial.fit_affine_to_field(u, w, ridge=self.ridge / (sum(step2) / len(step2)))
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         return self.fit(*self.correspondences(fa, fb))
@@ -495,6 +494,8 @@ def clear_caches() -> None:
     index): before and after running on fake tensors (``profiling.fake_tensors``), whose grids must
     neither meet real ones nor outlive their mode."""
     spatial._identity_grid.cache_clear()
+    spatial._axis_constants.cache_clear()
+    _offsets.cache_clear()
     _window_index.cache_clear()
 
 
@@ -503,12 +504,19 @@ DENSE_POINTS_PER_OFFSET = 16
 
 
 @functools.lru_cache(maxsize=16)
+def _offsets(radii: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # usable by training after a first use in validation
+        grids = torch.meshgrid(*[torch.arange(-r, r + 1, device=device, dtype=dtype) for r in radii], indexing="ij")
+        return torch.stack(grids, 0).flatten(1)
+
+
+@functools.lru_cache(maxsize=16)
 def _window_index(size: tuple[int, ...], radii: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``(P, D)`` flat index of each point's neighbour at each of :meth:`MatchAffineNet.offsets`,
     clamped to the grid (the border replicated); built once per grid."""
     with torch.inference_mode(False), torch.no_grad():  # usable by training after a first use in validation
         coords = torch.meshgrid(*[torch.arange(s, device=device) for s in size], indexing="ij")
-        off = MatchAffineNet.offsets(radii).to(device)  # (n, D)
+        off = MatchAffineNet.offsets(radii, device)  # (n, D)
         index = torch.zeros((), dtype=torch.long, device=device)
         for c, o, s in zip(coords, off, size):
             index = index * s + (c.reshape(-1, 1) + o).clamp(0, s - 1)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 __all__ = [
     "float32",
     "identity_grid",
+    "axis_constants",
     "warp",
     "warp_labels",
     "affine_to_displacement",
@@ -65,7 +66,7 @@ def float32(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         dev = next((a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), "cpu")
-        if not torch.is_autocast_enabled(dev):
+        if not (torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)):  # meta has no autocast
             return fn(*args, **kwargs)
 
         def cast(a):
@@ -109,6 +110,23 @@ def _identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dt
         axes = [(torch.arange(s, device=device, dtype=dtype) * 2 + 1) / s - 1 for s in shape]
         mesh = torch.meshgrid(*axes, indexing="ij")
         return torch.stack(mesh, dim=0).unsqueeze(0)
+
+
+def axis_constants(values: Sequence[float], device: torch.device | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(len(values),)``: per-axis constants (scales, half-extents) as a tensor on ``device``, built once
+    per values, device and dtype and shared, like :func:`identity_grid`: never modify it in place.
+
+    On a GPU, ``torch.tensor(values, device=...)`` copies from the host and waits for every kernel
+    queued before it, at each call; the training step asks for the same few constants every
+    iteration (``profiling.host_copies`` counts what is left)."""
+    return _axis_constants(tuple(float(v) for v in values), torch.device(device or "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # usable by training after a first use in validation
+        return torch.tensor(values, device=device, dtype=dtype)
 
 
 def _sample(x: torch.Tensor, disp: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
@@ -267,7 +285,7 @@ def moments_affine(moving: torch.Tensor, fixed: torch.Tensor, spacing: Sequence[
     b, n = moving.shape[0], moving.dim() - 2
     shape = moving.shape[2:]
     dt = torch.float64
-    half = torch.tensor([s * float(sp) / 2 for s, sp in zip(shape, spacing)], dtype=dt, device=moving.device)
+    half = axis_constants([s * float(sp) / 2 for s, sp in zip(shape, spacing)], moving.device, dt)
     pts = identity_grid(shape, moving.device, dt).flatten(2)[0] * half[:, None]  # (n, P) mm
 
     def stats(x):
@@ -384,7 +402,7 @@ def resize_field(field: torch.Tensor, shape: Sequence[int], unit: str = "normali
     mode = "bilinear" if n == 2 else "trilinear"
     out = F.interpolate(field, size=shape, mode=mode, align_corners=False)
     if unit == "voxel":
-        ratio = torch.tensor([so / si for so, si in zip(shape, field.shape[2:])], device=field.device, dtype=field.dtype)
+        ratio = axis_constants([so / si for so, si in zip(shape, field.shape[2:])], field.device, field.dtype)
         out = out * ratio.view(1, n, *([1] * n))
     return out
 
@@ -409,23 +427,23 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
 def normalised_to_voxel(disp: torch.Tensor) -> torch.Tensor:
     """Normalised displacement ``(B, n, *S)`` to voxels: ``d_vox = d_norm * S_k / 2``."""
     n = _spatial_dims(disp)
-    scale = torch.tensor([s / 2 for s in disp.shape[2:]], device=disp.device, dtype=disp.dtype)
+    scale = axis_constants([s / 2 for s in disp.shape[2:]], disp.device, disp.dtype)
     return disp * scale.view(1, n, *([1] * n))
 
 
 def voxel_to_normalised(disp: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`normalised_to_voxel`."""
     n = _spatial_dims(disp)
-    scale = torch.tensor([2 / s for s in disp.shape[2:]], device=disp.device, dtype=disp.dtype)
+    scale = axis_constants([2 / s for s in disp.shape[2:]], disp.device, disp.dtype)
     return disp * scale.view(1, n, *([1] * n))
 
 
 def voxel_to_mm(disp: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     """Voxel displacement ``(B, n, *S)`` to millimetres along the array axes (``spacing`` per axis)."""
     n = _spatial_dims(disp)
-    sp = torch.as_tensor(list(spacing), device=disp.device, dtype=disp.dtype)
-    if sp.numel() != n:
+    if len(spacing) != n:
         raise ValueError(f"need {n} spacings, got {list(spacing)}")
+    sp = axis_constants(spacing, disp.device, disp.dtype)
     return disp * sp.view(1, n, *([1] * n))
 
 
