@@ -8,7 +8,8 @@ overhead; a step of thousands of small ops is bound by that, not by arithmetic (
 memory"). This counts them (:class:`profiling.OpCounter`'s rule) for one forward + backward on
 random inputs of the config's batch and shape, on the CPU, and names for each op in the forward the
 innermost ``fire_lightning`` function it was called from; the backward's ops are counted as one
-group (autograd runs them). It prints the table and writes JSON (``--out``).
+group (autograd runs them). It also counts the step's copies between host and device
+(:func:`profiling.step_host_copies`, on the meta device). It prints the table and writes JSON (``--out``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from fire_lightning.config import load_config
     from fire_lightning.module import FIREModule
-    from fire_lightning.profiling import OpCounter
+    from fire_lightning.profiling import OpCounter, step_host_copies
 
     class BySite(OpCounter):
         def __init__(self):
@@ -64,14 +65,16 @@ def main(argv: list[str] | None = None) -> dict:
         ops.backward = True
         loss.total.backward()
     total = ops.kernels
+    copies = step_host_copies(cfg)
     print(f"{args.config} {' '.join(args.overrides)}: batch {cfg.data.batch_size}, shape {list(cfg.data.size)}, "
           f"width {cfg.model.width}\n{total} ops (views aside): forward {forward}, backward {total - forward}; "
-          f"{ops.syncs} read a value back to the host\n")
+          f"{ops.syncs} read a value back to the host; {copies.total} host↔device copies (on the meta device)"
+          + "".join(f"; {site}: {n}" for site, n in copies.sites.items()) + "\n")
     print("| where | ops | share |\n|---|---|---|")
     for site, n in ops.sites.most_common(args.top):
         print(f"| {site} | {n} | {100 * n / total:.1f} % |")
     result = {"config": args.config, "overrides": args.overrides, "ops": total, "forward": forward,
-              "backward": total - forward, "host_syncs": ops.syncs, "by_site": dict(ops.sites.most_common()),
+              "backward": total - forward, "host_syncs": ops.syncs, "host_copies": copies.sites, "by_site": dict(ops.sites.most_common()),
               "by_op": dict(sorted(ops.by_op.items(), key=lambda kv: -kv[1]))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -9,7 +9,9 @@ Three measurements, each on its own:
    ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU; and,
    on any device, the bytes one FIRE step saves for its backward (the activations, which
    ``model.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
-   (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device).
+   (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device),
+   and the copies between host and device (:class:`HostCopies`: each a synchronisation on a GPU) of
+   one forward + backward, on the meta device, and of a whole iteration, on the training device.
    When the config has an affine warm-up (``optim.affine_warmup_steps``), the first iterations
    are warm-up iterations and are reported apart: they cost a fraction of a FIRE iteration.
 3. **Inference**: ``register`` on one validation pair at a time, ms per pair.
@@ -27,6 +29,7 @@ import platform
 import resource
 import sys
 import time
+import traceback
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,6 +89,9 @@ class Profile:
     inference_ms_per_pair: float
     ops_per_step: int = 0  # aten ops of one FIRE forward + backward, views aside: kernel launches on a GPU
     host_syncs_per_step: int = 0  # of which read a value back to the host
+    host_copies_per_step: int = 0  # host↔device copies in one FIRE forward + backward (counted on the meta device)
+    host_copies_per_iteration: int = 0  # ... in a whole training iteration, on the training device (HostCopies)
+    host_copy_sites: dict = field(default_factory=dict)  # "folder/file.py:line" -> copies
     bound: str = ""
     data_to_step: float = 0.0
     notes: list = field(default_factory=list)
@@ -114,6 +120,22 @@ class _StepTimer(L.Callback):
         self.sync()
         self._end = time.perf_counter()
         self.rows.append((pl_module.iteration - 1, self._gap, self._end - self._start))
+
+
+class _CopiesOfOneIteration(L.Callback):
+    """:class:`HostCopies` of the whole training iteration ``iteration`` (optimiser steps and logging
+    included), counted on the training device."""
+
+    def __init__(self, iteration: int, device: str):
+        self.iteration, self.copies = iteration, HostCopies(device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.iteration == self.iteration:
+            self.copies.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.iteration == self.iteration + 1:
+            self.copies.__exit__(None, None, None)
 
 
 def device_name(accelerator: torch.device) -> str:
@@ -228,6 +250,64 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class HostCopies(TorchDispatchMode):
+    """Copies between the host and a device while the mode is on, by call site (``sites``:
+    ``"folder/file.py:line"`` → count, the innermost caller outside installed packages; ``total``): an op copying a tensor from one device to another
+    (``.to(device)``, ``copy_``), and a tensor made on ``device`` from Python data
+    (``torch.tensor(values, device=...)``, ``torch.as_tensor``: their copy runs below the dispatcher, so
+    the two functions are wrapped while the mode is on). On a GPU each is a blocking copy: the host
+    waits for every kernel queued before it, as for a read (:data:`HOST_SYNC_OPS`), and the GPU then
+    idles until the host has queued the next ones.
+
+    ``device``: the device type whose Python-data tensors count; ``"cpu"`` counts, on a CPU, what
+    would be copies on a GPU (``.to`` between devices cannot happen there: :func:`step_host_copies`
+    runs the step on the meta device to see those)."""
+
+    def __init__(self, device: str = "cpu"):
+        super().__init__()
+        self.device = torch.device(device).type
+        self.sites: dict[str, int] = {}
+        self._wrapped: tuple = ()
+
+    @property
+    def total(self) -> int:
+        return sum(self.sites.values())
+
+    def _record(self) -> None:
+        """Count the innermost caller outside installed packages (the line to change), as ``folder/file:line``."""
+        ours = [f for f in traceback.extract_stack() if "-packages/" not in f.filename and f.filename != __file__]
+        path = Path(ours[-1].filename) if ours else None
+        site = f"{path.parent.name}/{path.name}:{ours[-1].lineno}" if ours else "(outside)"
+        self.sites[site] = self.sites.get(site, 0) + 1
+
+    def _factory(self, make):
+        def wrapped(data, *args, device=None, **kwargs):
+            if device is not None and torch.device(device).type == self.device and not isinstance(data, torch.Tensor):
+                self._record()
+            return make(data, *args, device=device, **kwargs)
+
+        return wrapped
+
+    def __enter__(self):
+        self._wrapped = (torch.tensor, torch.as_tensor)
+        torch.tensor, torch.as_tensor = (self._factory(f) for f in self._wrapped)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.tensor, torch.as_tensor = self._wrapped
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in ("_to_copy", "copy_") and args and isinstance(args[0], torch.Tensor):
+            src = args[1] if name == "copy_" else args[0]
+            dst = args[0].device if name == "copy_" else torch.device(kwargs.get("device") or src.device)
+            if isinstance(src, torch.Tensor) and src.device.type != dst.type:
+                self._record()
+        return func(*args, **kwargs)
+
+
 def _forward_backward(model: FIREModule, batch: dict, mode: TorchDispatchMode, context=contextlib.nullcontext):
     """``mode`` after one FIRE training forward and backward run under it (optimiser steps apart).
     Gradients start at None, as after a training step's ``zero_grad`` (else the backward would add
@@ -245,6 +325,26 @@ def _forward_backward(model: FIREModule, batch: dict, mode: TorchDispatchMode, c
 def step_ops(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> OpCounter:
     """The ops of one FIRE training forward and backward (:class:`OpCounter`)."""
     return _forward_backward(model, batch, OpCounter(), context)
+
+
+def step_host_copies(cfg: DictConfig, **module_kwargs) -> HostCopies:
+    """The host↔device copies (:class:`HostCopies`) of one FIRE training forward + backward at the
+    config's batch and shape, counted on the meta device (shapes without data or arithmetic, so any
+    size costs milliseconds and no memory): every tensor the step builds on the host and moves to the
+    images' device shows there, as on a GPU. Counted in a second step, after the first has built the
+    constants shared between steps (grids, offsets); the shared caches are emptied before and after."""
+    from .networks import clear_caches
+
+    clear_caches()
+    try:
+        with torch.device("meta"):  # the model only: tensors the step makes without a device stay on the host
+            model = FIREModule(cfg, **module_kwargs)
+        shape = (int(cfg.data.batch_size), 1, *cfg.data.size)
+        batch = {k: torch.empty(shape, device="meta") for k in ("moving", "fixed")}
+        _forward_backward(model, batch, HostCopies("meta"))
+        return _forward_backward(model, batch, HostCopies("meta"))
+    finally:
+        clear_caches()
 
 
 @contextlib.contextmanager
@@ -286,7 +386,8 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
     has_warmup = cfg.optim.affine_warmup_steps > 0
     n_warm = warmup_steps + skip if has_warmup else 0
     cfg.optim.affine_warmup_steps = n_warm
-    cfg.trainer.max_steps = n_warm + steps + skip
+    timed_end = n_warm + skip + steps
+    cfg.trainer.max_steps = timed_end + 1  # the last iteration: its host copies counted, not timed
 
     dm = make_datamodule(cfg)
     dm.setup("fit")
@@ -300,14 +401,14 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[])
     dev = trainer.strategy.root_device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    timer = _StepTimer(sync)
-    trainer.callbacks.append(timer)
+    timer, copies = _StepTimer(sync), _CopiesOfOneIteration(timed_end, dev.type)
+    trainer.callbacks += [timer, copies]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     trainer.fit(model, datamodule=dm)
     rows = [(it, gap, step) for it, gap, step in timer.rows if gap is not None]
     warm = Phase.of([(g, s) for it, g, s in rows if skip <= it < n_warm])
-    fire = Phase.of([(g, s) for it, g, s in rows if it >= n_warm + skip])
+    fire = Phase.of([(g, s) for it, g, s in rows if n_warm + skip <= it < timed_end])
     if dev.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(dev) / (1 << 30), "torch.cuda.max_memory_allocated"
     else:
@@ -318,6 +419,7 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
     context = trainer.strategy.precision_plugin.forward_context
     saved = saved_for_backward(model, train_batch, context) / (1 << 30)
     ops = step_ops(model, train_batch, context)
+    step_copies = step_host_copies(cfg, label_names=model.label_names, spacing=model.spacing)
     model = model.eval()
     batch = next(iter(dm.val_dataloader()))
     moving, fixed = batch["moving"][:1].to(dev), batch["fixed"][:1].to(dev)
@@ -335,7 +437,9 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
                      num_workers=int(cfg.data.num_workers), threads=torch.get_num_threads(),
                      loader_samples_per_s=rate, loader_first_batch_s=first, fire=fire, warmup=warm,
                      peak_memory_gib=peak, peak_memory_kind=kind, saved_for_backward_gib=saved,
-                     inference_ms_per_pair=infer_ms, ops_per_step=ops.kernels, host_syncs_per_step=ops.syncs)
+                     inference_ms_per_pair=infer_ms, ops_per_step=ops.kernels, host_syncs_per_step=ops.syncs,
+                     host_copies_per_step=step_copies.total, host_copies_per_iteration=copies.copies.total,
+                     host_copy_sites={**step_copies.sites, **copies.copies.sites})
     if fire is not None:
         result.data_to_step = fire.data_s / fire.step_s
         needed = cfg.data.batch_size / (fire.step_s + fire.data_s)
@@ -360,6 +464,10 @@ def table(p: Profile) -> str:
              ("saved for the backward", f"{1024 * p.saved_for_backward_gib:.1f} MiB per FIRE step (activations)"),
              ("ops per FIRE step", f"{p.ops_per_step} aten ops in its forward + backward, views aside (on a GPU, "
                                    f"kernel launches), {p.host_syncs_per_step} reading a value back to the host"),
+             ("host↔device copies", f"{p.host_copies_per_step} in a FIRE forward + backward (counted on the meta "
+                                    f"device), {p.host_copies_per_iteration} in a whole training iteration "
+                                    f"(optimisers and logging included); on a GPU each waits for the queued kernels"
+                                    + "".join(f"; {site}: {n}" for site, n in p.host_copy_sites.items())),
              ("inference", f"{p.inference_ms_per_pair:.1f} ms per pair (batch 1)")]
     if p.bound:
         rows.append(("bound by", f"**{p.bound}**: data time per iteration = {p.data_to_step:.2f} × step time "

@@ -35,3 +35,13 @@ def test_interleaved_times_every_variant_in_turns_and_restores_the_cost_volume_r
         assert 0 < row["step_ms_min"] <= row["step_ms_median"] and 0 < row["register_ms_min"] <= row["register_ms_median"]
     with pytest.raises(SystemExit, match="cost_volume must be one of"):
         interleaved.main([str(PHANTOM2D), *tiny_overrides, "--variant", "cost_volume=fast"])
+
+
+def test_step_ops_attributes_every_op_of_the_step_to_a_call_site(tiny_overrides, tmp_path):
+    out = tmp_path / "ops.json"
+    result = _script("step_ops").main([str(PHANTOM2D), *tiny_overrides, "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["ops"] == result["forward"] + result["backward"] == sum(result["by_site"].values())
+    assert result["by_site"]["(backward)"] == result["backward"] and result["forward"] > 100
+    assert sum(result["by_op"].values()) == result["ops"]
+    assert result["host_syncs"] == 0 and result["host_copies"] == {}

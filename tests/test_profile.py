@@ -37,6 +37,8 @@ def test_without_a_warm_up_only_fire_iterations_are_measured_and_checkpointing_s
     assert p.warmup is None and p.fire.iterations == 3 and p.saved_for_backward_gib > 0
     # no value is read back to the host inside a step's forward and backward (each would stall a GPU)
     assert p.ops_per_step > 100 and p.host_syncs_per_step == 0
+    # nor copied between host and device, in the step or in the rest of the iteration (optimisers, logging)
+    assert (p.host_copies_per_step, p.host_copies_per_iteration, p.host_copy_sites) == (0, 0, {})
     ckpt = profile(load_config(PHANTOM2D, [*tiny_overrides, "model.checkpoint_activations=true"]), steps=1,
                    loader_batches=1, inference_pairs=1, skip=1)
     assert ckpt.saved_for_backward_gib < 0.7 * p.saved_for_backward_gib
@@ -112,6 +114,42 @@ def test_the_op_counter_counts_kernels_not_views_and_names_host_reads():
         _ = x.nonzero()  # a data-dependent shape: a read too
     assert ops.by_op == {"mul": 1, "sum": 1, "_local_scalar_dense": 1, "clone": 1, "nonzero": 1}
     assert ops.kernels == 5 and ops.syncs == 2
+
+
+def test_host_copies_counts_copies_between_host_and_device_by_call_site():
+    import torch
+
+    from fire_lightning.profiling import HostCopies
+
+    factory = torch.tensor
+    on_device = torch.ones(3, device="meta")
+    with HostCopies("meta") as copies:
+        torch.tensor([1.0, 2.0], device="meta")  # Python data onto the device
+        torch.as_tensor([0.5], device="meta")
+        torch.zeros(3).to("meta")  # built on the host, then moved
+        on_device.copy_(torch.ones(3))
+        torch.tensor(2.0)  # none of these crosses
+        on_device * torch.tensor(2.0)  # a 0-d host tensor in a device op is a kernel argument
+        torch.full((), 2.0, device="meta")
+        torch.arange(3, device="meta").to(torch.float64)
+    assert copies.total == 4 and len(copies.sites) == 4  # four lines, each named
+    assert all(site.startswith("tests/test_profile.py:") for site in copies.sites)
+    assert torch.tensor is factory  # the factory is restored on exit
+
+    with HostCopies("cpu") as would:  # on a CPU: what a GPU run would copy
+        torch.tensor([1.0], device="cpu"), torch.tensor([1.0])
+    assert would.total == 1
+
+
+@pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"], ["model.adversarial=true"],
+                                   ["model.affine_weighting=aperture"]], ids=["2d", "3d", "exfire", "aperture"])
+def test_the_fire_step_copies_nothing_between_host_and_device(tiny_overrides, extra):
+    """Counted on the meta device, where a tensor built on the host must be copied, as on a GPU: the
+    constants every step needs (offsets, per-axis scales) are built on the device once and shared."""
+    from fire_lightning.profiling import step_host_copies
+
+    copies = step_host_copies(load_config(PHANTOM2D, [*tiny_overrides, *extra]))
+    assert copies.sites == {}
 
 
 @pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"], ["model.adversarial=true"]],
