@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from contextlib import contextmanager
 
@@ -106,6 +107,8 @@ class FIREModule(Registers, L.LightningModule):
                                "affine_weight": float(m.affine_mi_weight)}
         self._adv_weight = float(m.adv_weight)
         t = cfg.trainer
+        if t.compile:  # dynamo traces through the caches of grids and constants (pure builders): not news
+            warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`-wrapped")
         self._train_forward_loss = self._forward_loss if not t.compile else torch.compile(
             self._forward_loss, mode=None if t.compile_mode == "default" else str(t.compile_mode),
             backend=str(t.compile_backend))

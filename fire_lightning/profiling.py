@@ -123,18 +123,21 @@ class _StepTimer(L.Callback):
 
 
 class _CopiesOfOneIteration(L.Callback):
-    """:class:`HostCopies` of the whole training iteration ``iteration`` (optimiser steps and logging
-    included), counted on the training device."""
+    """:class:`HostCopies` of a whole training iteration (optimiser steps and logging included),
+    counted on the training device in ``iteration`` and the one after it; the second's are kept:
+    the first can include one-time builds of the shared constants (seen with ``trainer.compile``,
+    whose graph holds them, so that their cache was first filled under the count)."""
 
     def __init__(self, iteration: int, device: str):
-        self.iteration, self.copies = iteration, HostCopies(device)
+        self.iteration, self.device, self.copies = iteration, device, HostCopies(device)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.iteration == self.iteration:
+        if pl_module.iteration in (self.iteration, self.iteration + 1):
+            self.copies = HostCopies(self.device)
             self.copies.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.iteration == self.iteration + 1:
+        if pl_module.iteration in (self.iteration + 1, self.iteration + 2):
             self.copies.__exit__(None, None, None)
 
 
@@ -387,7 +390,7 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
     n_warm = warmup_steps + skip if has_warmup else 0
     cfg.optim.affine_warmup_steps = n_warm
     timed_end = n_warm + skip + steps
-    cfg.trainer.max_steps = timed_end + 1  # the last iteration: its host copies counted, not timed
+    cfg.trainer.max_steps = timed_end + 2  # the last two iterations: their host copies counted, not timed
 
     dm = make_datamodule(cfg)
     dm.setup("fit")

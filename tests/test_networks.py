@@ -147,6 +147,33 @@ def test_both_cost_volume_routes_give_the_windowed_dot_products(size, radii, mon
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.slow  # about 45 s: inductor generates and compiles C++ for the head's forward and backward
+def test_the_match_head_compiles_with_inductor_on_the_shifted_route(monkeypatch):
+    """``torch.compile``'s default backend (inductor) on the matching head, forward and backward, on
+    the shifted-product route of the cost volume: the same values and gradients as eager. (Padding
+    with ``F.pad(mode="replicate")`` stopped inductor here: its backward's strides disagree with
+    their fake kernel's; under compilation the border is replicated by indexing, eager by F.pad.)"""
+    import torch._dynamo
+
+    from fire_lightning import networks
+
+    monkeypatch.setattr(networks, "DENSE_POINTS_PER_OFFSET", 0)
+    torch.manual_seed(0)
+    head = MatchAffineNet(2, 8, channels=(8, 8, 8))
+    fa, fb = torch.randn(2, 2, 8, 32, 36, generator=_gen(31))
+    results = []
+    try:
+        for fn in (head, torch.compile(head, backend="inductor", fullgraph=True)):
+            head.zero_grad()
+            a, b = fa.clone().requires_grad_(), fb.clone().requires_grad_()
+            theta = fn(a, b)
+            theta.pow(2).sum().backward()
+            results.append((theta.detach(), a.grad, b.grad, head.log_temperature.grad))
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(results[1], results[0])
+
+
 def test_aperture_weights_distrust_the_direction_along_an_edge():
     """Features that vary along axis 0 only (edges along axis 1): a match cannot say where along
     axis 1 it lies, and the aperture weights give that direction (almost) nothing."""
