@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import Memoised, make_loader, split_suggestion, spread, RankedDraws, train_rng, trainer_rank
+from .loading import Memoised, make_loader, plain_config, split_suggestion, spread, RankedDraws, train_rng, trainer_rank
 
 from fire_lightning.io import load_nifti, spatial_shape
 
@@ -247,7 +247,7 @@ class CineItem:
 
 class _CinePairs(Dataset):
     def __init__(self, items: list[CineItem], cfg, spacing):
-        self.items, self.cfg = items, cfg
+        self.items, self.cfg = items, plain_config(cfg)
         self.n = int(cfg.spatial_dims)
         self.spacing = tuple(spacing)
         self.extent = [s * e for s, e in zip(self.spacing, cfg.size)]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import DeviceAugmentation, Memoised, make_loader, split_suggestion, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
+from .loading import DeviceAugmentation, Memoised, make_loader, plain_config, split_suggestion, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
 from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Item:
 
 class _Pairs(Dataset):
     def __init__(self, items: list[Item], cfg, spacing):
-        self.items, self.cfg = items, cfg
+        self.items, self.cfg = items, plain_config(cfg)
         self.n = int(cfg.spatial_dims)
         self.mod_a, self.mod_b = cfg.modalities[0], cfg.modalities[1]
         self.spacing = tuple(spacing)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .loading import DeviceAugmentation, Memoised, make_loader, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
+from .loading import DeviceAugmentation, Memoised, make_loader, plain_config, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class _PhantomPairs(Dataset):
 
     def __init__(self, prep: PreparedPhantom, cfg):
         self.prep = prep
-        self.cfg = cfg
+        self.cfg = plain_config(cfg)
         self.n = cfg.spatial_dims
         self.thickness = 1 if self.n == 2 else int(cfg.size[2])
         self.mod_a, self.mod_b = cfg.modalities[0], cfg.modalities[1]
