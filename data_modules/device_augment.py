@@ -65,15 +65,20 @@ def _reference(shape3: tuple, spacing3: tuple):
 
 
 @functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=16)
 def bspline_grid(shape3: tuple, spacing3: tuple, k: int) -> tuple:
     """ITK's control-point grid for ``k`` points per axis on this image (``BSplineTransformInitializer``,
-    as TorchIO calls it): ``(origin (3,), spacing (3,), direction (3, 3), size (3,))``, LPS."""
+    as TorchIO calls it): ``(origin (3,), spacing (3,), direction (3, 3), size (3,))``, LPS; computed
+    once per geometry and shared (read-only arrays)."""
     import SimpleITK as sitk
 
     t = sitk.BSplineTransformInitializer(_reference(shape3, spacing3), [k - SPLINE_ORDER] * 3)
     p = np.asarray(t.GetFixedParameters(), dtype=np.float64)
     size, origin, spacing, direction = p[0:3], p[3:6], p[6:9], p[9:18].reshape(3, 3)
-    return origin, spacing, direction, size.astype(int)
+    grid = origin, spacing, direction, size.astype(int)
+    for a in grid:
+        a.flags.writeable = False
+    return grid
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,18 +122,18 @@ def _cubic_bspline(t: torch.Tensor) -> torch.Tensor:
 def _bspline_displacement(points: torch.Tensor, coefficients: torch.Tensor, grid: tuple) -> torch.Tensor:
     """``points`` ``(B, N, 3)`` LPS → the B-spline displacement ``(B, N, 3)``, as ITK's ``BSplineTransform``
     (support of 4 control points per axis from ``floor(c) - 1``; zero outside the valid region)."""
-    origin, spacing, direction, size = (torch.as_tensor(g, dtype=points.dtype, device=points.device) for g in grid)
+    origin, spacing, direction = (spatial.constant(g, points.device, points.dtype) for g in grid[:3])
+    k0, k1, k2 = (int(s) for s in grid[3])
+    size = spatial.constant([k0, k1, k2], points.device, points.dtype)
     c = ((points - origin) @ direction) / spacing  # continuous grid index (B, N, 3)
     start = torch.floor(c) - 1
     offs = torch.arange(SPLINE_ORDER + 1, device=points.device, dtype=points.dtype)
     idx = start[..., None] + offs  # (B, N, 3, 4)
     w = _cubic_bspline(c[..., None] - idx)  # (B, N, 3, 4)
-    size_l = size.long()
     valid = ((start >= 0) & (start + SPLINE_ORDER <= size - 1)).all(-1)  # (B, N)
     idx = idx.long().clamp(min=0)
-    idx = torch.minimum(idx, (size_l - 1).view(1, 1, 3, 1))
+    idx = torch.minimum(idx, (size.long() - 1).view(1, 1, 3, 1))
     b, n = points.shape[:2]
-    k0, k1, k2 = (int(s) for s in size_l)
     flat = coefficients.reshape(b, 3, -1)  # (B, 3, k0*k1*k2)
     lin = (idx[:, :, 0, :, None, None] * (k1 * k2) + idx[:, :, 1, None, :, None] * k2 + idx[:, :, 2, None, None, :])
     weights = w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]  # (B, N, 4, 4, 4)
@@ -149,19 +154,20 @@ def _axis_weights(c: torch.Tensor, size: int) -> torch.Tensor:
     return out.scatter_add_(1, idx.long().clamp(0, size - 1), w)
 
 
-def _grid_displacement(vox_to_lps: torch.Tensor, shape3: tuple, coefficients: torch.Tensor, grid: tuple
+def _grid_displacement(vox_to_lps: np.ndarray, shape3: tuple, coefficients: torch.Tensor, grid: tuple
                        ) -> torch.Tensor | None:
     """The B-spline displacement ``(B, N, 3)`` at every voxel of ``shape3`` when the voxel axes map to the
     control grid's axes one to one (a diagonal map, as for every image :mod:`augment` builds): the
     tensor product of per-axis weights, three small contractions instead of 64 gathered terms per voxel
-    (the same sums; float64 rounding apart). None when the map is not diagonal."""
-    origin, spacing, direction, size = (torch.as_tensor(g, dtype=torch.float64, device=coefficients.device)
-                                        for g in grid)
+    (the same sums; float64 rounding apart). None when the map is not diagonal. The map, a constant
+    of the geometry, is worked out on the host: on a GPU, testing it there would wait for the queue."""
+    origin, spacing, direction, size = grid
     m = (vox_to_lps[:3, :3] @ direction) / spacing  # voxel index → continuous control-grid index
-    if bool((m - torch.diag(torch.diagonal(m))).abs().max() > 0):
+    if np.abs(m - np.diag(np.diagonal(m))).max() > 0:
         return None
     c0 = ((vox_to_lps[:3, 3] - origin) @ direction) / spacing
-    w = [_axis_weights(c0[a] + m[a, a] * torch.arange(s, device=m.device, dtype=m.dtype), int(size[a]))
+    dev = coefficients.device
+    w = [_axis_weights(float(c0[a]) + float(m[a, a]) * torch.arange(s, device=dev, dtype=torch.float64), int(size[a]))
          for a, s in enumerate(shape3)]
     disp = torch.einsum("ia,jb,kc,zxabc->zijkx", *w, coefficients)  # (B, *shape3, 3)
     return disp.reshape(coefficients.shape[0], -1, 3)
@@ -177,15 +183,15 @@ def source_coordinates(t: DeviceTransform, shape, spacing, k: int) -> torch.Tens
     b = t.affine.shape[0]
     axes = [torch.arange(s, device=dev, dtype=torch.float64) for s in shape3]
     vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)  # (1, N, 3)
-    to_lps = torch.as_tensor(_lps(sp3), device=dev)
-    pts = (vox @ to_lps[:3, :3].T + to_lps[:3, 3]).expand(b, -1, -1)  # (B, N, 3)
+    lps = _lps(sp3)  # constants of the geometry: worked out on the host, on the device once (spatial.constant)
+    to_lps, shift = spatial.constant(lps[:3, :3].T, dev, torch.float64), spatial.constant(lps[:3, 3], dev, torch.float64)
+    pts = (vox @ to_lps + shift).expand(b, -1, -1)  # (B, N, 3)
     coefficients, grid = t.coefficients.to(dev, torch.float64), bspline_grid(shape3, sp3, k)
-    disp = _grid_displacement(to_lps, shape3, coefficients, grid)
+    disp = _grid_displacement(lps, shape3, coefficients, grid)
     pts = pts + (_bspline_displacement(pts, coefficients, grid) if disp is None else disp)
     src = pts @ t.affine[:, :3, :3].transpose(1, 2) + t.affine[:, None, :3, 3]
-    src_vox = (src - to_lps[:3, 3]) @ torch.linalg.inv(to_lps[:3, :3]).T  # (B, N, 3)
-    size = torch.as_tensor(shape3, device=dev, dtype=torch.float64)
-    norm = (2 * src_vox + 1) / size - 1
+    src_vox = (src - shift) @ spatial.constant(np.linalg.inv(lps[:3, :3]).T, dev, torch.float64)  # (B, N, 3)
+    norm = (2 * src_vox + 1) / spatial.constant(shape3, dev, torch.float64) - 1
     return norm[..., :n].transpose(1, 2).reshape(b, n, *shape)
 
 

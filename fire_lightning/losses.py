@@ -139,7 +139,7 @@ def smoothness(disp_nr: torch.Tensor, image_shape=None) -> torch.Tensor:
         lap = spatial.laplacian(disp_nr, spacing="normalised")
     else:
         n = disp_nr.shape[1]
-        half = spatial.axis_constants([s / 2 for s in image_shape], disp_nr.device, disp_nr.dtype)
+        half = spatial.constant([s / 2 for s in image_shape], disp_nr.device, disp_nr.dtype)
         u_vox = disp_nr * half.view(1, n, *([1] * n))  # image-voxel displacement
         step = [si / sf for si, sf in zip(image_shape, disp_nr.shape[2:])]  # feature step in image voxels
         lap = spatial.laplacian(u_vox, spacing=step)

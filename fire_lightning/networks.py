@@ -464,7 +464,7 @@ class MatchAffineNet(nn.Module):
         off = self.offsets(radii, ea.device, ea.dtype)  # (n, D)
         ea = nn.functional.normalize(ea, dim=1)
         prob = torch.softmax(self.cost_volume(ea, eb, radii) / log_temperature.exp(), dim=1)  # (B, D, *S)
-        step = spatial.axis_constants([2.0 / s for s in size], ea.device, ea.dtype)  # one point, normalised
+        step = spatial.constant([2.0 / s for s in size], ea.device, ea.dtype)  # one point, normalised
         mean = torch.einsum("bd...,nd->bn...", prob, off)  # (B, n, *S) points
         u = mean * step.view(1, n, *([1] * n))
         if self.weighting == "peak":
@@ -501,7 +501,7 @@ def clear_caches() -> None:
     index): before and after running on fake tensors (``profiling.fake_tensors``), whose grids must
     neither meet real ones nor outlive their mode."""
     spatial._identity_grid.cache_clear()
-    spatial._axis_constants.cache_clear()
+    spatial._constant.cache_clear()
     _offsets.cache_clear()
     _replicate_index.cache_clear()
     _window_index.cache_clear()

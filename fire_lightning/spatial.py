@@ -34,7 +34,7 @@ import torch.nn.functional as F
 __all__ = [
     "float32",
     "identity_grid",
-    "axis_constants",
+    "constant",
     "warp",
     "warp_labels",
     "affine_to_displacement",
@@ -112,21 +112,35 @@ def _identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dt
         return torch.stack(mesh, dim=0).unsqueeze(0)
 
 
-def axis_constants(values: Sequence[float], device: torch.device | None = None,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(len(values),)``: per-axis constants (scales, half-extents) as a tensor on ``device``, built once
-    per values, device and dtype and shared, like :func:`identity_grid`: never modify it in place.
+def constant(values, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``values`` (numbers, nested sequences or an array: per-axis scales, a small matrix) as a tensor
+    on ``device``, built once per values, device and dtype and shared, like :func:`identity_grid`:
+    never modify it in place.
 
     On a GPU, ``torch.tensor(values, device=...)`` copies from the host and waits for every kernel
-    queued before it, at each call; the training step asks for the same few constants every
-    iteration (``profiling.host_copies`` counts what is left)."""
-    return _axis_constants(tuple(float(v) for v in values), torch.device(device or "cpu"), dtype)
+    queued before it, at each call; a training iteration asks for the same few constants every time
+    (:class:`profiling.HostCopies` counts what is left)."""
+    shape, flat = _flatten(values.tolist() if hasattr(values, "tolist") else values)
+    return _constant(shape, flat, torch.device(device or "cpu"), dtype)
+
+
+def _flatten(values) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Nested sequences of numbers → (shape, the numbers in row-major order)."""
+    if not isinstance(values, (list, tuple)):
+        return (), (float(values),)
+    parts = [_flatten(v) for v in values]
+    shapes = {shape for shape, _ in parts}
+    if len(shapes) > 1:
+        raise ValueError(f"ragged constant: {values!r}")
+    inner = shapes.pop() if shapes else ()
+    return (len(parts), *inner), tuple(x for _, flat in parts for x in flat)
 
 
 @functools.lru_cache(maxsize=64)
-def _axis_constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _constant(shape: tuple[int, ...], values: tuple[float, ...], device: torch.device, dtype: torch.dtype
+              ) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():  # usable by training after a first use in validation
-        return torch.tensor(values, device=device, dtype=dtype)
+        return torch.tensor(values, device=device, dtype=dtype).reshape(shape)
 
 
 def _sample(x: torch.Tensor, disp: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
@@ -285,7 +299,7 @@ def moments_affine(moving: torch.Tensor, fixed: torch.Tensor, spacing: Sequence[
     b, n = moving.shape[0], moving.dim() - 2
     shape = moving.shape[2:]
     dt = torch.float64
-    half = axis_constants([s * float(sp) / 2 for s, sp in zip(shape, spacing)], moving.device, dt)
+    half = constant([s * float(sp) / 2 for s, sp in zip(shape, spacing)], moving.device, dt)
     pts = identity_grid(shape, moving.device, dt).flatten(2)[0] * half[:, None]  # (n, P) mm
 
     def stats(x):
@@ -402,7 +416,7 @@ def resize_field(field: torch.Tensor, shape: Sequence[int], unit: str = "normali
     mode = "bilinear" if n == 2 else "trilinear"
     out = F.interpolate(field, size=shape, mode=mode, align_corners=False)
     if unit == "voxel":
-        ratio = axis_constants([so / si for so, si in zip(shape, field.shape[2:])], field.device, field.dtype)
+        ratio = constant([so / si for so, si in zip(shape, field.shape[2:])], field.device, field.dtype)
         out = out * ratio.view(1, n, *([1] * n))
     return out
 
@@ -427,14 +441,14 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
 def normalised_to_voxel(disp: torch.Tensor) -> torch.Tensor:
     """Normalised displacement ``(B, n, *S)`` to voxels: ``d_vox = d_norm * S_k / 2``."""
     n = _spatial_dims(disp)
-    scale = axis_constants([s / 2 for s in disp.shape[2:]], disp.device, disp.dtype)
+    scale = constant([s / 2 for s in disp.shape[2:]], disp.device, disp.dtype)
     return disp * scale.view(1, n, *([1] * n))
 
 
 def voxel_to_normalised(disp: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`normalised_to_voxel`."""
     n = _spatial_dims(disp)
-    scale = axis_constants([2 / s for s in disp.shape[2:]], disp.device, disp.dtype)
+    scale = constant([2 / s for s in disp.shape[2:]], disp.device, disp.dtype)
     return disp * scale.view(1, n, *([1] * n))
 
 
@@ -443,7 +457,7 @@ def voxel_to_mm(disp: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
     n = _spatial_dims(disp)
     if len(spacing) != n:
         raise ValueError(f"need {n} spacings, got {list(spacing)}")
-    sp = axis_constants(spacing, disp.device, disp.dtype)
+    sp = constant(spacing, disp.device, disp.dtype)
     return disp * sp.view(1, n, *([1] * n))
 
 

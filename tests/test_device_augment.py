@@ -112,6 +112,32 @@ def test_a_batch_on_the_device_matches_the_torchio_images():
         assert _labels_agree_within_a_voxel(labels[i:i + 1], ref_lab[None]) > 0.999
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_batch_is_transformed_without_copies_between_host_and_device(spatial_dims):
+    """On the meta device, where a host tensor has to be copied as on a GPU: after a first batch
+    (which puts the geometry's constants on the device), a batch's transform copies nothing from
+    the host and reads nothing back: on a GPU each would wait for every queued kernel."""
+    from fire_lightning.networks import clear_caches
+    from fire_lightning.profiling import HostCopies
+
+    config = PHANTOM2D if spatial_dims == 2 else PHANTOM2D.parent / "phantom3d.yaml"
+    cfg = load_config(config, [*TINY, "data.augment.device=true"])
+    dm = PhantomDataModule(cfg.data)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert "aug_moving_affine" in batch
+    on_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+    clear_caches()
+    try:
+        augment_on_device(on_meta, dm.spacing, cfg.data.augment)  # a read back to the host would raise here
+        with HostCopies("meta") as copies:
+            out = augment_on_device(on_meta, dm.spacing, cfg.data.augment)
+    finally:
+        clear_caches()
+    assert copies.sites == {}
+    assert out["moving"].device.type == "meta" and out["moving"].shape == batch["moving"].shape
+
+
 def test_training_pairs_from_the_same_draws_agree_on_either_path():
     """transformed_pair with the same generators: TorchIO now, or the device later (the streams of
     a training loader differ: TorchIO's transforms draw from torch's RNG on their own)."""
