@@ -65,7 +65,6 @@ def _reference(shape3: tuple, spacing3: tuple):
 
 
 @functools.lru_cache(maxsize=16)
-@functools.lru_cache(maxsize=16)
 def bspline_grid(shape3: tuple, spacing3: tuple, k: int) -> tuple:
     """ITK's control-point grid for ``k`` points per axis on this image (``BSplineTransformInitializer``,
     as TorchIO calls it): ``(origin (3,), spacing (3,), direction (3, 3), size (3,))``, LPS; computed

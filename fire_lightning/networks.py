@@ -497,9 +497,10 @@ class MatchAffineNet(nn.Module):
 
 
 def clear_caches() -> None:
-    """Empty the grids shared between calls (:func:`spatial.identity_grid`, the cost volume's window
-    index): before and after running on fake tensors (``profiling.fake_tensors``), whose grids must
-    neither meet real ones nor outlive their mode."""
+    """Empty the grids and constants shared between calls (:func:`spatial.identity_grid`,
+    :func:`spatial.constant`, the matching head's offsets, the cost volume's indices): before and
+    after running on fake tensors (``profiling.fake_tensors``) or on the meta device
+    (``profiling.step_host_copies``), whose tensors must neither meet real ones nor outlive their use."""
     spatial._identity_grid.cache_clear()
     spatial._constant.cache_clear()
     _offsets.cache_clear()

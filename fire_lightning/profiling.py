@@ -129,16 +129,17 @@ class _CopiesOfOneIteration(L.Callback):
     whose graph holds them, so that their cache was first filled under the count)."""
 
     def __init__(self, iteration: int, device: str):
-        self.iteration, self.device, self.copies = iteration, device, HostCopies(device)
+        self.iteration, self.device, self.copies, self._on = iteration, device, HostCopies(device), False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if pl_module.iteration in (self.iteration, self.iteration + 1):
-            self.copies = HostCopies(self.device)
+            self.copies, self._on = HostCopies(self.device), True
             self.copies.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.iteration in (self.iteration + 1, self.iteration + 2):
+        if self._on:  # whatever the step did (a skipped step does not advance the iteration)
             self.copies.__exit__(None, None, None)
+            self._on = False
 
 
 def device_name(accelerator: torch.device) -> str:
@@ -255,8 +256,9 @@ class OpCounter(TorchDispatchMode):
 
 class HostCopies(TorchDispatchMode):
     """Copies between the host and a device while the mode is on, by call site (``sites``:
-    ``"folder/file.py:line"`` → count, the innermost caller outside installed packages; ``total``): an op copying a tensor from one device to another
-    (``.to(device)``, ``copy_``), and a tensor made on ``device`` from Python data
+    ``"folder/file.py:line"`` → count, the innermost caller outside installed packages; ``total``):
+    an op copying a tensor from one device to another (``.to(device)``, ``copy_``), and a tensor
+    made on ``device`` from Python data
     (``torch.tensor(values, device=...)``, ``torch.as_tensor``: their copy runs below the dispatcher, so
     the two functions are wrapped while the mode is on). On a GPU each is a blocking copy: the host
     waits for every kernel queued before it, as for a read (:data:`HOST_SYNC_OPS`), and the GPU then
