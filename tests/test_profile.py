@@ -152,6 +152,31 @@ def test_the_fire_step_copies_nothing_between_host_and_device(tiny_overrides, ex
     assert copies.sites == {}
 
 
+@pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"]], ids=["2d", "3d"])
+def test_registering_a_pair_copies_nothing_between_host_and_device(tiny_overrides, extra):
+    """Inference on the meta device: after a first pair (which puts the shared constants on the
+    device), a pair is registered without a copy from or to the host."""
+    import torch
+
+    from fire_lightning.module import FIREModule
+    from fire_lightning.networks import clear_caches
+    from fire_lightning.profiling import HostCopies
+
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, *extra])
+    clear_caches()
+    try:
+        with torch.device("meta"):
+            model = FIREModule(cfg).eval()
+        x = torch.empty(1, 1, *cfg.data.size, device="meta")
+        with torch.no_grad():
+            model.register(x, x)
+            with HostCopies("meta") as copies:
+                out = model.register(x, x)
+    finally:
+        clear_caches()
+    assert copies.sites == {} and out["warped"].shape == x.shape
+
+
 @pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"], ["model.adversarial=true"]],
                          ids=["2d", "3d", "exfire"])
 def test_the_fire_step_is_one_graph_for_torch_compile(tiny_overrides, extra):
