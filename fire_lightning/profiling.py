@@ -92,6 +92,8 @@ class Profile:
     host_copies_per_step: int = 0  # host↔device copies in one FIRE forward + backward (counted on the meta device)
     host_copies_per_iteration: int = 0  # ... in a whole training iteration, on the training device (HostCopies)
     host_copy_sites: dict = field(default_factory=dict)  # "folder/file.py:line" -> copies
+    host_reads_per_iteration: int = 0  # values read back to the host in a whole training iteration
+    host_read_sites: dict = field(default_factory=dict)  # "folder/file.py:line" -> reads
     bound: str = ""
     data_to_step: float = 0.0
     notes: list = field(default_factory=list)
@@ -266,30 +268,39 @@ class HostCopies(TorchDispatchMode):
 
     ``device``: the device type whose Python-data tensors count; ``"cpu"`` counts, on a CPU, what
     would be copies on a GPU (``.to`` between devices cannot happen there: :func:`step_host_copies`
-    runs the step on the meta device to see those)."""
+    runs the step on the meta device to see those). ``reads``: the values read back to the host from
+    a device (:data:`HOST_SYNC_OPS` on a tensor not on the host), by call site, apart: none on a CPU."""
 
     def __init__(self, device: str = "cpu"):
         super().__init__()
         self.device = torch.device(device).type
         self.sites: dict[str, int] = {}
+        self.reads: dict[str, int] = {}
         self._wrapped: tuple = ()
+        self._in_factory = False
 
     @property
     def total(self) -> int:
         return sum(self.sites.values())
 
-    def _record(self) -> None:
+    def _record(self, into: dict | None = None) -> None:
         """Count the innermost caller outside installed packages (the line to change), as ``folder/file:line``."""
+        into = self.sites if into is None else into
         ours = [f for f in traceback.extract_stack() if "-packages/" not in f.filename and f.filename != __file__]
         path = Path(ours[-1].filename) if ours else None
         site = f"{path.parent.name}/{path.name}:{ours[-1].lineno}" if ours else "(outside)"
-        self.sites[site] = self.sites.get(site, 0) + 1
+        into[site] = into.get(site, 0) + 1
 
     def _factory(self, make):
         def wrapped(data, *args, device=None, **kwargs):
-            if device is not None and torch.device(device).type == self.device and not isinstance(data, torch.Tensor):
-                self._record()
-            return make(data, *args, device=device, **kwargs)
+            if device is None or torch.device(device).type != self.device or isinstance(data, torch.Tensor):
+                return make(data, *args, device=device, **kwargs)
+            self._record()
+            self._in_factory = True  # its own copy, if the dispatcher shows it, is this one
+            try:
+                return make(data, *args, device=device, **kwargs)
+            finally:
+                self._in_factory = False
 
         return wrapped
 
@@ -308,8 +319,10 @@ class HostCopies(TorchDispatchMode):
         if name in ("_to_copy", "copy_") and args and isinstance(args[0], torch.Tensor):
             src = args[1] if name == "copy_" else args[0]
             dst = args[0].device if name == "copy_" else torch.device(kwargs.get("device") or src.device)
-            if isinstance(src, torch.Tensor) and src.device.type != dst.type:
+            if isinstance(src, torch.Tensor) and src.device.type != dst.type and not self._in_factory:
                 self._record()
+        elif name in HOST_SYNC_OPS and any(isinstance(a, torch.Tensor) and a.device.type != "cpu" for a in args):
+            self._record(self.reads)  # a host tensor's value (Adam's step counts) is no synchronisation
         return func(*args, **kwargs)
 
 
@@ -444,7 +457,8 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
                      peak_memory_gib=peak, peak_memory_kind=kind, saved_for_backward_gib=saved,
                      inference_ms_per_pair=infer_ms, ops_per_step=ops.kernels, host_syncs_per_step=ops.syncs,
                      host_copies_per_step=step_copies.total, host_copies_per_iteration=copies.copies.total,
-                     host_copy_sites={**step_copies.sites, **copies.copies.sites})
+                     host_copy_sites={**step_copies.sites, **copies.copies.sites},
+                     host_reads_per_iteration=sum(copies.copies.reads.values()), host_read_sites=copies.copies.reads)
     if fire is not None:
         result.data_to_step = fire.data_s / fire.step_s
         needed = cfg.data.batch_size / (fire.step_s + fire.data_s)
@@ -473,6 +487,9 @@ def table(p: Profile) -> str:
                                     f"device), {p.host_copies_per_iteration} in a whole training iteration "
                                     f"(optimisers and logging included); on a GPU each waits for the queued kernels"
                                     + "".join(f"; {site}: {n}" for site, n in p.host_copy_sites.items())),
+             ("values read back from the device", "– (a CPU run: every tensor is on the host)" if "CUDA" not in p.device
+              else f"{p.host_reads_per_iteration} in a whole training iteration"
+              + "".join(f"; {site}: {n}" for site, n in p.host_read_sites.items())),
              ("inference", f"{p.inference_ms_per_pair:.1f} ms per pair (batch 1)")]
     if p.bound:
         rows.append(("bound by", f"**{p.bound}**: data time per iteration = {p.data_to_step:.2f} × step time "

@@ -138,7 +138,25 @@ def test_host_copies_counts_copies_between_host_and_device_by_call_site():
 
     with HostCopies("cpu") as would:  # on a CPU: what a GPU run would copy
         torch.tensor([1.0], device="cpu"), torch.tensor([1.0])
-    assert would.total == 1
+        assert torch.ones(2).sum().item() == 2.0  # a host tensor's value: no synchronisation (Adam's counters)
+    assert would.total == 1 and would.reads == {}
+
+
+def test_host_copies_names_the_values_read_back_from_a_device():
+    """Reads from a (fake) CUDA tensor: each would wait for the GPU. Fake tensors have no values, so
+    the read itself fails after it is counted."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fire_lightning.profiling import HostCopies
+
+    with FakeTensorMode(), HostCopies("cuda") as copies:
+        x = torch.zeros(3, device="cuda")
+        with pytest.raises(Exception):
+            x.sum().item()
+        torch.tensor([1.0, 2.0], device="cuda")
+    assert list(copies.reads.values()) == [1] and next(iter(copies.reads)).startswith("tests/test_profile.py:")
+    assert copies.total == 1
 
 
 @pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"], ["model.adversarial=true"],
