@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     for site, n in ops.sites.most_common(args.top):
         print(f"| {site} | {n} | {100 * n / total:.1f} % |")
     result = {"config": args.config, "overrides": args.overrides, "ops": total, "forward": forward,
-              "backward": total - forward, "host_syncs": ops.syncs, "host_copies": copies.sites, "by_site": dict(ops.sites.most_common()),
+              "backward": total - forward, "host_syncs": ops.syncs, "host_copies": copies.sites,
+              "by_site": dict(ops.sites.most_common()),
               "by_op": dict(sorted(ops.by_op.items(), key=lambda kv: -kv[1]))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
