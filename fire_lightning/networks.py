@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -494,6 +495,16 @@ class MatchAffineNet(nn.Module):
         cascade, are projected once (instance norm is per sample: the same values as projecting each time)."""
         eb = self.descriptors(fb)
         return lambda fa: self.fit(*self._match(self.project(fa), eb, self.log_temperature))
+
+
+@contextlib.contextmanager
+def fresh_caches():
+    """:func:`clear_caches` on entry and on exit, however the block ends."""
+    clear_caches()
+    try:
+        yield
+    finally:
+        clear_caches()
 
 
 def clear_caches() -> None:

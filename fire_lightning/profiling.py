@@ -351,18 +351,15 @@ def step_host_copies(cfg: DictConfig, **module_kwargs) -> HostCopies:
     size costs milliseconds and no memory): every tensor the step builds on the host and moves to the
     images' device shows there, as on a GPU. Counted in a second step, after the first has built the
     constants shared between steps (grids, offsets); the shared caches are emptied before and after."""
-    from .networks import clear_caches
+    from .networks import fresh_caches
 
-    clear_caches()
-    try:
+    with fresh_caches():
         with torch.device("meta"):  # the model only: tensors the step makes without a device stay on the host
             model = FIREModule(cfg, **module_kwargs)
         shape = (int(cfg.data.batch_size), 1, *cfg.data.size)
         batch = {k: torch.empty(shape, device="meta") for k in ("moving", "fixed")}
         _forward_backward(model, batch, HostCopies("meta"))
         return _forward_backward(model, batch, HostCopies("meta"))
-    finally:
-        clear_caches()
 
 
 @contextlib.contextmanager
@@ -371,14 +368,10 @@ def fake_tensors():
     on them compute nothing. The shared grid caches are emptied on entry and exit."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .networks import clear_caches
+    from .networks import fresh_caches
 
-    clear_caches()
-    try:
-        with FakeTensorMode():
-            yield
-    finally:
-        clear_caches()
+    with fresh_caches(), FakeTensorMode():
+        yield
 
 
 def step_memory(model: FIREModule, batch: dict) -> int:

@@ -117,7 +117,7 @@ def test_a_batch_is_transformed_without_copies_between_host_and_device(spatial_d
     """On the meta device, where a host tensor has to be copied as on a GPU: after a first batch
     (which puts the geometry's constants on the device), a batch's transform copies nothing from
     the host and reads nothing back: on a GPU each would wait for every queued kernel."""
-    from fire_lightning.networks import clear_caches
+    from fire_lightning.networks import fresh_caches
     from fire_lightning.profiling import HostCopies
 
     config = PHANTOM2D if spatial_dims == 2 else PHANTOM2D.parent / "phantom3d.yaml"
@@ -127,13 +127,10 @@ def test_a_batch_is_transformed_without_copies_between_host_and_device(spatial_d
     batch = next(iter(dm.train_dataloader()))
     assert "aug_moving_affine" in batch
     on_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
-    clear_caches()
-    try:
+    with fresh_caches():
         augment_on_device(on_meta, dm.spacing, cfg.data.augment)  # a read back to the host would raise here
         with HostCopies("meta") as copies:
             out = augment_on_device(on_meta, dm.spacing, cfg.data.augment)
-    finally:
-        clear_caches()
     assert copies.sites == {}
     assert out["moving"].device.type == "meta" and out["moving"].shape == batch["moving"].shape
 

@@ -177,12 +177,11 @@ def test_registering_a_pair_copies_nothing_between_host_and_device(tiny_override
     import torch
 
     from fire_lightning.module import FIREModule
-    from fire_lightning.networks import clear_caches
+    from fire_lightning.networks import fresh_caches
     from fire_lightning.profiling import HostCopies
 
     cfg = load_config(PHANTOM2D, [*tiny_overrides, *extra])
-    clear_caches()
-    try:
+    with fresh_caches():
         with torch.device("meta"):
             model = FIREModule(cfg).eval()
         x = torch.empty(1, 1, *cfg.data.size, device="meta")
@@ -190,8 +189,6 @@ def test_registering_a_pair_copies_nothing_between_host_and_device(tiny_override
             model.register(x, x)
             with HostCopies("meta") as copies:
                 out = model.register(x, x)
-    finally:
-        clear_caches()
     assert copies.sites == {} and out["warped"].shape == x.shape
 
 
