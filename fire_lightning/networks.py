@@ -475,7 +475,7 @@ class MatchAffineNet(nn.Module):
         m = mean.movedim(1, -1)
         eye = torch.eye(n, device=ea.device, dtype=ea.dtype)
         cov = second - m[..., :, None] * m[..., None, :] + self.floor ** 2 * eye
-        w = torch.linalg.inv(cov)  # points⁻²
+        w = torch.linalg.inv_ex(cov).inverse  # points⁻²; inv_ex: LAPACK's info not read back
         w = w / (w.diagonal(dim1=-2, dim2=-1).sum(-1).flatten(1).sum(1) / n).view(b, *([1] * (n + 2)))
         w = w / (step[:, None] * step[None, :])  # residuals in normalised units
         return u, w.movedim(-2, 1).movedim(-1, 2)

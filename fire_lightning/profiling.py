@@ -231,8 +231,10 @@ VIEW_OPS = frozenset({"view", "_unsafe_view", "reshape", "detach", "alias", "exp
                       "transpose", "permute", "select", "slice", "as_strided", "unbind", "split", "split_with_sizes",
                       "chunk", "narrow", "unfold", "view_as", "diagonal", "movedim", "lift_fresh"})
 #: aten ops that read a value back to the host (``.item()``, ``float(t)``, ``bool(t)``, a data-dependent
-#: shape): on a GPU each waits for every kernel queued before it
-HOST_SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "unique"})
+#: shape, LAPACK's info checked by ``torch.linalg.solve`` / ``inv`` / ``eigh`` / ``cholesky`` to raise on a
+#: singular matrix): on a GPU each waits for every kernel queued before it
+HOST_SYNC_OPS = frozenset({"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "_unique2",
+                           "unique_dim", "unique_consecutive", "_linalg_check_errors"})
 
 
 class OpCounter(TorchDispatchMode):

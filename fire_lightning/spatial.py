@@ -206,7 +206,7 @@ def invert_affine(theta: torch.Tensor) -> torch.Tensor:
     n = theta.shape[1]
     full = torch.eye(n + 1, dtype=theta.dtype, device=theta.device).repeat(theta.shape[0], 1, 1)
     full[:, :n] = theta
-    return torch.linalg.inv(full)[:, :n]
+    return torch.linalg.inv_ex(full).inverse[:, :n]  # inv_ex: no check of LAPACK's info (a GPU sync)
 
 
 @float32
@@ -248,13 +248,21 @@ def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
         rhs = torch.einsum("bkli,bli,bai->bka", weights, u, x).reshape(b, k, 1)
         if ridge > 0:
             lhs = lhs + ridge * torch.eye(k, dtype=source.dtype, device=source.device)
-        return identity_affine(b, n, source.device, source.dtype) + torch.linalg.solve(lhs, rhs).reshape(b, n, n + 1)
+        return identity_affine(b, n, source.device, source.dtype) + _solve(lhs, rhs).reshape(b, n, n + 1)
     xw = x if weights is None else x * weights[:, None, :]
     lhs = xw @ x.transpose(1, 2)  # (B, n+1, n+1)
     if ridge > 0:
         lhs = lhs + ridge * torch.eye(n + 1, dtype=source.dtype, device=source.device)
     rhs = xw @ u.transpose(1, 2)  # (B, n+1, n)
-    return identity_affine(b, n, source.device, source.dtype) + torch.linalg.solve(lhs, rhs).transpose(1, 2)
+    return identity_affine(b, n, source.device, source.dtype) + _solve(lhs, rhs).transpose(1, 2)
+
+
+def _solve(lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``lhs⁻¹ rhs`` without checking LAPACK's info: ``torch.linalg.solve`` reads it back to raise on a
+    singular system, which on a GPU stops the host until every queued kernel has run (and cannot be
+    captured in a CUDA graph). A singular system gives non-finite values instead, which the training
+    step's finite-loss check skips."""
+    return torch.linalg.solve_ex(lhs, rhs).result
 
 
 @float32
@@ -330,8 +338,7 @@ def moments_affine(moving: torch.Tensor, fixed: torch.Tensor, spacing: Sequence[
         u_m = u_m * torch.where(sign == 0, 1.0, sign)[:, None, :]
         lin = u_m @ torch.diag_embed((ev_m.clamp_min(1e-9) / ev_f.clamp_min(1e-9)).sqrt()) @ u_f.transpose(1, 2)
         bad = torch.linalg.det(lin) <= 0  # two fixed axes paired with one moving axis: fall back to scaling
-        if bad.any():
-            lin = torch.where(bad[:, None, None], eye, lin)
+        lin = torch.where(bad[:, None, None], eye, lin)  # (no `if bad.any()`: a read back to the host)
     t = c_m - (lin @ c_f[:, :, None])[..., 0]
     ok = (ok_m & ok_f)[:, None, None]
     lin = torch.where(ok, lin, eye)

@@ -114,6 +114,12 @@ def test_the_op_counter_counts_kernels_not_views_and_names_host_reads():
         _ = x.nonzero()  # a data-dependent shape: a read too
     assert ops.by_op == {"mul": 1, "sum": 1, "_local_scalar_dense": 1, "clone": 1, "nonzero": 1}
     assert ops.kernels == 5 and ops.syncs == 2
+    a, b = torch.eye(3).expand(4, 3, 3), torch.ones(4, 3, 1)
+    with OpCounter() as checked:
+        torch.linalg.solve(a, b)  # reads LAPACK's info back to raise on a singular system
+    with OpCounter() as unchecked:
+        torch.linalg.solve_ex(a, b)
+    assert (checked.syncs, unchecked.syncs) == (1, 0)
 
 
 def test_host_copies_counts_copies_between_host_and_device_by_call_site():
@@ -163,11 +169,13 @@ def test_host_copies_names_the_values_read_back_from_a_device():
                                    ["model.affine_weighting=aperture"]], ids=["2d", "3d", "exfire", "aperture"])
 def test_the_fire_step_copies_nothing_between_host_and_device(tiny_overrides, extra):
     """Counted on the meta device, where a tensor built on the host must be copied, as on a GPU: the
-    constants every step needs (offsets, per-axis scales) are built on the device once and shared."""
+    constants every step needs (offsets, per-axis scales) are built on the device once and shared. Nor
+    is a value read back: the affine fits solve without checking LAPACK's info (torch.linalg.solve
+    would read it to raise on a singular system)."""
     from fire_lightning.profiling import step_host_copies
 
     copies = step_host_copies(load_config(PHANTOM2D, [*tiny_overrides, *extra]))
-    assert copies.sites == {}
+    assert copies.sites == {} and copies.reads == {}
 
 
 @pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"]], ids=["2d", "3d"])
