@@ -67,6 +67,11 @@ def lr_factor(iteration: int, warmup: int, max_steps: int, decay: str = "none") 
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+# Devices whose Adam has a fused kernel in every torch this project supports (since 2.4); others
+# (MPS, XPU: newer) get torch's default implementation.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
 class FIREModule(Registers, L.LightningModule):
     """Trains :class:`FIRENet` on batches ``{"moving", "fixed", "moving_label", "fixed_label"}``.
 
@@ -137,6 +142,12 @@ class FIREModule(Registers, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._checkpoint_iteration = int(checkpoint.get("global_step", 0)) // self.n_optimizers
+        # Adam's implementation is this run's (optim.fused), not the checkpoint's: its saved groups carry
+        # one, which load_state_dict would keep (the moments and step counts are the same for both)
+        fused = self._fused_adam() or None
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group["fused"] = fused
 
     def base_lrs(self) -> dict[str, float]:
         """Each optimiser's configured learning rate (``optim.lr_*``), by parameter-group name."""
@@ -145,8 +156,20 @@ class FIREModule(Registers, L.LightningModule):
                 "D_B": o.lr_discriminator}
 
     def configure_optimizers(self):
-        lrs, betas = self.base_lrs(), tuple(self.cfg.optim.betas)
-        return [torch.optim.Adam(params, lr=lrs[name], betas=betas) for name, params in self.net.parameter_groups().items()]
+        """One Adam per parameter group (§3.8). Lightning calls this with the module on its device; Adam's
+        fused implementation (``optim.fused``) where torch has it for that device."""
+        lrs, betas, fused = self.base_lrs(), tuple(self.cfg.optim.betas), self._fused_adam() or None
+        return [torch.optim.Adam(params, lr=lrs[name], betas=betas, fused=fused)
+                for name, params in self.net.parameter_groups().items()]
+
+    def _fused_adam(self) -> bool:
+        """``optim.fused``, where the training device has Adam's fused kernel and the precision has no
+        gradient scaler (fp16's ``16-mixed``: Lightning refuses to clip for a fused optimiser there, as it
+        would unscale the gradients itself). The trainer's device: a checkpoint is loaded
+        (:meth:`on_load_checkpoint`) before the module is moved there."""
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        fp16 = str(self.cfg.trainer.precision) in ("16-mixed", "16")
+        return bool(self.cfg.optim.fused) and device.type in FUSED_ADAM_DEVICES and not fp16
 
     def _schedule_lrs(self, opts: dict[str, LightningOptimizer]) -> None:
         """Set this iteration's rates (``optim.lr_decay``): a function of the iteration alone, so a
@@ -171,7 +194,10 @@ class FIREModule(Registers, L.LightningModule):
         self.manual_backward(loss)
         clip = float(self.cfg.optim.grad_clip)
         for opt in opts:
-            if clip > 0:
+            if clip > 0 and opt.defaults.get("fused"):  # Lightning's clip_gradients refuses a fused optimiser
+                # under any autocast (for fp16's scaler, which bf16 has not: _fused_adam): its own call, here
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+            elif clip > 0:
                 self.clip_gradients(opt, gradient_clip_val=clip, gradient_clip_algorithm="norm")
             opt.step()
 

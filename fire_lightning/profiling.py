@@ -9,8 +9,8 @@ Three measurements, each on its own:
    ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU; and,
    on any device, the bytes one FIRE step saves for its backward (the activations, which
    ``model.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
-   (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device),
-   and the copies between host and device (:class:`HostCopies`: each a synchronisation on a GPU) of
+   (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device) and
+   of a whole iteration (optimisers, clipping and logging too), and the copies between host and device (:class:`HostCopies`: each a synchronisation on a GPU) of
    one forward + backward, on the meta device, and of a whole iteration, on the training device.
    When the config has an affine warm-up (``optim.affine_warmup_steps``), the first iterations
    are warm-up iterations and are reported apart: they cost a fraction of a FIRE iteration.
@@ -89,6 +89,8 @@ class Profile:
     inference_ms_per_pair: float
     ops_per_step: int = 0  # aten ops of one FIRE forward + backward, views aside: kernel launches on a GPU
     host_syncs_per_step: int = 0  # of which read a value back to the host
+    ops_per_iteration: int = 0  # aten ops of a whole training iteration (optimisers, clipping, logging included)
+    iteration_ops: dict = field(default_factory=dict)  # op name -> count in that iteration, the most frequent first
     host_copies_per_step: int = 0  # host↔device copies in one FIRE forward + backward (counted on the meta device)
     host_copies_per_iteration: int = 0  # ... in a whole training iteration, on the training device (HostCopies)
     host_copy_sites: dict = field(default_factory=dict)  # "folder/file.py:line" -> copies
@@ -124,22 +126,26 @@ class _StepTimer(L.Callback):
         self.rows.append((pl_module.iteration - 1, self._gap, self._end - self._start))
 
 
-class _CopiesOfOneIteration(L.Callback):
-    """:class:`HostCopies` of a whole training iteration (optimiser steps and logging included),
-    counted on the training device in ``iteration`` and the one after it; the second's are kept:
-    the first can include one-time builds of the shared constants (seen with ``trainer.compile``,
-    whose graph holds them, so that their cache was first filled under the count)."""
+class _OneIteration(L.Callback):
+    """A whole training iteration (optimiser steps, clipping and logging included), counted on the
+    training device in ``iteration`` and the one after it: its :class:`HostCopies` (``copies``) and its
+    ops (:class:`OpCounter`, ``ops``). The second iteration's are kept: the first can include one-time
+    builds of the shared constants (seen with ``trainer.compile``, whose graph holds them, so that
+    their cache was first filled under the count)."""
 
     def __init__(self, iteration: int, device: str):
-        self.iteration, self.device, self.copies, self._on = iteration, device, HostCopies(device), False
+        self.iteration, self.device, self._on = iteration, device, False
+        self.copies, self.ops = HostCopies(device), OpCounter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if pl_module.iteration in (self.iteration, self.iteration + 1):
-            self.copies, self._on = HostCopies(self.device), True
+            self.copies, self.ops, self._on = HostCopies(self.device), OpCounter(), True
             self.copies.__enter__()
+            self.ops.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self._on:  # whatever the step did (a skipped step does not advance the iteration)
+            self.ops.__exit__(None, None, None)
             self.copies.__exit__(None, None, None)
             self._on = False
 
@@ -414,8 +420,8 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[])
     dev = trainer.strategy.root_device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    timer, copies = _StepTimer(sync), _CopiesOfOneIteration(timed_end, dev.type)
-    trainer.callbacks += [timer, copies]
+    timer, one = _StepTimer(sync), _OneIteration(timed_end, dev.type)
+    trainer.callbacks += [timer, one]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     trainer.fit(model, datamodule=dm)
@@ -451,9 +457,11 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
                      loader_samples_per_s=rate, loader_first_batch_s=first, fire=fire, warmup=warm,
                      peak_memory_gib=peak, peak_memory_kind=kind, saved_for_backward_gib=saved,
                      inference_ms_per_pair=infer_ms, ops_per_step=ops.kernels, host_syncs_per_step=ops.syncs,
-                     host_copies_per_step=step_copies.total, host_copies_per_iteration=copies.copies.total,
-                     host_copy_sites={**step_copies.sites, **copies.copies.sites},
-                     host_reads_per_iteration=sum(copies.copies.reads.values()), host_read_sites=copies.copies.reads)
+                     ops_per_iteration=one.ops.kernels,
+                     iteration_ops=dict(sorted(one.ops.by_op.items(), key=lambda kv: -kv[1])),
+                     host_copies_per_step=step_copies.total, host_copies_per_iteration=one.copies.total,
+                     host_copy_sites={**step_copies.sites, **one.copies.sites},
+                     host_reads_per_iteration=sum(one.copies.reads.values()), host_read_sites=one.copies.reads)
     if fire is not None:
         result.data_to_step = fire.data_s / fire.step_s
         needed = cfg.data.batch_size / (fire.step_s + fire.data_s)
@@ -478,6 +486,8 @@ def table(p: Profile) -> str:
              ("saved for the backward", f"{1024 * p.saved_for_backward_gib:.1f} MiB per FIRE step (activations)"),
              ("ops per FIRE step", f"{p.ops_per_step} aten ops in its forward + backward, views aside (on a GPU, "
                                    f"kernel launches), {p.host_syncs_per_step} reading a value back to the host"),
+             ("ops per training iteration", f"{p.ops_per_iteration} (the step's, optimiser steps, gradient clipping and "
+                                            f"logging)"),
              ("host↔device copies", f"{p.host_copies_per_step} in a FIRE forward + backward (counted on the meta "
                                     f"device), {p.host_copies_per_iteration} in a whole training iteration "
                                     f"(optimisers and logging included); on a GPU each waits for the queued kernels"

@@ -39,6 +39,10 @@ def test_without_a_warm_up_only_fire_iterations_are_measured_and_checkpointing_s
     assert p.ops_per_step > 100 and p.host_syncs_per_step == 0
     # nor copied between host and device, in the step or in the rest of the iteration (optimisers, logging)
     assert (p.host_copies_per_step, p.host_copies_per_iteration, p.host_copy_sites) == (0, 0, {})
+    # the rest of the iteration (three fused Adam steps, clipping, logging) adds few ops to the step's
+    # (torch's default CPU Adam: ~9 per weight tensor, ~1 100 here)
+    assert p.ops_per_step < p.ops_per_iteration < p.ops_per_step + 200
+    assert p.iteration_ops["_fused_adam_"] == 3
     ckpt = profile(load_config(PHANTOM2D, [*tiny_overrides, "model.checkpoint_activations=true"]), steps=1,
                    loader_batches=1, inference_pairs=1, skip=1)
     assert ckpt.saved_for_backward_gib < 0.7 * p.saved_for_backward_gib

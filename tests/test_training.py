@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -142,6 +143,52 @@ def test_fire_train_3d_fast_dev_run(tiny_overrides, tmp_path):
     assert rc == 0
     run = next((tmp_path / "runs").iterdir())
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fused_adam_makes_the_default_implementations_update_and_takes_over_its_state(tiny_overrides):
+    """optim.fused (the default) gives Adam's fused CPU kernel; the same gradients move the weights as
+    torch's default Adam does (to float rounding), and a default Adam's state (a checkpoint written
+    before the switch) carries on in a fused one."""
+    def model(fused: bool) -> FIREModule:
+        return FIREModule(load_config(PHANTOM2D, [*tiny_overrides, f"optim.fused={str(fused).lower()}"]))
+
+    plain_model, fused_model = model(False), model(True)
+    fused_model.load_state_dict(plain_model.state_dict())
+    plain, fused = plain_model.configure_optimizers(), fused_model.configure_optimizers()
+    assert [o.defaults["fused"] for o in fused] == [True] * 3 and not any(o.defaults["fused"] for o in plain)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(models, opts, times=1) -> float:
+        """The same random gradients into each model, each optimiser stepped; the largest move of a weight."""
+        start = [p.detach().clone() for p in models[0].parameters()]
+        for _ in range(times):
+            for ps in zip(*(m.parameters() for m in models), strict=True):
+                grad = torch.randn(ps[0].shape, generator=gen)
+                for p in ps:  # in the weight's layout (channels-last), as autograd leaves it
+                    p.grad = torch.empty_like(p).copy_(grad)
+            for o in opts:
+                o.step()
+        return max((p.detach() - s).abs().max().item() for p, s in zip(models[0].parameters(), start))
+
+    def assert_same(a, b, moved):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-3 * moved)
+
+    moved = step([plain_model, fused_model], [*plain, *fused], times=3)
+    assert moved > 1e-3  # the weights do move (3 steps at the tiny config's rates)
+    assert_same(plain_model, fused_model, moved)
+    # a default Adam's checkpoint (written before the switch), resumed with optim.fused: Adam is fused
+    # (the saved groups say otherwise) and carries on as the default one does
+    resumed = model(True)
+    resumed.load_state_dict(plain_model.state_dict())
+    checkpoint = copy.deepcopy({"global_step": 9, "optimizer_states": [o.state_dict() for o in plain]})
+    resumed.on_load_checkpoint(checkpoint)
+    resumed_opts = resumed.configure_optimizers()
+    for opt, state in zip(resumed_opts, checkpoint["optimizer_states"], strict=True):
+        opt.load_state_dict(state)
+    assert all(g["fused"] for o in resumed_opts for g in o.param_groups)
+    moved = step([plain_model, resumed], [*plain, *resumed_opts], times=2)
+    assert_same(plain_model, resumed, moved)
 
 
 def test_bf16_mixed_precision_trains_with_the_manual_multi_optimiser_step(tiny_overrides):
