@@ -10,8 +10,9 @@ Three measurements, each on its own:
    on any device, the bytes one FIRE step saves for its backward (the activations, which
    ``model.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
    (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device) and
-   of a whole iteration (optimisers, clipping and logging too), and the copies between host and device (:class:`HostCopies`: each a synchronisation on a GPU) of
-   one forward + backward, on the meta device, and of a whole iteration, on the training device.
+   of a whole iteration (optimisers, clipping and logging too), and the copies between host and
+   device (:class:`HostCopies`: each a synchronisation on a GPU) of one forward + backward, on the
+   meta device, and of a whole iteration, on the training device.
    When the config has an affine warm-up (``optim.affine_warmup_steps``), the first iterations
    are warm-up iterations and are reported apart: they cost a fraction of a FIRE iteration.
 3. **Inference**: ``register`` on one validation pair at a time, ms per pair.

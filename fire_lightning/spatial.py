@@ -202,7 +202,8 @@ def apply_affine(theta: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
 @float32
 def invert_affine(theta: torch.Tensor) -> torch.Tensor:
-    """The inverse transform of ``theta (B, n, n+1)``, as ``(B, n, n+1)``."""
+    """The inverse transform of ``theta (B, n, n+1)``, as ``(B, n, n+1)`` (non-finite for a singular
+    ``theta``: LAPACK's info is not read back, which on a GPU would wait for the queued kernels)."""
     n = theta.shape[1]
     full = torch.eye(n + 1, dtype=theta.dtype, device=theta.device).repeat(theta.shape[0], 1, 1)
     full[:, :n] = theta
