@@ -548,6 +548,7 @@ class _ShiftedProducts(torch.autograd.Function):
         return _shifted_products(pad, eb, windows)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative (create_graph) raises, not guesses
     def backward(ctx, grad: torch.Tensor):
         pad, eb = ctx.saved_tensors
         want_pad, want_eb = ctx.needs_input_grad[:2]
