@@ -16,8 +16,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .schema import (  # noqa: F401  (re-exported: `from fire_lightning.config import Config` keeps working)
-    AugmentConfig, Config, ConfigError, DataConfig, ExplainConfig, LoggerConfig, ModelConfig, OptimConfig, RunConfig,
-    SplitConfig, SplitFractions, TrainerConfig,
+    AugmentConfig, Config, ConfigError, DataConfig, ExplainConfig, LoggerConfig, ModelConfig, NonRigidConfig, OptimConfig,
+    RunConfig, SplitConfig, SplitFractions, TrainerConfig,
 )
 
 
@@ -132,6 +132,16 @@ def validate(cfg: DictConfig) -> None:
     for key in ("affine_passes_eval", "affine_fine_passes_eval", "affine_full_passes_eval"):
         if cfg.model.get(key) is not None and cfg.model[key] < 1:
             raise ConfigError(f"model.{key} must be >= 1 (or null), got {cfg.model[key]}")
+    from .nonrigid import NONRIGID_HEADS
+
+    nr = cfg.model.nonrigid
+    if nr.head not in NONRIGID_HEADS:
+        raise ConfigError(f"model.nonrigid.head must be one of {NONRIGID_HEADS}, got '{nr.head}'")
+    if len(nr.channels) < 2 or not 0 <= nr.out_level < len(nr.channels):
+        raise ConfigError(f"model.nonrigid needs >= 2 channels (levels) and 0 <= out_level < levels, got "
+                          f"{list(nr.channels)} and {nr.out_level}")
+    if nr.passes < 1 or (nr.passes_eval is not None and nr.passes_eval < 1):
+        raise ConfigError(f"model.nonrigid.passes (and passes_eval) must be >= 1, got {nr.passes}, {nr.passes_eval}")
     if cfg.optim.lr_decay not in LR_DECAYS:
         raise ConfigError(f"optim.lr_decay must be one of {LR_DECAYS}, got '{cfg.optim.lr_decay}'")
     if cfg.model.down_kernel not in (3, 4):

@@ -12,9 +12,10 @@ Registration has no class score, so the explained scalar is named per component
 * ``realness``: the mean PatchGAN score of a discriminator (default for D); ``fakeness``: minus it.
 
 Which layer (``explain.layer = "feature"``, default): each component's last convolutional
-*block*: G's last ResBlock (its output is G(x)), T_af's last convolution, T_nr's ResBlock (what
-its head reads) and, for D, the instance norm after its last feature convolution. Not the bare
-convolution: in G, T_nr and D each is followed by an instance norm, whose output does not change
+*block*: G's last ResBlock (its output is G(x)), T_af's last convolution, T_nr's last block before its
+field layer (the paper's head: its ResBlock; the U-Net: its last decoder block) and, for D, the
+instance norm after its last feature convolution. Not the bare convolution: in G, the paper's T_nr
+and D each is followed by an instance norm, whose output does not change
 when a constant is added to a channel, so the gradient reaching the convolution averages to zero
 over space in every channel, Grad-CAM's channel weights (those averages) vanish, and the map is
 float round-off. ``"output"`` takes the literal last convolution where that is an output
@@ -24,7 +25,8 @@ the output itself (for D, the ReLU'd patch-score map); it is there to compare.
 Which method (``explain.method_*``): Grad-CAM (Captum ``LayerGradCam``, ExFIRE's) for T_af, T_nr
 and D; **HiResCAM** (ReLU(Σ_c ∂y/∂A_c ⊙ A_c), Captum ``LayerGradientXActivation``) for G by
 default. The same instance-norm argument applies one step later to G: everything that reads
-G(x) (T_af's first block, T_nr's two branches) starts with convolution + instance norm, so the
+G(x) (T_af's first block, the paper's T_nr's two branches; the U-Net T_nr reads the images, not G(x))
+starts with convolution + instance norm, so the
 spatial mean of ∂y/∂G(x) is ~0 (:func:`pooled_gradient_ratio` ≈ 0.01–0.04 against 0.2–1 for the
 other components' layers, ``tests/test_explain.py``) and Grad-CAM's map of G shows only the
 zero-padded borders. HiResCAM keeps the gradient per point, so it does not average that away.

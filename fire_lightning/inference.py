@@ -54,7 +54,7 @@ def build_net(cfg: Config | DictConfig, spacing=None) -> FIRENet:
         affine_full_passes_eval=m.affine_full_passes_eval, affine_full_channels=tuple(m.affine_full_channels),
         affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
         checkpoint_activations=m.checkpoint_activations, affine_symmetric_passes_eval=m.affine_symmetric_passes_eval,
-        checkpoint_chunk=m.checkpoint_chunk,
+        checkpoint_chunk=m.checkpoint_chunk, nonrigid=m.nonrigid,
     )
     if m.channels_last:
         net = net.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)
@@ -77,6 +77,8 @@ class Registers:
         on a trained model."""
         if key in self.PASSES_EVAL:
             return self.set_passes_eval(key, value)
+        if key == "nonrigid.passes_eval":
+            return self.set_nonrigid_passes_eval(value)
         if key != "affine_symmetric_passes_eval":
             raise KeyError(f"model.{key} is not an inference-only key")
         if value is None or int(value) < 0:
@@ -95,6 +97,18 @@ class Registers:
         for t in (self.net.T_ab, self.net.T_ba):
             setattr(t, key, int(passes) if passes is not None else getattr(t, trained))
         setattr(self.cfg.model, key, passes)
+
+    def set_nonrigid_passes_eval(self, passes: int | None) -> None:
+        """The U-Net T_nr's cascade passes at inference on a trained model (None: as in training)."""
+        heads = [t.nonrigid for t in (self.net.T_ab, self.net.T_ba)]
+        if not all(hasattr(h, "passes_eval") for h in heads):
+            raise ValueError(f"nonrigid.passes_eval={passes}: this model's T_nr has no cascade (model.nonrigid.head "
+                             f"= {self.cfg.model.nonrigid.head!r})")
+        if passes is not None and passes < 1:
+            raise ValueError(f"nonrigid.passes_eval must be >= 1 (or null), got {passes}")
+        for h in heads:
+            h.passes_eval = int(passes) if passes is not None else h.passes
+        self.cfg.model.nonrigid.passes_eval = passes
 
     @torch.no_grad()
     def register(self, moving: torch.Tensor, fixed: torch.Tensor, refine: RefineSettings | None = None,
@@ -132,9 +146,7 @@ class Registers:
 
     def with_parameters(self, t: Transform, theta: torch.Tensor, raw: torch.Tensor) -> Transform:
         """``t`` with its affine ``theta`` and raw non-rigid output ``raw`` replaced."""
-        m = self.cfg.model
-        disp = spatial.integrate_velocity(raw, m.integration_steps) if m.diffeomorphic else raw
-        return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=t.feat_affine)
+        return Transform(theta=theta, nr_feat=raw, disp_nr=self.net.T_ab.displacement(raw), feat_affine=t.feat_affine)
 
 
 class InferenceModel(Registers, nn.Module):

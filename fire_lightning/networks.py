@@ -17,6 +17,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import spatial
+from .blocks import ConvBlock, ResBlock, conv, inorm, zero_conv
+from .nonrigid import build_nonrigid
 
 
 class Checkpointed(nn.Module):
@@ -48,51 +50,6 @@ class Checkpointed(nn.Module):
                 return torch.cat([checkpoint(blocks, part, use_reentrant=False) for part in x.split(self.chunk)])
             return checkpoint(blocks, x, use_reentrant=False)
         return blocks(x)
-
-
-def conv(n: int, *args, **kwargs) -> nn.Module:
-    return getattr(nn, f"Conv{n}d")(*args, **kwargs)
-
-
-def inorm(n: int, ch: int) -> nn.Module:
-    """Instance norm with a learned scale and shift per channel (``n`` is not needed: one module for
-    2D and 3D). ``GroupNorm`` with one channel per group is instance norm (statistics per sample and
-    channel over the spatial axes, in training and eval alike, eps 1e-5, ``weight`` / ``bias``: the
-    state-dict keys of ``InstanceNorm{n}d(affine=True)``, so older checkpoints load), computed by one
-    native op that keeps the channels-last layout; ``InstanceNorm`` reshapes, repeats its affine
-    parameters and returns to the default layout on every call (``register`` 7 % faster on the
-    2-core CPU, README "Speed and memory")."""
-    return nn.GroupNorm(ch, ch, eps=1e-5, affine=True)
-
-
-class ConvBlock(nn.Sequential):
-    """conv → instance norm → activation (ReLU or LeakyReLU(0.2)).
-
-    Padding ``(k - 1) // 2``: "same" for odd kernels; an even kernel of stride 2 halves the grid with
-    its output point ``o`` centred on input ``2o + 0.5``, where ``align_corners=False`` puts it.
-    """
-
-    def __init__(self, n: int, cin: int, cout: int, k: int, stride: int = 1, leaky: bool = False):
-        super().__init__(
-            conv(n, cin, cout, k, stride=stride, padding=(k - 1) // 2),
-            inorm(n, cout),
-            nn.LeakyReLU(0.2, inplace=True) if leaky else nn.ReLU(inplace=True),
-        )
-
-
-class ResBlock(nn.Module):
-    """CycleGAN ResNet block: x + (conv3 → IN → act → conv3 → IN)(x)."""
-
-    def __init__(self, n: int, ch: int, leaky: bool = False):
-        super().__init__()
-        self.body = nn.Sequential(
-            ConvBlock(n, ch, ch, 3, leaky=leaky),
-            conv(n, ch, ch, 3, padding=1),
-            inorm(n, ch),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
 
 
 class Encoder(Checkpointed):
@@ -224,37 +181,6 @@ class AffineNet(nn.Module):
         return self.fc(h).view(-1, self.n, self.n + 1)
 
 
-class NonRigidNet(nn.Module):
-    """T_nr: ``(G(x^A) ∘ phi_af, G(x^B)) -> u (B, n, *S/4)`` normalised displacement (or velocity).
-
-    Each input through its own conv block (parallel), concatenated → ResBlock (IN + LeakyReLU)
-    → conv3 → tanh. The last conv is zero-initialised: the output starts at exactly 0.
-    """
-
-    def __init__(self, n: int, in_channels: int, hidden: int):
-        super().__init__()
-        self.branch_a = ConvBlock(n, in_channels, hidden, 3, leaky=True)
-        self.branch_b = ConvBlock(n, in_channels, hidden, 3, leaky=True)
-        self.res = ResBlock(n, 2 * hidden, leaky=True)
-        self.head = conv(n, 2 * hidden, n, 3, padding=1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    @property
-    def last_conv(self) -> nn.Module:
-        """The displacement head."""
-        return self.head
-
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        """Grad-CAM's target: the ResBlock whose features the head reads."""
-        return self.res
-
-    def forward(self, fa_af: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.branch_a(fa_af), self.branch_b(fb)], dim=1)
-        return torch.tanh(self.head(self.res(h)))
-
-
 class DenseAffineNet(nn.Module):
     """T_af by a closed-form fit (``model.affine_head = "dense"``): ``(G(x^A), G(x^B)) -> theta (B, n, n+1)``.
 
@@ -278,9 +204,7 @@ class DenseAffineNet(nn.Module):
         self.mid = ConvBlock(n, c3, c3, 3, leaky=True)
         self.dec1 = ConvBlock(n, c3 + c2, c2, 3, leaky=True)
         self.dec0 = ConvBlock(n, c2 + c1, c1, 3, leaky=True)
-        self.head = conv(n, c1, n + 1, 3, padding=1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_conv(n, c1, n + 1)
         self.mode = "bilinear" if n == 2 else "trilinear"
 
     @property
@@ -603,9 +527,9 @@ class Transform:
 
     Attributes:
         theta: ``(B, n, n+1)`` affine part phi_af.
-        nr_feat: ``(B, n, *S/4)`` non-rigid displacement phi_nr at feature resolution
-            (the network's raw output; a velocity when ``diffeomorphic``).
-        disp_nr: ``(B, n, *S/4)`` non-rigid displacement (integrated if diffeomorphic).
+        nr_feat: ``(B, n, *S_nr)`` non-rigid displacement phi_nr on T_nr's grid (S/4 for the paper's
+            head, S/2 for the default U-Net's): the network's raw output, a velocity when ``diffeomorphic``.
+        disp_nr: ``(B, n, *S_nr)`` non-rigid displacement (integrated if diffeomorphic).
         feat_affine: ``(B, C, *S/4)`` the moving features warped by phi_af (T_nr's input).
     """
 
@@ -651,7 +575,7 @@ class TransformationNet(nn.Module):
                  affine_fine_passes: int = 0, fine_channels: int | None = None,
                  affine_fine_passes_eval: int | None = None, affine_full_passes: int = 0,
                  affine_full_passes_eval: int | None = None, full_channels: int | None = None,
-                 affine_full_channels=(16, 32, 32)):
+                 affine_full_channels=(16, 32, 32), nonrigid=None):
         super().__init__()
         if affine_head not in AFFINE_HEADS:
             raise ValueError(f"affine_head must be one of {AFFINE_HEADS}, got {affine_head!r}")
@@ -686,7 +610,7 @@ class TransformationNet(nn.Module):
         self.affine_full_passes_eval = int(affine_full_passes_eval or affine_full_passes)
         self.affine_full = (MatchAffineNet(n, full_channels, tuple(affine_full_channels), weighting=affine_weighting)
                             if affine_full_passes else None)
-        self.nonrigid = NonRigidNet(n, feat_channels, feat_channels // 2)
+        self.nonrigid = build_nonrigid(n, feat_channels, nonrigid)
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
 
@@ -747,14 +671,25 @@ class TransformationNet(nn.Module):
         return theta
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, theta0: torch.Tensor | None = None,
-                fine: FinerFeatures | None = None, theta: torch.Tensor | None = None) -> Transform:
-        """``theta``: phi_af given (:meth:`FIRENet.symmetric_affine`), the affine stage skipped."""
+                fine: FinerFeatures | None = None, theta: torch.Tensor | None = None,
+                images: tuple[torch.Tensor, torch.Tensor] | None = None) -> Transform:
+        """``theta``: phi_af given (:meth:`FIRENet.symmetric_affine`), the affine stage skipped; ``images``:
+        the ``(moving, fixed)`` images ``(B, 1, *S)`` that ``fa``, ``fb`` encode (T_nr heads that read images)."""
         if theta is None:
             theta = self.affine_theta(fa, fb, theta0, fine)
         fa_af = spatial.warp(fa, spatial.affine_to_displacement(theta, fa.shape[2:]))
-        raw = self.nonrigid(fa_af, fb).float()  # a field is geometry: float32 also under mixed precision
-        disp = spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
-        return Transform(theta=theta, nr_feat=raw, disp_nr=disp, feat_affine=fa_af)
+        if self.nonrigid.needs_images:
+            if images is None or images[0] is None or images[1] is None:
+                raise ValueError("model.nonrigid.head='unet' reads the images: pass them with their encodings")
+            raw = self.nonrigid(images[0], images[1], theta, self.displacement)
+        else:
+            raw = self.nonrigid(fa_af, fb).float()  # a field is geometry: float32 also under mixed precision
+        return Transform(theta=theta, nr_feat=raw, disp_nr=self.displacement(raw), feat_affine=fa_af)
+
+    def displacement(self, raw: torch.Tensor) -> torch.Tensor:
+        """phi_nr's displacement from T_nr's raw output: integrated by scaling and squaring when
+        ``diffeomorphic`` (a stationary velocity), else the output itself."""
+        return spatial.integrate_velocity(raw, self.integration_steps) if self.diffeomorphic else raw
 
 
 class Discriminator(nn.Module):
@@ -801,7 +736,7 @@ class FIRENet(nn.Module):
                  checkpoint_activations: bool = False, affine_fine_passes_eval: int | None = None,
                  affine_full_passes: int = 0, affine_full_passes_eval: int | None = None,
                  affine_full_channels=(16, 32, 32), affine_symmetric_passes_eval: int = 0,
-                 checkpoint_chunk: int = 0):
+                 checkpoint_chunk: int = 0, nonrigid=None):
         super().__init__()
         if n not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {n}")
@@ -825,7 +760,7 @@ class FIRENet(nn.Module):
                   affine_fine_passes=affine_fine_passes, fine_channels=2 * width,
                   affine_fine_passes_eval=affine_fine_passes_eval, affine_full_passes=affine_full_passes,
                   affine_full_passes_eval=affine_full_passes_eval, full_channels=width,
-                  affine_full_channels=tuple(affine_full_channels))
+                  affine_full_channels=tuple(affine_full_channels), nonrigid=nonrigid)
         self.T_ab = TransformationNet(n, c, **kw)
         self.T_ba = TransformationNet(n, c, **kw)
         self.D_a = Discriminator(n, disc_width) if adversarial else None
@@ -903,16 +838,18 @@ class FIRENet(nn.Module):
 
         Args:
             g_moving, g_fixed: ``(B, C, *S/4)`` encodings; x_moving, x_fixed: ``(B, 1, *S)`` the images they
-                encode (needed only when ``affine_init`` is not the identity or there is a fine level).
+                encode (needed when ``affine_init`` is not the identity, there is a fine level, or T_nr reads
+                the images).
             fine: G's finer features from :meth:`encode_pair` (finer levels only; recomputed from the
                 images when not given).
         """
         fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
         t, theta0 = self._net(direction), self.initial_affine(x_moving, x_fixed)
+        images = (x_moving, x_fixed)
         if self.training or not self.affine_symmetric_passes_eval:
-            return t(g_moving, g_fixed, theta0, fine)
+            return t(g_moving, g_fixed, theta0, fine, images=images)
         theta = self.symmetric_affine(direction, t.affine_theta(g_moving, g_fixed, theta0, fine), g_moving, g_fixed, fine)
-        return t(g_moving, g_fixed, fine=fine, theta=theta)
+        return t(g_moving, g_fixed, fine=fine, theta=theta, images=images)
 
     def symmetric_affine(self, direction: str, theta: torch.Tensor, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                          fine: FinerFeatures | None) -> torch.Tensor:

@@ -101,6 +101,17 @@ class DataConfig:
 
 
 @dataclass
+class NonRigidConfig:
+    """T_nr (:mod:`fire_lightning.nonrigid`): the paper's ``conv`` head on G's features, or a ``unet`` on the images."""
+
+    head: str = "conv"  # conv (the paper's, on G's S/4 features) | unet (on the images, VoxelMorph / MI-CNN style)
+    channels: List[int] = field(default_factory=lambda: [16, 32, 32, 32])  # unet: features per level, fine to coarse
+    out_level: int = 1  # unet: the field's grid, S/2^out_level
+    passes: int = 1  # unet: recursive cascade, each pass on the image re-warped by the field so far
+    passes_eval: Optional[int] = None  # unet: passes at inference; None: as in training
+
+
+@dataclass
 class ModelConfig:
     width: int = 64  # paper
     n_res: int = 4  # ResNet blocks in G and in each F (paper: 4)
@@ -133,6 +144,7 @@ class ModelConfig:
     smooth_units: str = "voxel"  # units of the bending term (10): "voxel" (image voxels) or "normalised"
     diffeomorphic: bool = False
     integration_steps: int = 7
+    nonrigid: NonRigidConfig = field(default_factory=NonRigidConfig)
     adversarial: bool = False
     disc_width: int = 16
     adv_weight: float = 1.0  # weight of the generators' LSGAN term in L when adversarial (ExFIRE: unweighted, 1)

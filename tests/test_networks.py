@@ -12,7 +12,8 @@ from .conftest import gen as _gen
 from fire_lightning import spatial
 from fire_lightning.losses import fire_forward, fire_loss
 from fire_lightning.networks import (AffineNet, Decoder, DenseAffineNet, Encoder, FIRENet, MatchAffineNet,
-                                     NonRigidNet, TransformationNet)
+                                     TransformationNet)
+from fire_lightning.nonrigid import NonRigidNet
 
 # See tests/test_losses.py: AffineNet's instance norms need > 1 spatial element after three
 # halvings of the S/4 feature grid, so one image axis must be >= 33 voxels in training mode.
@@ -695,7 +696,7 @@ def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposit
 def test_the_instance_norm_is_torch_instance_norm_and_loads_its_weights(n):
     """``inorm`` (GroupNorm, one channel per group) normalises as ``InstanceNorm{n}d(affine=True)`` in
     training and eval mode, and takes its state dict (checkpoints written before the switch)."""
-    from fire_lightning.networks import inorm
+    from fire_lightning.blocks import inorm
 
     reference = getattr(torch.nn, f"InstanceNorm{n}d")(5, affine=True)
     with torch.no_grad():

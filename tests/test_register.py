@@ -64,8 +64,9 @@ def _save_checkpoint(path, experiment, nontrivial: bool):
             last = [m for m in module.net.T_ab.affine.modules() if isinstance(m, torch.nn.Linear)][-1]
             last.weight.zero_()
             last.bias.copy_(_theta(cfg.data.spatial_dims).flatten())
-            head = module.net.T_ab.nonrigid.head
-            head.weight.copy_(torch.randn(head.weight.shape, generator=gen(1)) * 0.003)
+            nonrigid = module.net.T_ab.nonrigid  # a small random field layer; the U-Net's is scaled down
+            scale = 0.003 / getattr(nonrigid, "OUTPUT_SCALE", 1.0) * (10 if nonrigid.needs_images else 1)
+            nonrigid.head.weight.copy_(torch.randn(nonrigid.head.weight.shape, generator=gen(1)) * scale)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": lightning.__version__}, path)
     loaded = load_module(path)
