@@ -28,7 +28,7 @@ SCRIPT_KEYS = {"cost_volume": {"auto": None, "shifted": 0}, "norm": {"group": No
 
 
 def _torch_instance_norms(module, n: int) -> None:
-    """Swap the networks' instance norms (``networks.inorm``, a GroupNorm) for ``InstanceNorm{n}d``, weights kept."""
+    """Swap the networks' instance norms (``blocks.inorm``, a GroupNorm) for ``InstanceNorm{n}d``, weights kept."""
     import torch
 
     for name, child in module.named_children():

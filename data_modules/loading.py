@@ -100,7 +100,7 @@ def collate_pairs(items: list[dict]) -> dict:
 
 
 def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Tensor, spacing, extent, augment,
-                     rng_a, rng_b, ident: str, known: bool = False, device: bool = False) -> dict:
+                     rng_a, rng_b, ident: str, known: bool = False, device: bool = False, adjust=None) -> dict:
     """The pair dict of two registered modalities of one anatomy, each randomly transformed or not.
 
     Args:
@@ -112,6 +112,8 @@ def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Te
             registration undoes (reading it off TorchIO costs about twice the pair itself).
         device: sample the transforms but leave them to :func:`augment_on_device` (training pairs with
             ``data.augment.device``): the images stay untransformed, in [0, 1], with ``AUG_KEYS``.
+        adjust: ``(params, rng) -> params``, applied to the moving image's drawn transform (the shift
+            benchmark sets one factor of it); None: as drawn.
 
     Returns:
         ``moving``, ``fixed`` ``(1, *S)`` in [-1, 1], ``moving_label``, ``fixed_label`` int64, ``id``; with
@@ -134,6 +136,8 @@ def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Te
     truth = None
     if rng_a is not None:
         params = sample_params(rng_a, n, extent, augment)
+        if adjust is not None:
+            params = adjust(params, rng_a)
         moving, lab_m = apply_params(moving, lab_m, spacing, params)
         if known and rng_b is None:
             truth = known_transform(params, spacing, moving.shape[1:])

@@ -61,9 +61,19 @@ def overrides(run_cfg, base_cfg) -> list[str]:
     return out
 
 
-#: validation columns, from the run's last validation in ``csv/metrics.csv``: (header, key, scale, format)
-VALIDATION = (("val Dice (%)", "val/dice_mean", 100, "{:.2f}"), ("val affine err (mm)", "val/affine_err_mm", 1, "{:.2f}"),
-              ("val rotation r", "val/affine_rotation_corr", 1, "{:.2f}"))
+#: per-row columns beside the benchmark's: the non-rigid share (benchmark), the run's last validation in
+#: ``csv/metrics.csv`` and its training time (``training.json``), on the FIRE row: (header, key, scale, format)
+VALIDATION = (("non-rigid share", "share", 1, "{:.2f}"), ("val Dice (%)", "val/dice_mean", 100, "{:.2f}"),
+              ("val affine err (mm)", "val/affine_err_mm", 1, "{:.2f}"), ("val rotation r", "val/affine_rotation_corr", 1, "{:.2f}"),
+              ("training (s)", "training_seconds", 1, "{:.0f}"))
+
+
+def training_record(run: str | Path) -> dict:
+    """``{"training_seconds": s}`` from the run's ``training.json`` ({} for runs trained before it was written)."""
+    path = Path(run) / "training.json"
+    if not path.is_file():
+        return {}
+    return {"training_seconds": float(json.loads(path.read_text())["seconds"])}
 
 
 def last_validation(run: str | Path) -> dict:
@@ -77,6 +87,30 @@ def last_validation(run: str | Path) -> dict:
         for row in csv.DictReader(fh):
             out.update({k: float(v) for k, v in row.items() if k and k.startswith("val/") and v not in ("", None)})
     return out
+
+
+def validation(run: str | Path, ids: list) -> dict:
+    """The run's validation figures: from ``RUN/benchmark-val/results.json`` (``fire benchmark RUN --split val``)
+    when there is one, so that every run is compared on the same validation pairs (``ids``: the first run's,
+    filled in here; a run scored on others is an error), else its last validation during training."""
+    path = Path(run) / "benchmark-val" / "results.json"
+    if not path.is_file():
+        return last_validation(run)
+    res = json.loads(path.read_text())
+    if not ids:
+        ids.extend(res["pair_ids"])
+    elif res["pair_ids"] != ids:
+        raise ValueError(f"{path}: scored on other validation pairs than the first run's")
+    m = res["methods"]
+    out = {"val/dice_mean": m["FIRE"]["dice_mean"]["mean"]}
+    if "affine_err_mm" in m.get("FIRE-Affine", {}):
+        out["val/affine_err_mm"] = m["FIRE-Affine"]["affine_err_mm"]["mean"]
+    return out
+
+
+def _augment(res: dict):
+    """The transforms a benchmark drew its pairs with (``meta.data.augment``; None for older results)."""
+    return ((res.get("meta") or {}).get("data") or {}).get("augment")
 
 
 def _cell(entry: dict | None, scale: float, fmt: str) -> str:
@@ -94,7 +128,7 @@ def ablation(runs: list[str | Path], base: str | Path, out_dir: str | Path | Non
         ValueError: a run without ``benchmark/results.json``, or runs scored on different pairs.
     """
     base_cfg = OmegaConf.to_container(load_config(base), resolve=True)
-    rows, commands, pair_ids, shared = [], [], None, {}
+    rows, commands, pair_ids, augment, shared, shared_share, val_ids = [], [], None, None, {}, {}, []
     for i, run in enumerate(runs):
         run = Path(run)
         res_path = run / "benchmark" / "results.json"
@@ -102,27 +136,37 @@ def ablation(runs: list[str | Path], base: str | Path, out_dir: str | Path | Non
             raise ValueError(f"{res_path}: not found (run `fire benchmark {run}` first)")
         res = json.loads(res_path.read_text())
         if pair_ids is None:
-            pair_ids = res["pair_ids"]
-        elif res["pair_ids"] != pair_ids:
-            raise ValueError(f"{res_path}: scored on other test pairs than {runs[0]}; an ablation compares the same pairs")
+            pair_ids, augment = res["pair_ids"], _augment(res)
+        elif res["pair_ids"] != pair_ids or _augment(res) != augment:
+            raise ValueError(f"{res_path}: scored on other test pairs than {runs[0]}; an ablation compares the same pairs "
+                             "(score each run on the same data, e.g. `fire benchmark RUN data.augment.rotate_deg=20`)")
         cfg = OmegaConf.to_container(load_config(run / "config.yaml"), resolve=True)
         ov = overrides(cfg, base_cfg)
         name = names[i] if names else run.name
         for method in SHARED:
             if method in res["methods"] and method not in shared:
                 shared[method] = res["methods"][method]
-        val = last_validation(run)
+                if method in res.get("nonrigid_share", {}):
+                    shared_share[method] = res["nonrigid_share"][method]["share"]
+        val = validation(run, val_ids)
+        shares = res.get("nonrigid_share", {})
         for method, label in (("FIRE-Affine", f"{name}: FIRE-Affine"), ("FIRE", f"{name}: FIRE"), ("FIRE+IO", f"{name}: FIRE+IO")):
             if method in res["methods"]:
-                rows.append((label, res["methods"][method], res["meta"].get("iterations"), val if method == "FIRE" else {}))
+                extra = {**val, **training_record(run)} if method == "FIRE" else {}
+                if method in shares:
+                    extra["share"] = shares[method]["share"]
+                rows.append((label, res["methods"][method], res["meta"].get("iterations"), extra))
         commands.append((name, f"fire train {base} " + " ".join(ov) if ov else f"fire train {base}"))
     header = ["method", *(h for h, *_ in COLUMNS), AFFINE[0], "iterations", *(h for h, *_ in VALIDATION)]
-    every = [*((m, shared[m], None, {}) for m in SHARED if m in shared), *rows]
+    every = [*((m, shared[m], None, {"share": shared_share[m]} if m in shared_share else {}) for m in SHARED if m in shared),
+             *rows]
     table = [[label, *(_cell(entry.get(k), s, f) for _, k, s, f in COLUMNS), _cell(entry.get(AFFINE[1]), *AFFINE[2:]),
               "–" if it is None else str(it), *(f.format(s * val[k]) if k in val else "–" for _, k, s, f in VALIDATION)]
              for label, entry, it, val in every]
+    val_source = (f"each run scored on the same {len(val_ids)} validation pairs (`fire benchmark RUN --split val`)"
+                  if val_ids else "the run's last validation")
     text = (f"Mean (std) over the same {len(pair_ids or [])} test pairs; the val columns (on the FIRE row) are "
-            "the run's last validation, what variants are chosen on.\n\n" + markdown_table(header, table)
+            f"{val_source}, what variants are chosen on.\n\n" + markdown_table(header, table)
             + "\n\nCommands (then `fire benchmark RUN`):\n\n" + "\n".join(f"- {n}: `{c}`" for n, c in commands) + "\n")
     if out_dir is not None:
         out = Path(out_dir)

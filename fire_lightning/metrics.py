@@ -137,6 +137,41 @@ def inverse_consistency_error(u_ab: torch.Tensor, u_ba: torch.Tensor, spacing) -
     return (dist * inside).sum(1) / inside.sum(1).clamp_min(1) + torch.where(inside.any(1), 0.0, float("nan"))
 
 
+def nonaffine_part(disp: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """``disp (B, n, *S)`` minus its least-squares affine over ``region`` ``(B, 1, *S)``: the part of a
+    transform no affine map explains, the same definition for every method and for the truth."""
+    theta = spatial.fit_affine_to_field(disp.double(), region[:, 0].double())
+    return disp.double() - spatial.affine_to_displacement(theta, disp.shape[2:])
+
+
+def field_errors(disp: torch.Tensor | None, true_disp: torch.Tensor, region: torch.Tensor, spacing
+                 ) -> dict[str, torch.Tensor]:
+    """End-point errors (mm) of a method's field against the known one, averaged over ``region``.
+
+    Args:
+        disp: ``(B, n, *S)`` normalised (fixed → moving), or None (the identity, unaligned).
+        true_disp: ``(B, n, *S)`` the true inverse of the pair's transform (:func:`truth.true_fields`).
+        region: ``(B, 1, *S)`` the fixed image's brain.
+
+    Returns:
+        ``field_err_mm`` (the whole field) and ``field_err_nonaffine_mm`` (the parts left after each
+        field's own affine fit over the region, :func:`nonaffine_part`), ``(B,)`` each.
+    """
+    disp = torch.zeros_like(true_disp) if disp is None else disp
+    w = region.double().flatten(1)
+    w = w / w.sum(1, keepdim=True).clamp_min(1)
+
+    def mean_mm(u: torch.Tensor) -> torch.Tensor:
+        mm = voxel_to_mm(u)
+        return (mm.pow(2).sum(1).sqrt().flatten(1) * w).sum(1)
+
+    def voxel_to_mm(u: torch.Tensor) -> torch.Tensor:
+        return spatial.voxel_to_mm(spatial.normalised_to_voxel(u), spacing)
+
+    return {"field_err_mm": mean_mm(disp.double() - true_disp.double()),
+            "field_err_nonaffine_mm": mean_mm(nonaffine_part(disp, region) - nonaffine_part(true_disp, region))}
+
+
 def score_methods(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_names: dict, spacing,
                   inverse_fields: dict | None = None, truth: dict | None = None, thetas: dict | None = None) -> dict:
     """Every metric for every method, per pair.
@@ -152,7 +187,8 @@ def score_methods(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_
         truth: the pairs' known transform, ``{"true_theta", "true_elastic"}`` (evaluation pairs whose
             fixed image is the untransformed source, so ``lab_f`` holds the source labels), or None.
             Adds ``dice1r_<S>`` / ``dice1r_mean``: Dice of the source labels resampled once
-            (:func:`truth.single_resampling_labels`).
+            (:func:`truth.single_resampling_labels`), and the field's end-point errors against the true
+            transform (:func:`field_errors`).
         thetas: method → its affine ``(B, n, n+1)``; with ``truth``, adds the affine errors of
             :func:`truth.affine_error` over the fixed image's labelled region.
 
@@ -163,6 +199,7 @@ def score_methods(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_
     from . import truth as known
 
     labels = list(label_names)
+    true_disp = known.true_fields(truth["true_theta"], truth["true_elastic"])["True"] if truth is not None else None
     out = {}
     for method, u in fields.items():
         warped = lab_m if u is None else spatial.warp_labels(lab_m, u)
@@ -171,6 +208,7 @@ def score_methods(lab_m: torch.Tensor, lab_f: torch.Tensor, fields: dict, label_
         if truth is not None:
             once = known.single_resampling_labels(lab_f, u, truth["true_theta"], truth["true_elastic"])
             res.update(_per_structure(dice_per_label(once, lab_f, labels).cpu(), "dice1r", label_names))
+            res.update(field_errors(u, true_disp, lab_f > 0, spacing))
             if thetas and method in thetas:
                 res.update(known.affine_error(thetas[method], truth["true_theta"], lab_f.shape[2:], spacing,
                                               region=lab_f > 0))

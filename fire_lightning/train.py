@@ -29,6 +29,8 @@ from .module import FIREModule
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
+#: the run folder's record of the last training: iterations and seconds (the ablation's time column)
+TRAINING_NAME = "training.json"
 
 
 def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -301,5 +303,8 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -
     elapsed = time.time() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("trained %d iterations in %.1f s", model.iteration, elapsed)
+    if rank0:  # what the ablation table reports as the training time
+        (run_dir / TRAINING_NAME).write_text(json.dumps({"iterations": model.iteration, "seconds": round(elapsed, 1),
+                                                         "resumed": resume_dir is not None}, indent=1))
     return {"run_dir": run_dir, "checkpoint": last, "iterations": model.iteration, "metrics": metrics,
             "seconds": elapsed, "model": model, "datamodule": dm}

@@ -73,3 +73,30 @@ def test_ablation_refuses_runs_scored_on_other_pairs_or_not_benchmarked(tmp_path
     (tmp_path / "c").mkdir()
     with pytest.raises(ValueError, match="fire benchmark"):
         ablation([a, tmp_path / "c"], BASE)
+
+
+def test_ablation_takes_shares_training_time_and_validation_on_the_same_pairs(tmp_path):
+    a = _run(tmp_path, "a", [], 0.6)
+    b = _run(tmp_path, "b", ["model.nonrigid.head=unet"], 0.7)
+    for run, dice in ((a, 0.55), (b, 0.66)):
+        res = json.loads((run / "benchmark" / "results.json").read_text())
+        res["nonrigid_share"] = {"FIRE": {"dice": dice, "affine_dice": 0.5, "share": dice - 0.5}}
+        (run / "benchmark" / "results.json").write_text(json.dumps(res))
+        (run / "benchmark-val").mkdir()
+        (run / "benchmark-val" / "results.json").write_text(json.dumps(
+            {"pair_ids": ["v0"], "methods": {"FIRE": {"dice_mean": _entry([dice])}}}))
+    (b / "training.json").write_text(json.dumps({"iterations": 1200, "seconds": 431.0}))
+    text = ablation([a, b], BASE, tmp_path / "ab")
+    assert "each run scored on the same 1 validation pairs" in text
+    with open(tmp_path / "ab" / "ablation.csv") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert rows["b: FIRE"]["non-rigid share"] == "0.16" and rows["b: FIRE"]["val Dice (%)"] == "66.00"
+    assert rows["b: FIRE"]["training (s)"] == "431" and rows["a: FIRE"]["training (s)"] == "–"
+    (b / "benchmark-val" / "results.json").write_text(json.dumps({"pair_ids": ["v9"], "methods": {}}))
+    with pytest.raises(ValueError, match="other validation pairs"):
+        ablation([a, b], BASE)
+    res = json.loads((b / "benchmark" / "results.json").read_text())
+    res["meta"]["data"] = {"augment": {"rotate_deg": 20.0}}
+    (b / "benchmark" / "results.json").write_text(json.dumps(res))
+    with pytest.raises(ValueError, match="other test pairs"):
+        ablation([a, b], BASE)

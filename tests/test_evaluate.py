@@ -137,7 +137,7 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
         assert float(std) == pytest.approx(100 * entry["std"], abs=0.006)
     assert results["meta"]["checkpoint"] == str(ckpt) and results["meta"]["data"]["name"] == "phantom"
     md = (tmp_path / "bm" / "results.md").read_text()
-    assert "FIRE mean Dice ≥ ANTs-Affine − 2" in md and "FIRE-Affine mean Dice ≥ ANTs-Affine − 4" in md
+    assert "FIRE non-rigid share ≥ 0.7" in md and "FIRE mean Dice ≥ ANTs-SyN − 1" in md
     assert "20× faster" in md and "FIRE+IO mean Dice ≥ ANTs-SyN + 1" in md and "FIRE+IO ≥ 5× faster" in md
     with open(tmp_path / "bm" / "per_pair.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2 * (len(TRUE_METHODS + METHODS) + 1)
@@ -274,3 +274,78 @@ def test_the_benchmark_times_the_pairs_it_scored_without_making_them_again(tiny_
         assert len(fetched) == fetches, keep
         seconds = results["methods"]["FIRE"]["seconds_per_pair"]
         assert len(seconds["values"]) == n and seconds["mean"] > 0
+
+
+def test_nonrigid_share_is_the_part_of_the_elastic_ceiling_a_method_recovers():
+    from fire_lightning.evaluate import nonrigid_shares
+
+    def entry(mean):
+        return {"dice_mean": {"mean": mean, "std": 0.0, "values": [mean]}}
+
+    summary = {"True": entry(0.84), "True-Affine": entry(0.72), "FIRE-Affine": entry(0.70), "FIRE": entry(0.79),
+               "ANTs-Affine": entry(0.74), "ANTs-SyN": entry(0.80),
+               "FIRE+IO": {**entry(0.82), "dice_affine_part_mean": {"mean": 0.73, "std": 0.0, "values": [0.73]}}}
+    shares = nonrigid_shares(summary)
+    assert shares["True"]["share"] == pytest.approx(1.0)
+    assert shares["FIRE"]["share"] == pytest.approx(0.09 / 0.12)
+    assert shares["ANTs-SyN"]["share"] == pytest.approx(0.06 / 0.12)
+    assert shares["FIRE+IO"]["share"] == pytest.approx(0.09 / 0.12)
+    assert nonrigid_shares({k: v for k, v in summary.items() if k != "True"}) == {}  # no known transform
+
+
+def test_benchmark_protocols_nonrigid_passes_and_the_shift_benchmark_from_the_command_line(tiny_overrides, tmp_path,
+                                                                                            capsys, monkeypatch):
+    """``--protocol mild`` scores the earlier (weak elastic) test pairs in their own folder; the U-Net's passes
+    at inference change on a trained run; ``--shift`` writes the shift reports (one pair per level here)."""
+    from data_modules import shift
+
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.nonrigid.head=unet",
+                 "model.nonrigid.channels=[4,8,8]", *tiny_overrides]) == 0
+    run = next((tmp_path / "runs").iterdir())
+    assert main(["benchmark", str(run), "--no-ants", "--protocol", "mild", "model.nonrigid.passes_eval=3"]) == 0
+    results = json.loads((run / "benchmark-mild" / "results.json").read_text())
+    assert results["meta"]["data"]["augment"]["elastic_control_points"] == 7
+    assert results["nonrigid_share"]["True"]["share"] == pytest.approx(1.0)
+    assert "field_err_nonaffine_mm" in results["methods"]["FIRE"]
+    monkeypatch.setattr(shift, "FACTORS", shift.FACTORS[2:3])  # rotation only
+    capsys.readouterr()
+    assert main(["benchmark", str(run), "--shift", "--no-ants", "--max-pairs", "1"]) == 0
+    assert "rotation_deg" in capsys.readouterr().out
+    rows = json.loads((run / "shift" / "shift.json").read_text())["rows"]
+    assert [r["level"] for r in rows] == list(shift.FACTORS[0].levels)
+    assert (run / "shift" / "shift.png").is_file()
+
+
+def test_the_benchmark_targets_are_marked_met_or_missed():
+    from fire_lightning.evaluate import check_targets
+
+    def entry(mean):
+        return {"mean": mean, "std": 0.0, "values": [mean]}
+
+    results = {"methods": {"ANTs-SyN": {"dice_mean": entry(0.80), "seconds_per_pair": entry(0.5), "folding_pct": entry(0.0)},
+                           "FIRE": {"dice_mean": entry(0.795), "seconds_per_pair": entry(0.02), "folding_pct": entry(0.1)},
+                           "FIRE+IO": {"dice_mean": entry(0.805), "seconds_per_pair": entry(0.05), "folding_pct": entry(0.0)}},
+               "nonrigid_share": {"FIRE": {"share": 0.72}}}
+    lines = check_targets(results)
+    assert lines[0] == "FIRE non-rigid share ≥ 0.7: met (0.72)"
+    assert lines[1].startswith("FIRE mean Dice ≥ ANTs-SyN − 1: met")
+    assert "FIRE ≥ 20× faster than ANTs-SyN per pair on the CPU: met (25.0×)" in lines
+    assert any(t.startswith("FIRE+IO mean Dice ≥ ANTs-SyN + 1: MISSED") for t in lines)
+    assert "FIRE+IO ≥ 5× faster than ANTs-SyN per pair on the CPU: met (10.0×)" in lines
+
+
+def test_the_report_splits_off_the_pairs_where_ants_affine_failed():
+    from fire_lightning.evaluate import dice_table
+
+    def entry(values):
+        return {"mean": float(np.mean(values)), "std": 0.0, "values": values}
+
+    results = {"methods": {"ANTs-Affine": {"dice_mean": entry([0.7, 0.3, 0.7]), "affine_err_mm": entry([1.0, 20.0, 2.0])},
+                           "ANTs-SyN": {"dice_mean": entry([0.8, 0.4, 0.8]), "seconds_per_pair": entry([0.5] * 3)},
+                           "FIRE": {"dice_mean": entry([0.78, 0.75, 0.8]), "seconds_per_pair": entry([0.02] * 3),
+                                    "folding_pct": entry([0.0] * 3)}},
+               "meta": {"n_pairs": 3, "threads": 1}, "structures": []}
+    text = dice_table(results)
+    assert "exceeds 5 mm on 1 of 3 pairs" in text and "ANTs-SyN 80.00 (0.00), FIRE 79.00" in text
+    results["methods"]["ANTs-Affine"]["affine_err_mm"] = entry([1.0, 2.0, 3.0])
+    assert "exceeds" not in dice_table(results)
