@@ -18,13 +18,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from callbacks.gradcam import GradCAMCallback
+from callbacks.image_logging import ValidationImages
+from callbacks.interrupt import SaveOnInterrupt
+
 from .config import ConfigError, load_config, to_yaml
+from .distributed import global_rank
 from .errors import Preempted
+from .explain import ExplainSettings
 from .io import describe_error
 from .module import FIREModule
+from .wandb_report import finish_training, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +60,6 @@ def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 #: set by rank 0 before fitting; the processes Lightning launches for the other ranks inherit it
 RUN_DIR_ENV = "FIRE_RUN_DIR"
-
-
-def global_rank() -> int:
-    """This process's rank, from the launcher's environment (0 outside distributed training)."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def new_run_dir(cfg: DictConfig) -> Path:
@@ -133,8 +134,6 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False))
     if cfg.logger.wandb:
-        from .wandb_report import make_logger
-
         loggers.append(make_logger(cfg, run_dir))
     return loggers
 
@@ -146,8 +145,6 @@ def strategy_for(t: DictConfig):
     generator step: not D^A, D^B; the discriminator step: only them), and Lightning prepares the
     reducer before each of those backward passes from the graph of its loss. Gradients are averaged
     over ranks before clipping and the optimiser steps, so every rank takes the same step."""
-    from lightning.pytorch.strategies import DDPStrategy
-
     world = int(t.devices) * int(t.num_nodes)
     name = str(t.strategy)
     if name in ("ddp", "ddp_spawn") or (name == "auto" and world > 1):
@@ -157,12 +154,6 @@ def strategy_for(t: DictConfig):
 
 def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int, extra_callbacks=()) -> L.Trainer:
     """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
-    from callbacks.gradcam import GradCAMCallback
-    from callbacks.image_logging import ValidationImages
-
-    from .explain import ExplainSettings
-    from callbacks.interrupt import SaveOnInterrupt
-
     t = cfg.trainer
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="iter{train/iteration:.0f}",
                            auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps * n_optimizers,
@@ -297,8 +288,6 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -
         raise Preempted(run_dir, model.iteration) from None
     finally:
         if cfg.logger.wandb:
-            from .wandb_report import finish_training
-
             finish_training(trainer, cfg, last if finished else None)
     elapsed = time.time() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
