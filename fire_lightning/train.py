@@ -71,7 +71,8 @@ def new_run_dir(cfg: DictConfig) -> Path:
         return Path(inherited)
     job = os.environ.get("SLURM_JOB_ID") if SLURMEnvironment.detect() else None
     if cfg.run.name is None and not job and int(cfg.trainer.num_nodes) > 1:
-        raise ConfigError("trainer.num_nodes > 1 outside SLURM: set run.name, so that every node writes to one run folder")
+        raise ConfigError("trainer.num_nodes > 1 outside SLURM: set run.name, so that every node writes to one run "
+                          "folder")
     if cfg.run.name is None and job:
         run_dir = Path(cfg.run.root) / f"{cfg.experiment}-{job}"
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,8 @@ def finish_training(trainer, cfg: DictConfig, checkpoint: Path | None) -> None:
             continue
         try:
             run = lg.experiment
-            if cfg.logger.wandb_log_model and checkpoint is not None and checkpoint.is_file() and trainer.is_global_zero:
+            keep = cfg.logger.wandb_log_model and checkpoint is not None and checkpoint.is_file()
+            if keep and trainer.is_global_zero:
                 import wandb
 
                 art = wandb.Artifact(f"model-{run.id}", type="model",

@@ -92,7 +92,8 @@ def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutp
     xhat_t_a, cyc_a, reg_a, rsyn_a, rreg_a = net.F_ba(fb_in).split(b)
 
     return FIREOutputs(
-        g_a=g_a, g_b=g_b, t_ab=t_ab, t_ba=t_ba, g_a_warped=g_a_w, g_b_warped=g_b_w, u_ab=u_ab, u_ba=u_ba, af_ab=af_ab, af_ba=af_ba,
+        g_a=g_a, g_b=g_b, t_ab=t_ab, t_ba=t_ba, g_a_warped=g_a_w, g_b_warped=g_b_w, u_ab=u_ab, u_ba=u_ba, af_ab=af_ab,
+        af_ba=af_ba,
         xhat_b=xhat_b, xhat_a=xhat_a, xhat_t_b=xhat_t_b, xhat_t_a=xhat_t_a, cyc_a=cyc_a, cyc_b=cyc_b,
         g_xhat_b=g_xhat_b, g_xhat_a=g_xhat_a, reg_b=reg_b, reg_a=reg_a, rsyn_b=rsyn_b, rsyn_a=rsyn_a,
         rreg_b=rreg_b, rreg_a=rreg_a, warped_a=warped_a, warped_b=warped_b, affine_a=affine_a,

@@ -10,7 +10,6 @@ from torch import nn
 
 from .. import spatial
 
-
 _EPS = 1e-8
 
 

@@ -87,7 +87,8 @@ def r_smooth_loss(out: FIREOutputs, image_shape, smooth_units: str = "voxel") ->
     units = tuple(image_shape) if smooth_units == "voxel" else None
     if smooth_units not in ("voxel", "normalised"):
         raise ValueError(f"smooth_units must be 'voxel' or 'normalised', got {smooth_units!r}")
-    return smoothness_weight(n, image_shape) * (smoothness(out.t_ab.disp_nr, units) + smoothness(out.t_ba.disp_nr, units))
+    return smoothness_weight(n, image_shape) * (smoothness(out.t_ab.disp_nr, units)
+                                                + smoothness(out.t_ba.disp_nr, units))
 
 
 def r_syn_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:

@@ -28,6 +28,6 @@ from .measure import Phase, Profile, device_name, profile
 from .report import default_output, table, write
 from .steps import fake_tensors, saved_for_backward, step_host_copies, step_memory, step_ops
 
-__all__ = ["HOST_SYNC_OPS", "VIEW_OPS", "HostCopies", "LiveTensorMemory", "OpCounter", "Phase", "Profile", "default_output",
-           "device_name", "fake_tensors", "profile", "saved_for_backward", "step_host_copies", "step_memory", "step_ops",
-           "table", "write"]
+__all__ = ["HOST_SYNC_OPS", "VIEW_OPS", "HostCopies", "LiveTensorMemory", "OpCounter", "Phase", "Profile",
+           "default_output", "device_name", "fake_tensors", "profile", "saved_for_backward", "step_host_copies",
+           "step_memory", "step_ops", "table", "write"]

@@ -25,8 +25,8 @@ def table(p: Profile) -> str:
              ("saved for the backward", f"{1024 * p.saved_for_backward_gib:.1f} MiB per FIRE step (activations)"),
              ("ops per FIRE step", f"{p.ops_per_step} aten ops in its forward + backward, views aside (on a GPU, "
                                    f"kernel launches), {p.host_syncs_per_step} reading a value back to the host"),
-             ("ops per training iteration", f"{p.ops_per_iteration} (the step's, optimiser steps, gradient clipping and "
-                                            f"logging)"),
+             ("ops per training iteration", f"{p.ops_per_iteration} (the step's, optimiser steps, gradient clipping "
+                                            f"and logging)"),
              ("host↔device copies", f"{p.host_copies_per_step} in a FIRE forward + backward (counted on the meta "
                                     f"device), {p.host_copies_per_iteration} in a whole training iteration "
                                     f"(optimisers and logging included); on a GPU each waits for the queued kernels"

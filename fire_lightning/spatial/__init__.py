@@ -43,12 +43,20 @@ from .affine import (
 )
 from .composition import compose, compose_affine_displacement, integrate_velocity, resize_field
 from .derivatives import jacobian_determinant, laplacian
-from .grid import clear_grid_cache, constant, float32, identity_grid, spatial_ndim
+
+# _constant and _identity_grid: networks.clear_caches still empties these caches by name. Being removed by the
+# restructuring (it will call clear_grid_cache()), and these two names with it.
+from .grid import (
+    _constant,  # noqa: F401
+    _identity_grid,  # noqa: F401
+    clear_grid_cache,
+    constant,
+    float32,
+    identity_grid,
+    spatial_ndim,
+)
 from .units import mm_to_voxel, normalised_to_voxel, voxel_to_mm, voxel_to_normalised
 from .warping import sample_at, warp, warp_labels
-
-# Until networks.clear_caches calls clear_grid_cache(): it still empties these two caches by name.
-from .grid import _constant, _identity_grid  # noqa: E402,F401  (being removed by the restructuring)
 
 __all__ = [
     "float32",

@@ -53,7 +53,8 @@ def warp_labels(labels: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
 
 
 @float32
-def sample_at(x: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+def sample_at(x: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+              ) -> torch.Tensor:
     """Sample ``x`` at given points (absolute normalised coordinates, not a displacement).
 
     For resampling between grids (e.g. through world coordinates): ``sample_at(x, c)(p) = x(c(p))``.

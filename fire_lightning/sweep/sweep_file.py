@@ -10,7 +10,6 @@ from omegaconf import OmegaConf
 
 from ..config import ConfigError, load_config
 
-
 METHODS = ("grid", "random", "bayes")
 
 
