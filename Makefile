@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help venv demo test test-all clean
+.PHONY: help venv demo lint test test-all clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ venv: $(STAMP)  ## create .venv and install the package with its dev extras
 
 demo: $(STAMP)  ## the main job: train FIRE on the embedded 2D phantom, benchmark it against ANTs, report (CPU, < 20 min)
 	$(VENV)/bin/fire demo $(ARGS)
+
+lint: $(STAMP)  ## ruff over the tree (rules in pyproject.toml; the default test run includes it, tests/test_lint.py)
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP)  ## the default test run (CPU, a few minutes; slow tests excluded)
 	$(PY) -m pytest -q $(ARGS)

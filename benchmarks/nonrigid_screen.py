@@ -191,9 +191,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.manual_seed(0)
 
     from fire_lightning import metrics, spatial
+    from fire_lightning.inference import load_model
     from fire_lightning.losses import MutualInformation, smoothness, smoothness_weight
     from fire_lightning.nonrigid import NonRigidNet, UNetNonRigid
-    from fire_lightning.inference import load_model
     from fire_lightning.train import load_run_config
 
     run = Path(args.run)

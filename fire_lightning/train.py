@@ -18,13 +18,21 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from callbacks.gradcam import GradCAMCallback
+from callbacks.image_logging import ValidationImages
+from callbacks.interrupt import SaveOnInterrupt
+
 from .config import ConfigError, load_config, to_yaml
+from .distributed import global_rank
 from .errors import Preempted
+from .explain import ExplainSettings
 from .io import describe_error
 from .module import FIREModule
+from .wandb_report import finish_training, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +62,6 @@ def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 RUN_DIR_ENV = "FIRE_RUN_DIR"
 
 
-def global_rank() -> int:
-    """This process's rank, from the launcher's environment (0 outside distributed training)."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
-
-
 def new_run_dir(cfg: DictConfig) -> Path:
     """``run.root/run.name``; without a name, ``<experiment>-<timestamp>`` (``-1``, ``-2`` … if taken),
     or ``<experiment>-<SLURM job id>`` under SLURM, so that every task of a job and its requeued
@@ -70,7 +71,8 @@ def new_run_dir(cfg: DictConfig) -> Path:
         return Path(inherited)
     job = os.environ.get("SLURM_JOB_ID") if SLURMEnvironment.detect() else None
     if cfg.run.name is None and not job and int(cfg.trainer.num_nodes) > 1:
-        raise ConfigError("trainer.num_nodes > 1 outside SLURM: set run.name, so that every node writes to one run folder")
+        raise ConfigError("trainer.num_nodes > 1 outside SLURM: set run.name, so that every node writes to one run "
+                          "folder")
     if cfg.run.name is None and job:
         run_dir = Path(cfg.run.root) / f"{cfg.experiment}-{job}"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,8 +135,6 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False))
     if cfg.logger.wandb:
-        from .wandb_report import make_logger
-
         loggers.append(make_logger(cfg, run_dir))
     return loggers
 
@@ -146,8 +146,6 @@ def strategy_for(t: DictConfig):
     generator step: not D^A, D^B; the discriminator step: only them), and Lightning prepares the
     reducer before each of those backward passes from the graph of its loss. Gradients are averaged
     over ranks before clipping and the optimiser steps, so every rank takes the same step."""
-    from lightning.pytorch.strategies import DDPStrategy
-
     world = int(t.devices) * int(t.num_nodes)
     name = str(t.strategy)
     if name in ("ddp", "ddp_spawn") or (name == "auto" and world > 1):
@@ -157,12 +155,6 @@ def strategy_for(t: DictConfig):
 
 def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int, extra_callbacks=()) -> L.Trainer:
     """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
-    from callbacks.gradcam import GradCAMCallback
-    from callbacks.image_logging import ValidationImages
-
-    from .explain import ExplainSettings
-    from callbacks.interrupt import SaveOnInterrupt
-
     t = cfg.trainer
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="iter{train/iteration:.0f}",
                            auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps * n_optimizers,
@@ -297,8 +289,6 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -
         raise Preempted(run_dir, model.iteration) from None
     finally:
         if cfg.logger.wandb:
-            from .wandb_report import finish_training
-
             finish_training(trainer, cfg, last if finished else None)
     elapsed = time.time() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}

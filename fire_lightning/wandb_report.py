@@ -1,4 +1,4 @@
-"""Weights & Biases: one W&B run per run folder, with what a user opening it expects (issue 13).
+"""Weights & Biases: one W&B run per run folder, with what a user opening it expects.
 
 During training Lightning's ``WandbLogger`` sends the config, every loss part, each optimiser's
 learning rate (``lr/T_af`` …), the validation metrics and the image and Grad-CAM panels
@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from .distributed import global_rank
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ def make_logger(cfg: DictConfig, run_dir: Path):
     kwargs = init_kwargs(cfg, run_dir)
     save_dir = kwargs.pop("dir")
     logger = WandbLogger(save_dir=save_dir, offline=kwargs.pop("mode") == "offline", log_model=False, **kwargs)
-    from .train import global_rank
-
     if global_rank() == 0:  # other ranks have a dummy experiment
         (run_dir / ID_FILE).write_text(logger.experiment.id + "\n")
     return logger
@@ -70,7 +70,8 @@ def finish_training(trainer, cfg: DictConfig, checkpoint: Path | None) -> None:
             continue
         try:
             run = lg.experiment
-            if cfg.logger.wandb_log_model and checkpoint is not None and checkpoint.is_file() and trainer.is_global_zero:
+            keep = cfg.logger.wandb_log_model and checkpoint is not None and checkpoint.is_file()
+            if keep and trainer.is_global_zero:
                 import wandb
 
                 art = wandb.Artifact(f"model-{run.id}", type="model",

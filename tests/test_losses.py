@@ -7,8 +7,6 @@ import math
 import pytest
 import torch
 
-from .conftest import gen as _gen
-
 from fire_lightning import spatial
 from fire_lightning.losses import (
     FIRELoss,
@@ -22,6 +20,8 @@ from fire_lightning.losses import (
     smoothness_weight,
 )
 from fire_lightning.networks import FIRENet
+
+from .conftest import gen as _gen
 
 # Small image shapes whose axes all differ (so a mix-up of axes shows).
 NET_SHAPES = {2: (36, 16), 3: (36, 12, 8)}
@@ -194,7 +194,8 @@ def test_mi_equals_monais_dense_parzen_mi_in_value_and_gradient(bins, sigma):
     y = (torch.sin(3 * x) + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     ours = MutualInformation(bins, sigma)(a, y)
-    ref = GlobalMutualInformationLoss(kernel_type="gaussian", num_bins=bins, sigma_ratio=sigma)((b + 1) / 2, (y + 1) / 2)
+    monai_mi = GlobalMutualInformationLoss(kernel_type="gaussian", num_bins=bins, sigma_ratio=sigma)
+    ref = monai_mi((b + 1) / 2, (y + 1) / 2)
     ours.backward()
     ref.backward()
     assert ours.item() == pytest.approx(ref.item(), abs=2e-3)

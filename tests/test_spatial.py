@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 
-from .conftest import gen as _gen
-
 from fire_lightning import spatial
+
+from .conftest import gen as _gen
 
 DIMS = pytest.mark.parametrize("n", [2, 3])
 

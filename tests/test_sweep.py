@@ -4,7 +4,6 @@ where it stopped without running a trial twice."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -67,7 +66,8 @@ def test_w_and_b_distributions_map_onto_optuna(tmp_path):
     for _ in range(20):
         t = study.ask()
         v = suggest(t, s)
-        assert 1e-4 <= v["optim.lr_affine"] <= 1e-2 and isinstance(v["model.width"], int) and 4 <= v["model.width"] <= 16
+        assert 1e-4 <= v["optim.lr_affine"] <= 1e-2
+        assert isinstance(v["model.width"], int) and 4 <= v["model.width"] <= 16
         assert 0.5 <= v["optim.grad_clip"] <= 2.0 and v["model.n_res"] == 1
         assert v["model.affine_channels"] in ("[8,8,8]", "[16,16,16]")
         study.tell(t, 0.0)
@@ -127,7 +127,8 @@ def test_the_pruner_stops_a_weak_trial_after_a_validation(tmp_path):
     trial = study.ask()
     report = ReportToTrial(trial, s)
     module = SimpleNamespace(iteration=4, cfg=SimpleNamespace(trainer=SimpleNamespace(val_every_n_steps=4)))
-    trainer = SimpleNamespace(sanity_checking=False, should_stop=False, callback_metrics={"val/dice_mean": torch.tensor(0.7)})
+    trainer = SimpleNamespace(sanity_checking=False, should_stop=False,
+                              callback_metrics={"val/dice_mean": torch.tensor(0.7)})
     report.on_validation_end(trainer, module)
     assert not trainer.should_stop and report.best == pytest.approx(0.7)
     module.iteration, trainer.callback_metrics["val/dice_mean"] = 8, torch.tensor(0.3)
