@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from . import spatial
-from .networks import FIRENet, Transform
+from .nets.fire import FIRENet
+from .nets.transformation import Transform
 
 _EPS = 1e-8
 
@@ -193,7 +194,7 @@ class FIREOutputs:
 def encode_both(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor):
     """G on both images in one batch: ``(G_A, G_B, fine A→B, fine B→A)``, each ``fine`` one ``(moving,
     fixed)`` pair of G's finer features per finer level of the affine stage (None without finer levels,
-    :meth:`networks.FIRENet.encode_pair`)."""
+    :meth:`nets.fire.FIRENet.encode_pair`)."""
     g_a, g_b, fine = net.encode_pair(x_a, x_b)
     return g_a, g_b, fine, (None if fine is None else tuple(pair[::-1] for pair in fine))
 
@@ -334,7 +335,7 @@ def r_reg_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:
 
 
 def r_affine_sim_loss(out: FIREOutputs, x_a, x_b, similarity) -> torch.Tensor:
-    """Beyond the paper (``model.affine_mi_weight``): D(x^A ∘ φ_af^{A→B}, x^B) + D(x^B ∘ φ_af^{B→A}, x^A) with a
+    """Beyond the paper (``model.affine.mi_weight``): D(x^A ∘ φ_af^{A→B}, x^B) + D(x^B ∘ φ_af^{B→A}, x^A) with a
     multi-modal D (MI): the affinely warped *image* against the fixed one directly, as ANTs' affine
     stage measures it, instead of only through the synthesised images of (11) and (12)."""
     return similarity(out.affine_a, x_b) + similarity(out.affine_b, x_a)

@@ -360,7 +360,7 @@ def step_host_copies(cfg: DictConfig, **module_kwargs) -> HostCopies:
     size costs milliseconds and no memory): every tensor the step builds on the host and moves to the
     images' device shows there, as on a GPU. Counted in a second step, after the first has built the
     constants shared between steps (grids, offsets); the shared caches are emptied before and after."""
-    from .networks import fresh_caches
+    from .nets.fire import fresh_caches
 
     with fresh_caches():
         with torch.device("meta"):  # the model only: tensors the step makes without a device stay on the host
@@ -377,7 +377,7 @@ def fake_tensors():
     on them compute nothing. The shared grid caches are emptied on entry and exit."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .networks import fresh_caches
+    from .nets.fire import fresh_caches
 
     with fresh_caches(), FakeTensorMode():
         yield
@@ -453,7 +453,7 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
     infer_ms = 1000 * (time.perf_counter() - t0) / inference_pairs
 
     result = Profile(device=device_name(dev), config=config_name, batch_size=int(cfg.data.batch_size),
-                     shape=list(cfg.data.size), width=int(cfg.model.width), precision=str(cfg.trainer.precision),
+                     shape=list(cfg.data.size), width=int(cfg.model.synthesis.width), precision=str(cfg.trainer.precision),
                      num_workers=int(cfg.data.num_workers), threads=torch.get_num_threads(),
                      loader_samples_per_s=rate, loader_first_batch_s=first, fire=fire, warmup=warm,
                      peak_memory_gib=peak, peak_memory_kind=kind, saved_for_backward_gib=saved,

@@ -577,3 +577,9 @@ def sample_at(x: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear", pad
     """
     ident = identity_grid(coords.shape[2:], coords.device, coords.dtype)
     return _sample(x, coords - ident, mode, padding_mode)
+
+
+def clear_caches() -> None:
+    """Empty the grids and constants cached by :func:`identity_grid` and :func:`constant`."""
+    _identity_grid.cache_clear()
+    _constant.cache_clear()
