@@ -222,6 +222,17 @@ class MatchAffineNet(nn.Module):
     offsets = staticmethod(cv.offsets)
     cost_volume = staticmethod(cv.cost_volume)
 
+    def correspondences(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u (B, n, *S)`` normalised displacement and weights: ``(B, *S)`` summing to 1 (``"peak"``), or
+        ``(B, n, n, *S)`` matrices in normalised units, scaled so that in points their traces sum to n, as
+        unit-sum scalar weights would (``"aperture"``)."""
+        return self._match(self.project(fa), self.descriptors(fb), self.log_temperature)
+
+    def descriptors(self, f: torch.Tensor) -> torch.Tensor:
+        """``(B, d, *S)`` unit-length descriptors of features ``f`` (normalised in float32 also under
+        mixed precision, as :meth:`_match` normalises the moving ones)."""
+        return _unit_length(self.project(f))
+
     @spatial.float32  # under mixed precision the projection is bf16; the cost volume and soft-argmax are not
     def _match(self, ea: torch.Tensor, eb: torch.Tensor, log_temperature: torch.Tensor):
         """``ea (B, d, *S)``: the moving features' projection; ``eb``: the fixed :meth:`descriptors`."""
