@@ -103,9 +103,7 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
         dataset = dm.val_dataloader().dataset
     else:
         dataset = dm.test_dataset()
-    meta = {"checkpoint": str(checkpoint), "split": split,
-            **{key: getattr(model.net.T_ab, key) for key in model.PASSES_EVAL},
-            "affine_symmetric_passes_eval": model.net.affine_symmetric_passes_eval}
+    meta = {"checkpoint": str(checkpoint), "split": split, **model.inference_passes()}
     if cfg is not None:
         meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)

@@ -89,6 +89,14 @@ class Registers:
             t.set_passes_eval(head, passes)
         setattr(self.cfg.model.affine, key.split(".", 1)[1], passes)
 
+    def inference_passes(self) -> dict[str, int]:
+        """The passes the affine stage runs at inference (a benchmark's ``meta``): each level's, 0 for a
+        level the model has not, and the symmetric passes."""
+        t = self.net.T_ab
+        return {"affine_passes_eval": t.passes_eval["affine"], "affine_fine_passes_eval": t.passes_eval["affine_fine"],
+                "affine_full_passes_eval": t.passes_eval["affine_full"],
+                "affine_symmetric_passes_eval": self.net.affine_symmetric_passes_eval}
+
     def set_nonrigid_passes_eval(self, passes: int | None) -> None:
         """The U-Net T_nr's cascade passes at inference on a trained model (None: as in training)."""
         heads = [t.nonrigid for t in (self.net.T_ab, self.net.T_ba)]
