@@ -8,7 +8,7 @@ Three measurements, each on its own:
    the time between steps (waiting for the loader, plus the loop's own bookkeeping). Peak memory:
    ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU; and,
    on any device, the bytes one FIRE step saves for its backward (the activations, which
-   ``model.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
+   ``model.synthesis.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
    (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device) and
    of a whole iteration (optimisers, clipping and logging too), and the copies between host and
    device (:class:`HostCopies`: each a synchronisation on a GPU) of one forward + backward, on the
@@ -178,7 +178,7 @@ def _loader_rate(loader, batches: int) -> tuple[float, float]:
 def saved_for_backward(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> int:
     """Bytes that one FIRE training forward (:func:`losses.fire_forward` + :func:`losses.fire_loss`)
     keeps for its backward, each storage counted once: the activation memory of a step, which
-    ``model.checkpoint_activations`` cuts, measured the same way on a CPU and a GPU."""
+    ``model.synthesis.checkpoint_activations`` cuts, measured the same way on a CPU and a GPU."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):

@@ -6,7 +6,7 @@ The sweep file is in W&B's sweep format, so the same file also works with ``wand
     method: random                      # grid | random | bayes
     metric: {name: val/dice_mean, goal: maximize}
     parameters:                         # config keys
-      model.width: {values: [8, 16]}
+      model.synthesis.width: {values: [8, 16]}
       optim.lr_affine: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
     early_terminate: {type: hyperband, min_iter: 2}   # optional; counted in validations
     run_cap: 8                          # optional: trials in all
@@ -100,7 +100,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{path}: metric.goal must be maximize or minimize, got {goal!r}")
     params = raw.get("parameters") or {}
     if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{path}: parameters is empty; name config keys, e.g. model.width: {{values: [8, 16]}}")
+        raise ConfigError(f"{path}: parameters is empty; name config keys, e.g. model.synthesis.width: {{values: [8, 16]}}")
     for key, spec in params.items():
         _distribution(path, key, spec, method)
     command = [str(c) for c in raw.get("command") or []]
