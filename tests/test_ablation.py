@@ -40,8 +40,10 @@ def _run(tmp_path, name, args, dice, pair_ids=("p0", "p1")):
 
 
 def test_overrides_are_the_keys_that_differ():
-    base = {"model": {"width": 8, "affine_head": "regress"}, "run": {"name": "a"}, "data": {"size": [64, 72]}}
-    run = {"model": {"width": 8, "affine_head": "match"}, "run": {"name": "b"}, "data": {"size": [32, 32]}}
+    base = {"model": {"synthesis": {"width": 8}, "affine": {"head": "regress"}}, "run": {"name": "a"},
+            "data": {"size": [64, 72]}}
+    run = {"model": {"synthesis": {"width": 8}, "affine": {"head": "match"}}, "run": {"name": "b"},
+           "data": {"size": [32, 32]}}
     assert overrides(run, base) == ["data.size=[32,32]", "model.affine.head=match"]  # run.* is ignored
     assert overrides(base, base) == []
 
