@@ -1,4 +1,4 @@
-"""Activation memory of one FIRE training step, plain against ``model.checkpoint_activations``.
+"""Activation memory of one FIRE training step, plain against ``model.synthesis.checkpoint_activations``.
 
     python benchmarks/activation_memory.py --config experiments/phantom3d.yaml --shape 64 64 32 --width 16
     python benchmarks/activation_memory.py --config experiments/mrbrains3d_t1_flair.yaml \
@@ -48,7 +48,7 @@ def one(config: str, shape: list[int], width: int, checkpoint: bool, overrides: 
     from fire_lightning.profiling import fake_tensors, saved_for_backward, step_memory
 
     torch.manual_seed(0)
-    cfg = load_config(config, [f"model.width={width}", f"model.checkpoint_activations={str(checkpoint).lower()}",
+    cfg = load_config(config, [f"model.synthesis.width={width}", f"model.synthesis.checkpoint_activations={str(checkpoint).lower()}",
                                f"data.spatial_dims={len(shape)}", f"data.size={list(shape)}", *overrides])
     if fake:
         cfg.model.channels_last = False  # fake weights cannot be converted to it; the bytes are the same
@@ -141,13 +141,13 @@ def main(argv=None) -> int:
     print(f"one FIRE step, {a.config} {' '.join(a.overrides)}, batch {a.batch}, shape {a.shape}, width {a.width}, "
           f"{where}")
     if a.fake:
-        print("| model.checkpoint_activations | saved for the backward (MiB) | peak of the step (GiB) | weights (MiB) "
+        print("| model.synthesis.checkpoint_activations | saved for the backward (MiB) | peak of the step (GiB) | weights (MiB) "
               "| iteration: 3 x weights + peak (GiB) |\n|---|---|---|---|---|")
         for r in rows:
             print(f"| {str(r['checkpoint_activations']).lower()} | {r['saved_for_backward_mib']:.1f} | "
                   f"{r['tracked_peak_step_gib']:.2f} | {r['weights_mib']:.1f} | {r['projected_iteration_gib']:.2f} |")
     else:
-        print("| model.checkpoint_activations | saved for the backward (MiB) | peak of the step (GiB) "
+        print("| model.synthesis.checkpoint_activations | saved for the backward (MiB) | peak of the step (GiB) "
               "| counted tensor peak (GiB) | step (s) | inference (ms) | loss |\n|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {str(r['checkpoint_activations']).lower()} | {r['saved_for_backward_mib']:.1f} | "

@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> dict:
     import lightning as L
     import torch
 
-    from fire_lightning import networks
+    from fire_lightning.nets import cost_volume
     from fire_lightning.config import load_config
     from fire_lightning.module import FIREModule
     from fire_lightning.train import make_datamodule
 
     torch.set_num_threads(args.threads)
-    dense_default = networks.DENSE_POINTS_PER_OFFSET
+    dense_default = cost_volume.DENSE_POINTS_PER_OFFSET
     variants = {}
     batch = pair = None
     for v in args.variant:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     reg = {v: [] for v in variants}
     for _ in range(args.rounds):
         for v, (model, limit) in variants.items():
-            networks.DENSE_POINTS_PER_OFFSET = limit
+            cost_volume.DENSE_POINTS_PER_OFFSET = limit
             model.train().zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             _, loss = model._forward_loss(batch)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
                     t0 = time.perf_counter()
                     model.register(*pair)
                     reg[v].append(time.perf_counter() - t0)
-    networks.DENSE_POINTS_PER_OFFSET = dense_default
+    cost_volume.DENSE_POINTS_PER_OFFSET = dense_default
 
     rows = {}
     for v in variants:

@@ -84,8 +84,8 @@ class GUNet(nn.Module):
 
     def __init__(self, n: int, g_channels: dict, channels, out_level: int, passes: int):
         super().__init__()
-        from fire_lightning.blocks import leaky_conv
-        from fire_lightning.nonrigid import UNetNonRigid
+        from fire_lightning.nets.blocks import leaky_conv
+        from fire_lightning.nets.nonrigid import UNetNonRigid
 
         self.unet = UNetNonRigid(n, channels, out_level, passes)
         self.join = nn.ModuleDict({str(level): leaky_conv(n, channels[level] + 2 * c, channels[level])
@@ -125,7 +125,7 @@ class FlowLevel(nn.Module):
 
     def __init__(self, n: int, cin: int, desc: int = 16, hidden: int = 32, radius: int = 2):
         super().__init__()
-        from fire_lightning.blocks import ConvBlock, conv, leaky_conv, zero_conv
+        from fire_lightning.nets.blocks import ConvBlock, conv, leaky_conv, zero_conv
 
         self.n, self.radius = n, radius
         self.project = nn.Sequential(ConvBlock(n, cin, hidden, 3, leaky=True), conv(n, hidden, desc, 1))
@@ -134,7 +134,7 @@ class FlowLevel(nn.Module):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
 
     def forward(self, fm: torch.Tensor, ff: torch.Tensor) -> torch.Tensor:
-        from fire_lightning.networks import MatchAffineNet
+        from fire_lightning.nets.affine import MatchAffineNet
 
         size = fm.shape[2:]
         radii = tuple(min(self.radius, (int(s) - 1) // 2) for s in size)
@@ -193,13 +193,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from fire_lightning import metrics, spatial
     from fire_lightning.inference import load_model
     from fire_lightning.losses import MutualInformation, smoothness, smoothness_weight
-    from fire_lightning.nonrigid import NonRigidNet, UNetNonRigid
+    from fire_lightning.nets.nonrigid import NonRigidNet, UNetNonRigid
     from fire_lightning.train import load_run_config
 
     run = Path(args.run)
     cfg = load_run_config(run)
     model = load_model(run / "checkpoints" / "last.ckpt")
-    n, width = cfg.data.spatial_dims, cfg.model.width
+    n, width = cfg.data.spatial_dims, cfg.model.synthesis.width
     t0 = time.time()
     data = _pairs(cfg, args.pairs, cfg.seed)
     train, val = _encode(model, data["train"]), _encode(model, data["val"])
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         head = GUNet(n, {lv: width * 2 ** lv for lv in g_levels}, channels, args.out_level, args.passes)
     else:
         head = UNetNonRigid(n, channels, args.out_level, args.passes)
-    to_disp = (lambda v: spatial.integrate_velocity(v, cfg.model.integration_steps)) if cfg.model.diffeomorphic \
+    to_disp = (lambda v: spatial.integrate_velocity(v, cfg.model.nonrigid.integration_steps)) if cfg.model.nonrigid.diffeomorphic \
         else (lambda v: v)
     shape = tuple(train["xm"].shape[2:])
     norm = nn.functional.instance_norm
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "corr_nonrigid": corr, "field_err_mm": errors["field_err_mm"].mean().item(),
                 "folding_pct": metrics.folding_percent(full).mean().item()}
 
-    mi = MutualInformation(cfg.model.mi_bins, cfg.model.mi_sigma_ratio)
+    mi = MutualInformation(cfg.model.loss.mi_bins, cfg.model.loss.mi_sigma_ratio)
     lam = smoothness_weight(n, shape)
     opt = torch.optim.Adam(head.parameters(), lr=args.lr or (1e-3 if args.head == "conv" or args.supervised else 3e-3))
     g = torch.Generator().manual_seed(0)

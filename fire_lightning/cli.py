@@ -2,7 +2,7 @@
 
 Examples::
 
-    fire train experiments/phantom2d.yaml trainer.max_steps=200 model.width=16
+    fire train experiments/phantom2d.yaml trainer.max_steps=200 model.synthesis.width=16
     fire train experiments/phantom2d.yaml --resume            # newest run of that experiment
     fire train experiments/phantom2d.yaml --resume runs/phantom2d-20261121-101500
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
@@ -103,9 +103,7 @@ def _evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, a
         dataset = dm.val_dataloader().dataset
     else:
         dataset = dm.test_dataset()
-    meta = {"checkpoint": str(checkpoint), "split": split,
-            **{key: getattr(model.net.T_ab, key) for key in model.PASSES_EVAL},
-            "affine_symmetric_passes_eval": model.net.affine_symmetric_passes_eval}
+    meta = {"checkpoint": str(checkpoint), "split": split, **model.inference_passes()}
     if cfg is not None:
         meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)
@@ -138,8 +136,8 @@ SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "split", "min_brain_fra
 
 
 #: model keys that a benchmark may change on a trained network (they act at inference only)
-INFERENCE_KEYS = ("model.affine_passes_eval", "model.affine_fine_passes_eval", "model.affine_full_passes_eval",
-                  "model.affine_symmetric_passes_eval", "model.nonrigid.passes_eval")
+INFERENCE_KEYS = ("model.affine.passes_eval", "model.affine.fine_passes_eval", "model.affine.full_passes_eval",
+                  "model.affine.symmetric_passes_eval", "model.nonrigid.passes_eval")
 
 
 def _benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
@@ -494,9 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE against ANTs-Affine and ANTs-SyN on the test pairs")
     b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2, "
-                   "and of the inference-only model keys: model.affine_passes_eval=5, model.affine_fine_passes_eval=3, "
-                   "model.affine_full_passes_eval=2 (a model trained with those levels), "
-                   "model.affine_symmetric_passes_eval=2")
+                   "and of the inference-only model keys: model.affine.passes_eval=5, model.affine.fine_passes_eval=3, "
+                   "model.affine.full_passes_eval=2 (a model trained with those levels), "
+                   "model.affine.symmetric_passes_eval=2")
     b.add_argument("--split", default="test", choices=["test", "val"], help="score the test pairs (default) or the "
                    "validation pairs, to choose inference settings without the test pairs (output: RUN/benchmark-val)")
     b.add_argument("--checkpoint", default=None, help="checkpoint, a path or a name in RUN/checkpoints/ "

@@ -16,8 +16,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .schema import (  # noqa: F401  (re-exported: `from fire_lightning.config import Config` keeps working)
-    AugmentConfig, Config, ConfigError, DataConfig, ExplainConfig, LoggerConfig, ModelConfig, NonRigidConfig, OptimConfig,
-    RunConfig, SplitConfig, SplitFractions, TrainerConfig,
+    AffineConfig, AugmentConfig, Config, ConfigError, DataConfig, ExplainConfig, LoggerConfig, LossConfig, ModelConfig,
+    NonRigidConfig, OptimConfig, RunConfig, SplitConfig, SplitFractions, SynthesisConfig, TrainerConfig, rename_old_keys,
+    rename_old_override,
 )
 
 
@@ -66,6 +67,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             file_cfg = OmegaConf.load(path)
         except Exception as e:  # yaml errors
             raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        if isinstance(file_cfg, DictConfig):  # keys renamed since the file was written: their new place
+            file_cfg = rename_old_keys(OmegaConf.to_container(file_cfg, resolve=False), source=str(path))
         cfg = _merge(cfg, file_cfg, str(path))
         if cfg.experiment == "default":
             cfg.experiment = path.stem
@@ -80,7 +83,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> Dict
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         try:
-            dot = OmegaConf.from_dotlist(list(overrides))
+            dot = OmegaConf.from_dotlist([rename_old_override(o) for o in overrides])
         except Exception as e:  # OmegaConf's own errors, and YAML's for a malformed value
             raise ConfigError(f"cannot parse overrides {overrides}: {e}") from None
         cfg = _merge(cfg, dot, "command line")
@@ -92,8 +95,6 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> Dict
 
 def validate(cfg: DictConfig) -> None:
     """Checks that the schema's types cannot express."""
-    from .losses import SIMILARITIES
-
     d = cfg.data
     if d.spatial_dims not in (2, 3):
         raise ConfigError(f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}")
@@ -102,59 +103,18 @@ def validate(cfg: DictConfig) -> None:
     if any(s % 4 for s in d.size):
         raise ConfigError(f"data.size must be divisible by 4 (G downsamples twice), got {list(d.size)}")
     for key, seq, k in (("data.augment.change_range", d.augment.change_range, 2), ("optim.betas", cfg.optim.betas, 2),
-                        ("data.modalities", d.modalities, 2), ("model.affine_channels", cfg.model.affine_channels, 3)):
+                        ("data.modalities", d.modalities, 2)):
         if len(seq) != k:
             raise ConfigError(f"{key} needs {k} values, got {list(seq)}")
     lo, hi = d.augment.change_range
     if not 0 <= lo <= hi < 1:
         raise ConfigError(f"data.augment.change_range must satisfy 0 <= lo <= hi < 1, got {[lo, hi]}")
-    if cfg.model.similarity not in SIMILARITIES:
-        close = difflib.get_close_matches(cfg.model.similarity, SIMILARITIES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"model.similarity must be one of {SIMILARITIES}, got '{cfg.model.similarity}'{hint}")
-    if cfg.model.similarity_input not in ("synthesised", "image"):
-        raise ConfigError(f"model.similarity_input must be 'synthesised' or 'image', got '{cfg.model.similarity_input}'")
-    if cfg.model.smooth_units not in ("voxel", "normalised"):
-        raise ConfigError(f"model.smooth_units must be 'voxel' or 'normalised', got '{cfg.model.smooth_units}'")
-    from .networks import AFFINE_HEADS, AFFINE_INITS, MatchAffineNet
-
-    for key, allowed in (("affine_head", AFFINE_HEADS), ("affine_init", AFFINE_INITS),
-                         ("affine_weighting", MatchAffineNet.WEIGHTINGS)):
-        if cfg.model[key] not in allowed:
-            raise ConfigError(f"model.{key} must be one of {allowed}, got '{cfg.model[key]}'")
-    if cfg.model.affine_passes < 1:
-        raise ConfigError(f"model.affine_passes must be >= 1, got {cfg.model.affine_passes}")
-    for key in ("affine_fine_passes", "affine_full_passes", "affine_symmetric_passes_eval", "checkpoint_chunk"):
-        if cfg.model[key] < 0:
-            raise ConfigError(f"model.{key} must be >= 0, got {cfg.model[key]}")
-    if cfg.model.affine_full_passes and not cfg.model.affine_fine_passes:
-        raise ConfigError("model.affine_full_passes > 0 needs the S/2 level before it: set model.affine_fine_passes >= 1")
-    for key in ("affine_passes_eval", "affine_fine_passes_eval", "affine_full_passes_eval"):
-        if cfg.model.get(key) is not None and cfg.model[key] < 1:
-            raise ConfigError(f"model.{key} must be >= 1 (or null), got {cfg.model[key]}")
-    from .nonrigid import NONRIGID_HEADS
-
-    nr = cfg.model.nonrigid
-    if nr.head not in NONRIGID_HEADS:
-        raise ConfigError(f"model.nonrigid.head must be one of {NONRIGID_HEADS}, got '{nr.head}'")
-    if len(nr.channels) < 2 or not 0 <= nr.out_level < len(nr.channels):
-        raise ConfigError(f"model.nonrigid needs >= 2 channels (levels) and 0 <= out_level < levels, got "
-                          f"{list(nr.channels)} and {nr.out_level}")
-    if nr.passes < 1 or (nr.passes_eval is not None and nr.passes_eval < 1):
-        raise ConfigError(f"model.nonrigid.passes (and passes_eval) must be >= 1, got {nr.passes}, {nr.passes_eval}")
+    validate_model(cfg.model)
     if cfg.optim.lr_decay not in LR_DECAYS:
         raise ConfigError(f"optim.lr_decay must be one of {LR_DECAYS}, got '{cfg.optim.lr_decay}'")
-    if cfg.model.down_kernel not in (3, 4):
-        raise ConfigError(f"model.down_kernel must be 3 (paper) or 4 (grid-aligned), got {cfg.model.down_kernel}")
     if cfg.optim.affine_warmup_steps < 0 or cfg.optim.affine_warmup_steps >= cfg.trainer.max_steps:
         raise ConfigError(f"optim.affine_warmup_steps must be in [0, trainer.max_steps), got "
                           f"{cfg.optim.affine_warmup_steps} (max_steps {cfg.trainer.max_steps}); set both")
-    if cfg.model.affine_mi_weight < 0:
-        raise ConfigError(f"model.affine_mi_weight must be >= 0, got {cfg.model.affine_mi_weight}")
-    if cfg.model.width < 1:
-        raise ConfigError(f"model.width must be positive, got {cfg.model.width}")
-    if cfg.model.adv_weight < 0:
-        raise ConfigError(f"model.adv_weight must be >= 0, got {cfg.model.adv_weight}")
     check_explain_settings(cfg.explain)
     if cfg.explain.every_n_epochs < 0 or cfg.explain.n_pairs < 1:
         raise ConfigError(f"explain.every_n_epochs must be >= 0 and explain.n_pairs >= 1, got "
@@ -165,8 +125,59 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_steps must be >= 1, got {cfg.trainer.max_steps}")
 
 
+def validate_model(m) -> None:
+    """The ``model`` section's checks (a config section or :class:`schema.ModelConfig`): every model
+    setting is checked here, once; the networks' constructors take their sections as given."""
+    from .losses import SIMILARITIES
+    from .nets.affine import AFFINE_HEADS, WEIGHTINGS
+    from .nets.fire import AFFINE_INITS
+    from .nets.nonrigid import NONRIGID_HEADS
+
+    s, a, nr, loss = m.synthesis, m.affine, m.nonrigid, m.loss
+    if s.width < 1:
+        raise ConfigError(f"model.synthesis.width must be positive, got {s.width}")
+    if s.down_kernel not in (3, 4):
+        raise ConfigError(f"model.synthesis.down_kernel must be 3 (paper) or 4 (grid-aligned), got {s.down_kernel}")
+    if s.checkpoint_chunk < 0:
+        raise ConfigError(f"model.synthesis.checkpoint_chunk must be >= 0, got {s.checkpoint_chunk}")
+    for key, allowed in (("head", AFFINE_HEADS), ("init", AFFINE_INITS), ("weighting", WEIGHTINGS)):
+        if getattr(a, key) not in allowed:
+            raise ConfigError(f"model.affine.{key} must be one of {allowed}, got '{getattr(a, key)}'")
+    if len(a.channels) != 3:
+        raise ConfigError(f"model.affine.channels needs 3 values, got {list(a.channels)}")
+    if a.passes < 1:
+        raise ConfigError(f"model.affine.passes must be >= 1, got {a.passes}")
+    for key in ("fine_passes", "full_passes", "symmetric_passes_eval"):
+        if getattr(a, key) < 0:
+            raise ConfigError(f"model.affine.{key} must be >= 0, got {getattr(a, key)}")
+    if a.full_passes and not a.fine_passes:
+        raise ConfigError("model.affine.full_passes > 0 needs the S/2 level before it: set model.affine.fine_passes >= 1")
+    for key in ("passes_eval", "fine_passes_eval", "full_passes_eval"):
+        if getattr(a, key) is not None and getattr(a, key) < 1:
+            raise ConfigError(f"model.affine.{key} must be >= 1 (or null), got {getattr(a, key)}")
+    if a.mi_weight < 0:
+        raise ConfigError(f"model.affine.mi_weight must be >= 0, got {a.mi_weight}")
+    if nr.head not in NONRIGID_HEADS:
+        raise ConfigError(f"model.nonrigid.head must be one of {NONRIGID_HEADS}, got '{nr.head}'")
+    if len(nr.channels) < 2 or not 0 <= nr.out_level < len(nr.channels):
+        raise ConfigError(f"model.nonrigid needs >= 2 channels (levels) and 0 <= out_level < levels, got "
+                          f"{list(nr.channels)} and {nr.out_level}")
+    if nr.passes < 1 or (nr.passes_eval is not None and nr.passes_eval < 1):
+        raise ConfigError(f"model.nonrigid.passes (and passes_eval) must be >= 1, got {nr.passes}, {nr.passes_eval}")
+    if loss.similarity not in SIMILARITIES:
+        close = difflib.get_close_matches(loss.similarity, SIMILARITIES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"model.loss.similarity must be one of {SIMILARITIES}, got '{loss.similarity}'{hint}")
+    if loss.similarity_input not in ("synthesised", "image"):
+        raise ConfigError(f"model.loss.similarity_input must be 'synthesised' or 'image', got '{loss.similarity_input}'")
+    if loss.smooth_units not in ("voxel", "normalised"):
+        raise ConfigError(f"model.loss.smooth_units must be 'voxel' or 'normalised', got '{loss.smooth_units}'")
+    if m.adv_weight < 0:
+        raise ConfigError(f"model.adv_weight must be >= 0, got {m.adv_weight}")
+
+
 def check_explain_settings(e) -> None:
-    """The ``explain`` section's choices (a config section or :class:`explain.ExplainSettings`)."""
+    """The ``explain`` section's choices (a config section or :class:`schema.ExplainSettings`)."""
     choices = {**{f"scalar_{c}": EXPLAIN_SCALARS for c in ("G", "T_af", "T_nr")}, "scalar_D": EXPLAIN_D_SCALARS,
                **{f"method_{c}": EXPLAIN_METHODS for c in ("G", "T_af", "T_nr", "D")}, "layer": EXPLAIN_LAYERS}
     for key, allowed in choices.items():

@@ -1,9 +1,9 @@
 """ExFIRE explainability: Grad-CAM for every FIRE component, and measures of what the maps show.
 
 Class-activation maps (ReLU'd and upsampled to the image grid) on G, on T_af and T_nr of both
-directions, and on D^A and D^B (ExFIRE §3, METHOD.md "Explainability").
+directions, and on D^A and D^B (ExFIRE §3; docs/method.md).
 Registration has no class score, so the explained scalar is named per component
-(:class:`ExplainSettings`, config ``explain.*``):
+(:class:`schema.ExplainSettings`, config ``explain.*``):
 
 * ``displacement``: mean ‖φ(p) − p‖ of the hybrid field φ = φ_af ∘ φ_nr (normalised units),
   optionally over the fixed image's labels ``explain.region`` only (default for G and T_nr);
@@ -51,7 +51,7 @@ correlation with registration error across test pairs :func:`correlation` measur
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -59,8 +59,8 @@ from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
 from torch import nn
 
 from . import spatial
-from .config import check_explain_settings
-from .networks import FIRENet
+from .nets.fire import FIRENet
+from .schema import ExplainSettings  # noqa: F401 (what explain_pair reads; re-exported)
 
 COMPONENTS = ("G", "T_af", "T_nr", "D_A", "D_B")
 #: per discriminator: (real map, synthetic map) names compared by :func:`js_divergence`; the
@@ -70,32 +70,6 @@ DIVERGENCE_PAIRS = {
     "D_B": {"nonrigid": ("D_B/real", "D_B/synth_nonrigid"), "rigid": ("D_B/real", "D_B/synth_rigid")},
 }
 _EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class ExplainSettings:
-    """What each component's map explains and how (config ``explain``; defaults from METHOD.md,
-    except G's method: see the module docstring)."""
-
-    scalar_G: str = "displacement"
-    scalar_T_af: str = "affine"
-    scalar_T_nr: str = "displacement"
-    scalar_D: str = "realness"
-    method_G: str = "hirescam"
-    method_T_af: str = "gradcam"
-    method_T_nr: str = "gradcam"
-    method_D: str = "gradcam"
-    region: tuple = ()  # label values the displacement is averaged over (each direction's fixed labels); () = all
-    layer: str = "feature"
-
-    def __post_init__(self):
-        check_explain_settings(self)
-
-    @classmethod
-    def from_config(cls, cfg) -> "ExplainSettings":
-        e = cfg.explain
-        return cls(**{f.name: (tuple(int(v) for v in e.region) if f.name == "region" else e[f.name])
-                      for f in fields(cls)})
 
 
 @dataclass

@@ -19,7 +19,8 @@ from torch import nn
 
 from . import spatial
 from .io import describe_error
-from .networks import FIRENet, Transform
+from .nets.fire import FIRENet
+from .nets.transformation import Transform
 from .refine import RefineSettings
 from .refine import refine as refine_pair
 from .schema import Config, from_dict
@@ -45,17 +46,7 @@ def build_net(cfg: Config | DictConfig, spacing=None) -> FIRENet:
     With ``model.channels_last`` their weights are channels-last, and so are the convolutions' outputs
     (oneDNN's preferred layout on a CPU; the values are the same within float rounding)."""
     m = cfg.model
-    net = FIRENet(
-        n=cfg.data.spatial_dims, width=m.width, affine_channels=tuple(m.affine_channels), affine_hidden=m.affine_hidden,
-        diffeomorphic=m.diffeomorphic, integration_steps=m.integration_steps, adversarial=m.adversarial,
-        disc_width=m.disc_width, n_res=m.n_res, affine_head=m.affine_head, affine_passes=m.affine_passes,
-        affine_passes_eval=m.affine_passes_eval, affine_fine_passes=m.affine_fine_passes,
-        affine_fine_passes_eval=m.affine_fine_passes_eval, affine_full_passes=m.affine_full_passes,
-        affine_full_passes_eval=m.affine_full_passes_eval, affine_full_channels=tuple(m.affine_full_channels),
-        affine_init=m.affine_init, spacing=spacing, down_kernel=m.down_kernel, affine_weighting=m.affine_weighting,
-        checkpoint_activations=m.checkpoint_activations, affine_symmetric_passes_eval=m.affine_symmetric_passes_eval,
-        checkpoint_chunk=m.checkpoint_chunk, nonrigid=m.nonrigid,
-    )
+    net = FIRENet(int(cfg.data.spatial_dims), m, spacing)
     if m.channels_last:
         net = net.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)
     return net
@@ -68,23 +59,23 @@ class Registers:
     cfg: Config | DictConfig  # the training module's OmegaConf config; an InferenceModel's dataclasses
 
     #: inference-only passes (``model.<key>``) → (the level's head attribute, its training-passes key)
-    PASSES_EVAL = {"affine_passes_eval": ("affine", "affine_passes"),
-                   "affine_fine_passes_eval": ("affine_fine", "affine_fine_passes"),
-                   "affine_full_passes_eval": ("affine_full", "affine_full_passes")}
+    PASSES_EVAL = {"affine.passes_eval": ("affine", "affine.passes"),
+                   "affine.fine_passes_eval": ("affine_fine", "affine.fine_passes"),
+                   "affine.full_passes_eval": ("affine_full", "affine.full_passes")}
 
     def set_inference_key(self, key: str, value) -> None:
-        """Change one inference-only key of ``model`` (:attr:`PASSES_EVAL`, ``affine_symmetric_passes_eval``)
-        on a trained model."""
+        """Change one inference-only key of ``model`` (:attr:`PASSES_EVAL`, ``affine.symmetric_passes_eval``,
+        ``nonrigid.passes_eval``) on a trained model."""
         if key in self.PASSES_EVAL:
             return self.set_passes_eval(key, value)
         if key == "nonrigid.passes_eval":
             return self.set_nonrigid_passes_eval(value)
-        if key != "affine_symmetric_passes_eval":
+        if key != "affine.symmetric_passes_eval":
             raise KeyError(f"model.{key} is not an inference-only key")
         if value is None or int(value) < 0:
             raise ValueError(f"{key} must be >= 0 (0: off), got {value}")
         self.net.affine_symmetric_passes_eval = int(value)
-        setattr(self.cfg.model, key, int(value))
+        self.cfg.model.affine.symmetric_passes_eval = int(value)
 
     def set_passes_eval(self, key: str, passes: int | None) -> None:
         """Passes at inference of one level of the affine stage on a trained model: ``key`` one of
@@ -95,8 +86,16 @@ class Registers:
         if passes is not None and passes < 1:
             raise ValueError(f"{key} must be >= 1 (or null), got {passes}")
         for t in (self.net.T_ab, self.net.T_ba):
-            setattr(t, key, int(passes) if passes is not None else getattr(t, trained))
-        setattr(self.cfg.model, key, passes)
+            t.set_passes_eval(head, passes)
+        setattr(self.cfg.model.affine, key.split(".", 1)[1], passes)
+
+    def inference_passes(self) -> dict[str, int]:
+        """The passes the affine stage runs at inference (a benchmark's ``meta``): each level's, 0 for a
+        level the model has not, and the symmetric passes."""
+        t = self.net.T_ab
+        return {"affine_passes_eval": t.passes_eval["affine"], "affine_fine_passes_eval": t.passes_eval["affine_fine"],
+                "affine_full_passes_eval": t.passes_eval["affine_full"],
+                "affine_symmetric_passes_eval": self.net.affine_symmetric_passes_eval}
 
     def set_nonrigid_passes_eval(self, passes: int | None) -> None:
         """The U-Net T_nr's cascade passes at inference on a trained model (None: as in training)."""
@@ -123,7 +122,7 @@ class Registers:
         Returns:
             ``field`` / ``affine_field`` ``(B,n,*S)`` normalised, ``theta`` ``(B,n,n+1)``,
             ``warped`` / ``warped_affine`` ``(B,1,*S)``, the encodings ``g_moving`` / ``g_fixed``, and
-            ``transform`` (the :class:`networks.Transform`).
+            ``transform`` (the :class:`nets.transformation.Transform`).
         """
         g_m, g_f, fine = self.net.encode_pair(moving, fixed)
         t = self.net.transform("AtoB", g_m, g_f, moving, fixed, fine)
@@ -140,8 +139,8 @@ class Registers:
         called with the transform after each step ``k`` (for refinement curves)."""
         m = self.cfg.model
         hook = None if on_step is None else (lambda k, th, raw: on_step(k, self.with_parameters(t, th, raw)))
-        theta, raw, _ = refine_pair(moving, fixed, t.theta, t.nr_feat, settings, m.diffeomorphic, m.integration_steps,
-                                    progress, on_step=hook)
+        theta, raw, _ = refine_pair(moving, fixed, t.theta, t.nr_feat, settings, m.nonrigid.diffeomorphic,
+                                    m.nonrigid.integration_steps, progress, on_step=hook)
         return self.with_parameters(t, theta, raw)
 
     def with_parameters(self, t: Transform, theta: torch.Tensor, raw: torch.Tensor) -> Transform:

@@ -30,7 +30,7 @@ from .losses import (
     make_similarity,
 )
 from .inference import LABEL_NAMES, Registers, build_net, model_spacing  # noqa: F401 (re-exported)
-from .schema import Config
+from .schema import Config, rename_old_keys
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ class FIREModule(Registers, L.LightningModule):
 
     def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None, spacing=None):
         super().__init__()
-        # Onto the schema; the voxel size per axis: the data module's (anisotropic for ACDC 3D).
+        # Onto the schema (a checkpoint saved before the model's sections: its keys renamed, silently);
+        # the voxel size per axis: the data module's (anisotropic for ACDC 3D).
+        if not isinstance(cfg, DictConfig):
+            cfg = rename_old_keys(cfg)
         cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
         spacing = model_spacing(cfg, spacing)
         n = int(cfg.data.spatial_dims)
@@ -102,14 +105,14 @@ class FIREModule(Registers, L.LightningModule):
         self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
         self.automatic_optimization = False
         self.net = build_net(cfg, spacing)
-        m = cfg.model
-        self.similarity = make_similarity(m.similarity, cfg.data.spatial_dims, m.mi_bins, m.mi_sigma_ratio, m.ncc_kernel)
-        wants_mi = m.affine_mi_weight > 0 or cfg.optim.affine_warmup_steps > 0
-        self.affine_similarity = make_similarity("mi", n, m.mi_bins, m.mi_sigma_ratio) if wants_mi else None
+        m, loss = cfg.model, cfg.model.loss
+        self.similarity = make_similarity(loss.similarity, n, loss.mi_bins, loss.mi_sigma_ratio, loss.ncc_kernel)
+        wants_mi = m.affine.mi_weight > 0 or cfg.optim.affine_warmup_steps > 0
+        self.affine_similarity = make_similarity("mi", n, loss.mi_bins, loss.mi_sigma_ratio) if wants_mi else None
         # the loss's settings as plain values: the step reads no config object, so torch.compile (dynamo)
         # traces the forward and the loss as one graph
-        self._loss_settings = {"similarity_input": str(m.similarity_input), "smooth_units": str(m.smooth_units),
-                               "affine_weight": float(m.affine_mi_weight)}
+        self._loss_settings = {"similarity_input": str(loss.similarity_input), "smooth_units": str(loss.smooth_units),
+                               "affine_weight": float(m.affine.mi_weight)}
         self._adv_weight = float(m.adv_weight)
         t = cfg.trainer
         if t.compile:  # dynamo traces through the caches of grids and constants (pure builders): not news

@@ -4,7 +4,7 @@ starting from the network's transform.
 What is optimised, and why: the transform's own parameters, not a copy of the network's weights.
 The network's output is already a parametrisation of exactly what we want to improve: the affine
 ``theta`` ``(n, n+1)`` and the non-rigid displacement ``phi_nr`` on the feature grid (a velocity when
-``model.diffeomorphic``, integrated by scaling and squaring as the network's is, so the refined
+``model.nonrigid.diffeomorphic``, integrated by scaling and squaring as the network's is, so the refined
 field keeps the model's diffeomorphism). Optimising them directly costs one warp and one MI per
 step, instead of a forward and backward pass through G and T; the feature-grid field keeps the
 model's smoothness scale; and a refined transform is written out like the network's (ITK field

@@ -3,7 +3,7 @@
 :mod:`.config` loads experiments onto it with OmegaConf (YAML + ``key=value`` overrides, checked
 keys and types). Code that only reads a saved configuration, such as ``fire register`` loading a
 checkpoint, builds it here with :func:`from_dict` and does not pay for importing OmegaConf
-(a fifth of a second on a small CPU, issue 12).
+(a fifth of a second on a small CPU).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Dict, List, Optional
@@ -101,51 +102,72 @@ class DataConfig:
 
 
 @dataclass
+class SynthesisConfig:
+    """G (the encoder) and F^{A→B}, F^{B→A} (the decoders) (:mod:`fire_lightning.nets.synthesis`)."""
+
+    width: int = 64  # w (paper: 64): G's output has 4w channels, every network scales with it
+    n_res: int = 4  # ResNet blocks in G and in each F (paper: 4)
+    down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
+    checkpoint_activations: bool = False  # G and F recompute their activations in the backward (memory, 3D)
+    checkpoint_chunk: int = 0  # with it: each run of that many samples of a G/F call checkpointed apart; 0: whole calls
+
+
+@dataclass
+class AffineConfig:
+    """T_af: how phi_af is produced (:mod:`fire_lightning.nets.transformation`); the paper: regress,
+    identity, one pass, no finer levels."""
+
+    head: str = "regress"  # regress (conv → global pooling → FC) | dense | keypoints | match (nets/affine.py)
+    init: str = "identity"  # identity | com | scale | principal: the images' foreground moments first
+    weighting: str = "peak"  # match head: peak (scalar confidence) | aperture (inverse match covariance)
+    channels: List[int] = field(default_factory=lambda: [32, 64, 64])  # the head's three layers
+    hidden: int = 64  # regress head: its fully connected layer
+    passes: int = 1  # recursive cascade: the head applied K times, each on the re-warped features
+    passes_eval: Optional[int] = None  # passes at inference (validation, test, register); None: as in training
+    fine_passes: int = 0  # coarse to fine: passes of a second match head on G's S/2 features after the cascade
+    fine_passes_eval: Optional[int] = None  # its passes at inference; None: fine_passes
+    full_passes: int = 0  # then passes of a third match head on G's full-resolution features (its first block)
+    full_passes_eval: Optional[int] = None  # its passes at inference; None: full_passes
+    full_channels: List[int] = field(default_factory=lambda: [16, 32, 32])  # that head's (conv, -, descriptor)
+    # at inference, K > 0: the opposite direction's finest affine level runs K passes from the inverse of this
+    # direction's affine, and phi_af is the mean of the two estimates (nets.fire.FIRENet.symmetric_affine)
+    symmetric_passes_eval: int = 0
+    mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
+
+
+@dataclass
 class NonRigidConfig:
-    """T_nr (:mod:`fire_lightning.nonrigid`): the paper's ``conv`` head on G's features, or a ``unet`` on the images."""
+    """T_nr (:mod:`fire_lightning.nets.nonrigid`): the paper's ``conv`` head on G's features, or a ``unet`` on the images."""
 
     head: str = "conv"  # conv (the paper's, on G's S/4 features) | unet (on the images, VoxelMorph / MI-CNN style)
     channels: List[int] = field(default_factory=lambda: [16, 32, 32, 32])  # unet: features per level, fine to coarse
     out_level: int = 1  # unet: the field's grid, S/2^out_level
     passes: int = 1  # unet: recursive cascade, each pass on the image re-warped by the field so far
     passes_eval: Optional[int] = None  # unet: passes at inference; None: as in training
+    diffeomorphic: bool = False  # T_nr's output is a stationary velocity, integrated by scaling and squaring
+    integration_steps: int = 7
 
 
 @dataclass
-class ModelConfig:
-    width: int = 64  # paper
-    n_res: int = 4  # ResNet blocks in G and in each F (paper: 4)
-    affine_channels: List[int] = field(default_factory=lambda: [32, 64, 64])
-    affine_hidden: int = 64
-    # How T_af produces theta (networks.TransformationNet); the paper: regress, identity, 1 pass, 3.
-    affine_head: str = "regress"  # regress (conv → global pooling → FC) | dense (least-squares fit to a dense field)
-    affine_init: str = "identity"  # identity | com | scale | principal: the images' foreground moments first
-    affine_weighting: str = "peak"  # match head: peak (scalar confidence) | aperture (inverse match covariance)
-    affine_passes: int = 1  # recursive cascade: the affine head applied K times, each on the re-warped features
-    affine_passes_eval: Optional[int] = None  # passes at inference (validation, test, register); None: affine_passes
-    checkpoint_activations: bool = False  # G and F recompute their activations in the backward (memory, 3D)
-    checkpoint_chunk: int = 0  # with it: each run of that many samples of a G/F call checkpointed apart; 0: whole calls
-    channels_last: bool = False  # the networks' weights and activations channels-last (CPU: a faster step)
-    affine_fine_passes: int = 0  # coarse to fine: passes of a second match head on G's S/2 features after the cascade
-    affine_fine_passes_eval: Optional[int] = None  # its passes at inference; None: affine_fine_passes
-    affine_full_passes: int = 0  # then passes of a third match head on G's full-resolution features (its first block)
-    affine_full_passes_eval: Optional[int] = None  # its passes at inference; None: affine_full_passes
-    affine_full_channels: List[int] = field(default_factory=lambda: [16, 32, 32])  # that head's (conv, -, descriptor)
-    # at inference, K > 0: the opposite direction's finest affine level runs K passes from the inverse of this
-    # direction's affine, and phi_af is the mean of the two estimates (networks.FIRENet.symmetric_affine)
-    affine_symmetric_passes_eval: int = 0
-    affine_mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
-    down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
+class LossConfig:
+    """The similarity term (7) and the smoothness term (10) of L (:mod:`fire_lightning.losses`)."""
+
     similarity: str = "rms"  # rms | mi | lncc, used in (7)
     similarity_input: str = "synthesised"  # (7) compares F(G(x^A∘φ)) (paper) or the warped image itself ("image")
     mi_bins: int = 32
     mi_sigma_ratio: float = 0.5
     ncc_kernel: int = 7
     smooth_units: str = "voxel"  # units of the bending term (10): "voxel" (image voxels) or "normalised"
-    diffeomorphic: bool = False
-    integration_steps: int = 7
+
+
+@dataclass
+class ModelConfig:
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    affine: AffineConfig = field(default_factory=AffineConfig)
     nonrigid: NonRigidConfig = field(default_factory=NonRigidConfig)
-    adversarial: bool = False
+    loss: LossConfig = field(default_factory=LossConfig)
+    channels_last: bool = False  # the networks' weights and activations channels-last (CPU: a faster step)
+    adversarial: bool = False  # ExFIRE: discriminators D^A, D^B and an LSGAN term
     disc_width: int = 16
     adv_weight: float = 1.0  # weight of the generators' LSGAN term in L when adversarial (ExFIRE: unweighted, 1)
 
@@ -210,10 +232,10 @@ class LoggerConfig:
 
 
 @dataclass
-class ExplainConfig:
-    """ExFIRE Grad-CAM (fire_lightning/explain.py): what is explained, how, and the training callback."""
+class ExplainSettings:
+    """What each component's Grad-CAM map explains and how (:mod:`fire_lightning.explain`; config ``explain``)."""
 
-    scalar_G: str = "displacement"  # displacement | nonrigid | affine (METHOD.md defaults)
+    scalar_G: str = "displacement"  # displacement | nonrigid | affine
     scalar_T_af: str = "affine"
     scalar_T_nr: str = "displacement"
     scalar_D: str = "realness"  # realness | fakeness (minus the mean patch score)
@@ -225,6 +247,19 @@ class ExplainConfig:
     method_D: str = "gradcam"
     region: List[int] = field(default_factory=list)  # labels the displacement is averaged over; [] = all
     layer: str = "feature"  # feature: each component's last conv block | output: T_nr's and D's output projections
+
+    @classmethod
+    def from_config(cls, cfg) -> "ExplainSettings":
+        """The settings of a whole configuration's ``explain`` section (OmegaConf or :class:`Config`)."""
+        e = cfg.explain
+        return cls(**{f.name: ([int(v) for v in e.region] if f.name == "region" else getattr(e, f.name))
+                      for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class ExplainConfig(ExplainSettings):
+    """ExFIRE Grad-CAM: :class:`ExplainSettings`, and the training callback."""
+
     every_n_epochs: int = 10  # Grad-CAM callback during training (and at its end); 0 = off
     n_pairs: int = 2  # fixed validation pairs it explains
 
@@ -248,6 +283,78 @@ class Config:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
 
 
+#: Keys renamed when the model's settings became sections (old flat key → its place now). Old
+#: command lines, experiment files, run folders and checkpoints name the old keys:
+#: :func:`rename_old_keys` and :func:`rename_old_override` read them onto the new ones.
+RENAMED_KEYS: dict[str, str] = {
+    **{f"model.{k}": f"model.synthesis.{k}" for k in ("width", "n_res", "down_kernel", "checkpoint_activations",
+                                                      "checkpoint_chunk")},
+    **{f"model.affine_{k}": f"model.affine.{k}" for k in (
+        "head", "init", "weighting", "channels", "hidden", "passes", "passes_eval", "fine_passes", "fine_passes_eval",
+        "full_passes", "full_passes_eval", "full_channels", "symmetric_passes_eval", "mi_weight")},
+    **{f"model.{k}": f"model.nonrigid.{k}" for k in ("diffeomorphic", "integration_steps")},
+    **{f"model.{k}": f"model.loss.{k}" for k in ("similarity", "similarity_input", "mi_bins", "mi_sigma_ratio",
+                                                 "ncc_kernel", "smooth_units")},
+}
+
+
+def _warn_renamed(source: str, renamed: list[tuple[str, str]]) -> None:
+    pairs = ", ".join(f"{old} → {new}" for old, new in renamed)
+    warnings.warn(f"{source}: renamed config keys, read under their new names: {pairs}", FutureWarning, stacklevel=3)
+
+
+def rename_old_keys(data: Mapping[str, Any], source: str | None = None) -> dict:
+    """A whole configuration ``data`` (nested mappings) with the keys of :data:`RENAMED_KEYS` moved to
+    their new place, as nested plain dicts; ``data`` itself is not changed. With ``source`` (a file, the
+    command line) one ``FutureWarning`` names each old key's new name; without it (a saved run or
+    checkpoint, which no one should have to edit) the keys are moved silently.
+
+    Raises:
+        ConfigError: an old key given together with its new one.
+    """
+    out = _plain(data)
+    renamed = []
+    for old, new in RENAMED_KEYS.items():
+        *path, leaf = old.split(".")
+        parent = _section(out, path, create=False)
+        if parent is None or leaf not in parent:
+            continue
+        value = parent.pop(leaf)
+        *new_path, new_leaf = new.split(".")
+        target = _section(out, new_path, create=True)
+        if new_leaf in target:
+            raise ConfigError(f"{source or 'config'}: '{old}' is the old name of '{new}'; give only '{new}'")
+        target[new_leaf] = value
+        renamed.append((old, new))
+    if renamed and source is not None:
+        _warn_renamed(source, renamed)
+    return out
+
+
+def rename_old_override(item: str, source: str = "command line") -> str:
+    """A ``key=value`` override with an old key (:data:`RENAMED_KEYS`) renamed, with a ``FutureWarning``."""
+    key, sep, value = item.partition("=")
+    new = RENAMED_KEYS.get(key.strip())
+    if new is None:
+        return item
+    _warn_renamed(source, [(key.strip(), new)])
+    return f"{new}{sep}{value}"
+
+
+def _plain(data: Any) -> Any:
+    return {k: _plain(v) for k, v in data.items()} if isinstance(data, Mapping) else data
+
+
+def _section(data: dict, path: list[str], create: bool) -> dict | None:
+    for key in path:
+        if not isinstance(data.get(key), dict):
+            if not create or key in data:
+                return None
+            data[key] = {}
+        data = data[key]
+    return data
+
+
 def from_dict(data: Mapping[str, Any], cls: type = Config, where: str = "") -> Any:
     """``cls`` (a schema dataclass) with the values of ``data`` (a saved configuration, e.g. a
     checkpoint's ``hyper_parameters["cfg"]``) and the schema's defaults for keys it lacks (saved
@@ -257,6 +364,8 @@ def from_dict(data: Mapping[str, Any], cls: type = Config, where: str = "") -> A
     Raises:
         ConfigError: a key the schema does not have, named in full (``model.widht``).
     """
+    if cls is Config:
+        data = rename_old_keys(data)  # saved before the model's sections: read silently
     out = cls()
     names = [f.name for f in dataclasses.fields(cls)]
     for key, value in data.items():

@@ -17,10 +17,10 @@ PHANTOM2D = ROOT / "experiments" / "phantom2d.yaml"
 
 # Overrides that make any experiment tiny and quick on a CPU.
 TINY = [
-    "model.width=4",
-    "model.n_res=1",
-    "model.affine_channels=[8,8,8]",
-    "model.affine_hidden=8",
+    "model.synthesis.width=4",
+    "model.synthesis.n_res=1",
+    "model.affine.channels=[8,8,8]",
+    "model.affine.hidden=8",
     "data.batch_size=2",
     "data.num_workers=0",
     "data.n_val_images=1",
@@ -49,6 +49,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+def model_config(**sections):
+    """A :class:`schema.ModelConfig` from the ``model`` section's keys, its sections as dicts:
+    ``model_config(synthesis={"width": 2}, affine={"passes": 3}, adversarial=True)``."""
+    from fire_lightning.schema import ModelConfig, from_dict
+
+    return from_dict(sections, ModelConfig, "model.")
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -40,19 +40,21 @@ def _run(tmp_path, name, args, dice, pair_ids=("p0", "p1")):
 
 
 def test_overrides_are_the_keys_that_differ():
-    base = {"model": {"width": 8, "affine_head": "regress"}, "run": {"name": "a"}, "data": {"size": [64, 72]}}
-    run = {"model": {"width": 8, "affine_head": "match"}, "run": {"name": "b"}, "data": {"size": [32, 32]}}
-    assert overrides(run, base) == ["data.size=[32,32]", "model.affine_head=match"]  # run.* is ignored
+    base = {"model": {"synthesis": {"width": 8}, "affine": {"head": "regress"}}, "run": {"name": "a"},
+            "data": {"size": [64, 72]}}
+    run = {"model": {"synthesis": {"width": 8}, "affine": {"head": "match"}}, "run": {"name": "b"},
+           "data": {"size": [32, 32]}}
+    assert overrides(run, base) == ["data.size=[32,32]", "model.affine.head=match"]  # run.* is ignored
     assert overrides(base, base) == []
 
 
 def test_ablation_table_has_one_row_per_run_and_method_and_the_commands(tmp_path, capsys):
     a = _run(tmp_path, "paper", [], 0.6)
-    b = _run(tmp_path, "match", ["model.affine_head=match", "optim.affine_warmup_steps=600"], 0.74)
+    b = _run(tmp_path, "match", ["model.affine.head=match", "optim.affine_warmup_steps=600"], 0.74)
     assert main(["ablation", str(a), str(b), "--base", str(BASE), "--out", str(tmp_path / "ab")]) == 0
     text = (tmp_path / "ab" / "ablation.md").read_text()
     assert f"- paper: `fire train {BASE}`" in text
-    assert f"- match: `fire train {BASE} model.affine_head=match optim.affine_warmup_steps=600`" in text
+    assert f"- match: `fire train {BASE} model.affine.head=match optim.affine_warmup_steps=600`" in text
     with open(tmp_path / "ab" / "ablation.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["Unaligned", "ANTs-SyN", "paper: FIRE-Affine", "paper: FIRE",

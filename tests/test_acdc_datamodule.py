@@ -176,7 +176,7 @@ def test_fast_dev_run_training_and_the_model_spacing(acdc, tmp_path, tiny_overri
 @pytest.mark.parametrize("name", ["acdc2d", "acdc3d"])
 def test_experiment_configs_are_the_paper_settings(name):
     cfg = load_config(ROOT / "experiments" / f"{name}.yaml", ["data.root=/data"])
-    assert cfg.data.name == "acdc" and cfg.data.spacing == 1.5 and cfg.model.width == 64
+    assert cfg.data.name == "acdc" and cfg.data.spacing == 1.5 and cfg.model.synthesis.width == 64
     assert list(cfg.data.subject_split) == [60, 10, 30] and cfg.trainer.max_steps == 144_000
     assert all(s % 4 == 0 for s in cfg.data.size) and len(cfg.data.size) == cfg.data.spatial_dims
     assert cfg.data.slice_spacing == 10.0 and not cfg.data.acdc_augment

@@ -23,10 +23,10 @@ from fire_lightning.losses import (
     lsgan_generator_loss,
 )
 from fire_lightning.module import DISCRIMINATOR_GROUPS, GENERATOR_GROUPS, FIREModule, frozen
-from fire_lightning.networks import FIRENet
+from fire_lightning.nets.fire import FIRENet
 from fire_lightning.train import train
 
-from .conftest import PHANTOM2D, TINY
+from .conftest import PHANTOM2D, TINY, model_config
 from .conftest import gen as _gen
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -96,7 +96,8 @@ def test_the_discriminator_loss_trains_the_discriminator_only():
 
 def test_adversarial_images_count_warped_inputs_as_real_and_synthesis_as_fake():
     torch.manual_seed(0)
-    net = FIRENet(2, width=2, affine_channels=(4, 4, 4), affine_hidden=8, n_res=1, adversarial=True, disc_width=2)
+    net = FIRENet(2, model_config(synthesis={"width": 2, "n_res": 1}, affine={"channels": [4, 4, 4], "hidden": 8},
+                                adversarial=True, disc_width=2))
     x_a, x_b = torch.rand(2, 1, 1, 16, 16, generator=_gen(1)) * 2 - 1
     out = fire_forward(net, x_a, x_b)
     images = adversarial_images(out, x_a, x_b)

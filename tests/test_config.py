@@ -8,9 +8,9 @@ from .conftest import PHANTOM2D
 
 
 def test_yaml_and_overrides_reach_the_typed_config():
-    cfg = load_config(PHANTOM2D, ["trainer.max_steps=2000", "model.width=16"])
+    cfg = load_config(PHANTOM2D, ["trainer.max_steps=2000", "model.synthesis.width=16"])
     assert cfg.trainer.max_steps == 2000
-    assert cfg.model.width == 16
+    assert cfg.model.synthesis.width == 16
     assert cfg.experiment == "phantom2d"
     # a value from the YAML, and a schema default the YAML does not set
     assert cfg.data.size == [64, 72]
@@ -18,8 +18,8 @@ def test_yaml_and_overrides_reach_the_typed_config():
 
 
 def test_misspelt_key_in_override_is_an_error_naming_it():
-    with pytest.raises(ConfigError, match=r"model\.widht.*did you mean 'model\.width'"):
-        load_config(PHANTOM2D, ["model.widht=16"])
+    with pytest.raises(ConfigError, match=r"model\.synthesis\.widht.*did you mean 'model\.synthesis\.width'"):
+        load_config(PHANTOM2D, ["model.synthesis.widht=16"])
 
 
 def test_misspelt_key_in_yaml_names_the_file_and_key(tmp_path):
@@ -36,7 +36,7 @@ def test_wrong_type_is_an_error():
 
 def test_bad_similarity_suggests_the_right_one():
     with pytest.raises(ConfigError, match="did you mean 'lncc'"):
-        load_config(None, ["model.similarity=lnc"])
+        load_config(None, ["model.loss.similarity=lnc"])
 
 
 def test_size_must_fit_the_encoder():
@@ -64,14 +64,21 @@ def test_a_malformed_override_value_is_a_config_error():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.affine_weighting=apperture", "model.affine_weighting"),
-    ("model.affine_passes_eval=0", "model.affine_passes_eval"),
-    ("model.affine_passes=0", "model.affine_passes"),
+    ("model.affine.weighting=apperture", "model.affine.weighting"),
+    ("model.affine.passes_eval=0", "model.affine.passes_eval"),
+    ("model.affine.passes=0", "model.affine.passes"),
+    ("model.affine.head=mlp", "model.affine.head"),
+    ("model.affine.init=moments", "model.affine.init"),
+    ("model.affine.symmetric_passes_eval=-1", "model.affine.symmetric_passes_eval"),
+    ("model.affine.fine_passes=0 model.affine.full_passes=1", "model.affine.fine_passes >= 1"),
+    ("model.affine.channels=[4,4]", "model.affine.channels needs 3"),
+    ("model.synthesis.down_kernel=5", "model.synthesis.down_kernel"),
+    ("model.nonrigid.out_level=4", "out_level"),
 ])
-def test_bad_affine_stage_switches_are_errors_naming_the_key(override, message):
+def test_bad_model_settings_are_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(PHANTOM2D, [override])
-    assert load_config(PHANTOM2D, ["model.affine_passes_eval=8"]).model.affine_passes_eval == 8
+        load_config(PHANTOM2D, override.split())
+    assert load_config(PHANTOM2D, ["model.affine.passes_eval=8"]).model.affine.passes_eval == 8
 
 
 def test_a_saved_config_comes_back_as_the_schema_dataclasses_without_omegaconf():
@@ -84,17 +91,18 @@ def test_a_saved_config_comes_back_as_the_schema_dataclasses_without_omegaconf()
 
     from fire_lightning.schema import Config, from_dict
 
-    cfg = load_config(PHANTOM2D, ["model.width=5", "data.structures={CSF: [5, 6]}", "optim.betas=[0.5,0.9]"])
+    cfg = load_config(PHANTOM2D, ["model.synthesis.width=5", "data.structures={CSF: [5, 6]}", "optim.betas=[0.5,0.9]"])
     saved = OmegaConf.to_container(cfg, resolve=True)
     back = from_dict(saved)
     assert isinstance(back, Config) and dataclasses.asdict(back) == saved
-    assert back.model.width == 5 and back.data.structures == {"CSF": [5, 6]} and back.data.split.fractions.val == 0.1
-    del saved["model"]["affine_fine_passes"], saved["data"]["split"]["fractions"]
+    assert back.model.synthesis.width == 5 and back.data.structures == {"CSF": [5, 6]} and back.data.split.fractions.val == 0.1
+    del saved["model"]["affine"]["fine_passes"], saved["data"]["split"]["fractions"]
     older = from_dict(saved)
-    assert older.model.affine_fine_passes == Config().model.affine_fine_passes == 0
-    assert older.data.split.fractions.train == 0.7 and older.model.width == 5
-    with pytest.raises(ConfigError, match=r"unknown config key 'model\.widht' \(did you mean 'model\.width'\?\)"):
-        from_dict({"model": {"widht": 8}})
+    assert older.model.affine.fine_passes == Config().model.affine.fine_passes == 0
+    assert older.data.split.fractions.train == 0.7 and older.model.synthesis.width == 5
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.synthesis\.widht' \(did you mean "
+                                          r"'model\.synthesis\.width'\?\)"):
+        from_dict({"model": {"synthesis": {"widht": 8}}})
     with pytest.raises(ConfigError, match="'data.split' must be a section"):
         from_dict({"data": {"split": 3}})
 
@@ -102,6 +110,6 @@ def test_a_saved_config_comes_back_as_the_schema_dataclasses_without_omegaconf()
 @pytest.mark.parametrize("path", sorted((PHANTOM2D.parent).glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_experiment_config_loads_onto_the_schema(path):
     cfg = load_config(path, ["data.root=/data"])
-    assert cfg.experiment == path.stem and cfg.model.width >= 1
-    if cfg.model.checkpoint_chunk:
-        assert cfg.model.checkpoint_activations  # the chunk applies only with checkpointing
+    assert cfg.experiment == path.stem and cfg.model.synthesis.width >= 1
+    if cfg.model.synthesis.checkpoint_chunk:
+        assert cfg.model.synthesis.checkpoint_activations  # the chunk applies only with checkpointing

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(600)
 def _run(out: Path, *args: str, root: Path) -> list[dict]:
     argv = [sys.executable, str(WORKER), str(out), *TINY, f"run.root={root}", "trainer.num_threads=1",
             f"trainer.max_steps={ITERATIONS}", "optim.affine_warmup_steps=1", "model.adversarial=true",
-            f"trainer.val_every_n_steps={ITERATIONS}", "explain.every_n_epochs=0", "model.affine_fine_passes=0",
+            f"trainer.val_every_n_steps={ITERATIONS}", "explain.every_n_epochs=0", "model.affine.fine_passes=0",
             "logger.csv=false", "logger.image_every_n_val=0", *args]  # args last: they win over TINY
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("FIRE_RUN_DIR", None)
@@ -104,7 +104,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     from .conftest import PHANTOM2D
 
     ddp, single, _ = runs
-    cfg = load_config(PHANTOM2D, TINY + ["model.adversarial=true", "model.affine_fine_passes=0"])
+    cfg = load_config(PHANTOM2D, TINY + ["model.adversarial=true", "model.affine.fine_passes=0"])
     L.seed_everything(0, verbose=False)
     start = _flat(FIREModule(cfg, spacing=(3.0, 3.0)).net.state_dict())
     same, control = _flat(single[4]["params"]), _flat(single[2]["params"])

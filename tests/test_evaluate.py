@@ -202,14 +202,16 @@ def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overri
 
 def test_benchmark_scores_validation_pairs_with_other_inference_passes_and_refuses_other_model_keys(
         tiny_overrides, tmp_path, capsys):
-    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.affine_fine_passes=0",
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.affine.fine_passes=0",
                  *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
     capsys.readouterr()
-    assert main(["benchmark", str(run), "model.width=16", "--no-ants"]) == 2  # would be silently ignored
+    assert main(["benchmark", str(run), "model.synthesis.width=16", "--no-ants"]) == 2  # would be silently ignored
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.width" in err[0] and "model.affine_passes_eval" in err[0]
-    assert main(["benchmark", str(run), "model.affine_passes_eval=2", "--split", "val", "--no-ants"]) == 0
+    assert len(err) == 1 and "model.synthesis.width" in err[0] and "model.affine.passes_eval" in err[0]
+    assert main(["benchmark", str(run), "model.affine_passes_eval=2", "--no-ants"]) == 2  # an old name: the new one
+    assert "model.affine.passes_eval" in capsys.readouterr().err
+    assert main(["benchmark", str(run), "model.affine.passes_eval=2", "--split", "val", "--no-ants"]) == 0
     out = run / "benchmark-val"
     results = json.loads((out / "results.json").read_text())
     assert results["meta"]["split"] == "val" and results["meta"]["affine_passes_eval"] == 2
@@ -218,23 +220,23 @@ def test_benchmark_scores_validation_pairs_with_other_inference_passes_and_refus
     assert len(ids) == 2 and all(i.startswith("val-") for i in ids)  # TINY: 1 validation image × 2 transforms
     assert not (run / "benchmark").exists()
     capsys.readouterr()  # a model without a fine level cannot be given fine passes: one line, nothing written
-    assert main(["benchmark", str(run), "model.affine_fine_passes_eval=2", "--no-ants"]) == 2
+    assert main(["benchmark", str(run), "model.affine.fine_passes_eval=2", "--no-ants"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "affine_fine_passes_eval=2" in err[0] and "without that level" in err[0]
-    assert main(["benchmark", str(run), "model.affine_fine_passes=2", "--no-ants"]) == 2  # a training key
-    assert "model.affine_fine_passes_eval" in capsys.readouterr().err
+    assert len(err) == 1 and "affine.fine_passes_eval=2" in err[0] and "without that level" in err[0]
+    assert main(["benchmark", str(run), "model.affine.fine_passes=2", "--no-ants"]) == 2  # a training key
+    assert "model.affine.fine_passes_eval" in capsys.readouterr().err
     assert not (run / "benchmark").exists()
 
 
 def test_a_run_with_a_fine_level_can_be_rescored_with_more_fine_passes(tiny_overrides, tmp_path):
-    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.affine_head=match",
-                 "model.affine_fine_passes=1", *tiny_overrides]) == 0
+    assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", "model.affine.head=match",
+                 "model.affine.fine_passes=1", *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
-    assert main(["benchmark", str(run), "model.affine_fine_passes_eval=2", "--split", "val", "--no-ants"]) == 0
+    assert main(["benchmark", str(run), "model.affine.fine_passes_eval=2", "--split", "val", "--no-ants"]) == 0
     meta = json.loads((run / "benchmark-val" / "results.json").read_text())["meta"]
     assert meta["affine_fine_passes_eval"] == 2 and meta["affine_passes_eval"] == 4  # the config's, unchanged
     assert meta["affine_symmetric_passes_eval"] == 1  # the config's
-    assert main(["benchmark", str(run), "model.affine_symmetric_passes_eval=0", "--split", "val", "--no-ants",
+    assert main(["benchmark", str(run), "model.affine.symmetric_passes_eval=0", "--split", "val", "--no-ants",
                  "--out", str(tmp_path / "one-sided")]) == 0
     one_sided = json.loads((tmp_path / "one-sided" / "results.json").read_text())
     assert one_sided["meta"]["affine_symmetric_passes_eval"] == 0

@@ -11,9 +11,9 @@ from torch import nn
 from fire_lightning import explain as ex
 from fire_lightning import spatial
 from fire_lightning.config import ConfigError, load_config
-from fire_lightning.networks import FIRENet
+from fire_lightning.nets.fire import FIRENet
 
-from .conftest import PHANTOM2D, TINY, gen
+from .conftest import PHANTOM2D, TINY, gen, model_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -92,8 +92,8 @@ def _net(n: int, adversarial: bool = True) -> FIRENet:
     """A tiny FIRENet made non-trivial: random affine and non-rigid heads (at initialisation
     both are exactly zero, so T_af and T_nr would have no gradient to explain)."""
     torch.manual_seed(0)
-    net = FIRENet(n, width=4, affine_channels=(8, 8, 8), affine_hidden=8, adversarial=adversarial, disc_width=4,
-                  n_res=1)
+    net = FIRENet(n, model_config(synthesis={"width": 4, "n_res": 1}, affine={"channels": [8, 8, 8], "hidden": 8},
+                                  adversarial=adversarial, disc_width=4))
     with torch.no_grad():
         for t in (net.T_ab, net.T_ba):
             t.nonrigid.head.weight.copy_(torch.randn(t.nonrigid.head.weight.shape, generator=gen(1)) * 0.05)
@@ -339,9 +339,9 @@ def test_an_affine_stage_with_finer_levels_is_explained_through_g_and_t():
     """The demo's kind of T_af (matching heads on G's S/4, S/2 and S/1 features): recomputing the
     finer features must not run G's last block a second time, where the G map's hook sits."""
     torch.manual_seed(0)
-    net = FIRENet(2, width=4, affine_channels=(8, 8, 8), affine_hidden=8, n_res=1, affine_head="match",
-                  affine_init="scale", affine_passes=2, affine_fine_passes=1, affine_full_passes=1,
-                  affine_full_channels=(4, 4, 4)).eval()
+    net = FIRENet(2, model_config(synthesis={"width": 4, "n_res": 1}, affine={
+        "channels": [8, 8, 8], "hidden": 8, "head": "match", "init": "scale", "passes": 2, "fine_passes": 1,
+        "full_passes": 1, "full_channels": [4, 4, 4]})).eval()
     with torch.no_grad():
         for t in (net.T_ab, net.T_ba):
             t.nonrigid.head.weight.copy_(torch.randn(t.nonrigid.head.weight.shape, generator=gen(1)) * 0.05)

@@ -7,6 +7,9 @@ import math
 import pytest
 import torch
 
+from .conftest import gen as _gen
+from .conftest import model_config
+
 from fire_lightning import spatial
 from fire_lightning.losses import (
     FIRELoss,
@@ -19,7 +22,7 @@ from fire_lightning.losses import (
     smoothness,
     smoothness_weight,
 )
-from fire_lightning.networks import FIRENet
+from fire_lightning.nets.fire import FIRENet
 
 from .conftest import gen as _gen
 
@@ -30,9 +33,9 @@ NET_SHAPES = {2: (36, 16), 3: (36, 12, 8)}
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _tiny_net(n: int, **kw) -> FIRENet:
+def _tiny_net(n: int) -> FIRENet:
     torch.manual_seed(0)
-    return FIRENet(n, width=2, affine_channels=(4, 4, 4), affine_hidden=8, n_res=1, **kw)
+    return FIRENet(n, model_config(synthesis={"width": 2, "n_res": 1}, affine={"channels": [4, 4, 4], "hidden": 8}))
 
 
 # ------------------------------------------------------------------------------ rms

@@ -244,7 +244,7 @@ def test_fast_dev_run_training_writes_the_split(dataset, tmp_path, tiny_override
 @pytest.mark.parametrize("name", ["mrbrains2d_t1_flair", "mrbrains3d_t1_flair", "mrbrains2d_ir_flair"])
 def test_experiment_configs_are_the_paper_settings(name):
     cfg = load_config(ROOT / "experiments" / f"{name}.yaml", ["data.root=/data"])
-    assert cfg.data.name == "mrbrains" and cfg.data.spacing == 1.28 and cfg.model.width == 64
+    assert cfg.data.name == "mrbrains" and cfg.data.spacing == 1.28 and cfg.model.synthesis.width == 64
     assert list(cfg.data.subject_split) == [8, 1, 3] and cfg.data.test_transforms_per_image == 20
     assert cfg.data.modalities[1] == "FLAIR" and cfg.data.modalities[0] == ("IR" if "_ir_" in name else "T1")
     assert cfg.trainer.max_steps == 144_000 and cfg.optim.lr_affine == 1e-5

@@ -1,4 +1,4 @@
-"""Unit tests for fire_lightning.networks (tiny CPU networks only)."""
+"""Unit tests for fire_lightning.nets (tiny CPU networks only)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from .conftest import gen as _gen
+from .conftest import model_config
 
 from fire_lightning import spatial
 from fire_lightning.losses import fire_forward, fire_loss
-from fire_lightning.networks import (AffineNet, Decoder, DenseAffineNet, Encoder, FIRENet, MatchAffineNet,
-                                     TransformationNet)
-from fire_lightning.nonrigid import NonRigidNet
+from fire_lightning.nets.affine import AffineNet, DenseAffineNet, MatchAffineNet
+from fire_lightning.nets.fire import FIRENet
+from fire_lightning.nets.nonrigid import NonRigidNet
+from fire_lightning.nets.synthesis import Decoder, Encoder
+from fire_lightning.nets.transformation import TransformationNet
+from fire_lightning.schema import AffineConfig
 
 # See tests/test_losses.py: AffineNet's instance norms need > 1 spatial element after three
 # halvings of the S/4 feature grid, so one image axis must be >= 33 voxels in training mode.
@@ -24,10 +28,16 @@ WIDTH = 2
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _tiny_net(n: int, **kw) -> FIRENet:
+def _tiny_net(n: int, width: int = WIDTH, spacing=None, **sections) -> FIRENet:
+    """A tiny FIRENet; ``sections``: the ``model`` section's keys (its sections as dicts) on top of the tiny ones."""
     torch.manual_seed(0)
-    kw.setdefault("width", WIDTH)
-    return FIRENet(n, affine_channels=(4, 4, 4), affine_hidden=8, n_res=1, **kw)
+    synthesis = {"width": width, "n_res": 1, **sections.pop("synthesis", {})}
+    affine = {"channels": [4, 4, 4], "hidden": 8, **sections.pop("affine", {})}
+    return FIRENet(n, model_config(synthesis=synthesis, affine=affine, **sections), spacing)
+
+
+def _affine(**keys) -> AffineConfig:
+    return AffineConfig(**{"channels": [4, 4, 4], "hidden": 8, **keys})
 
 
 def _inputs(n: int, batch: int = 2, seed: int = 0):
@@ -42,7 +52,7 @@ def _inputs(n: int, batch: int = 2, seed: int = 0):
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("diffeomorphic", [False, True])
 def test_transformation_is_exact_identity_at_init(n, diffeomorphic):
-    net = _tiny_net(n, width=4, diffeomorphic=diffeomorphic, integration_steps=4)
+    net = _tiny_net(n, width=4, nonrigid={"diffeomorphic": diffeomorphic, "integration_steps": 4})
     net.train()
     x_a, x_b = _inputs(n, seed=1)
     shape = NET_SHAPES[n]
@@ -72,7 +82,7 @@ def test_sub_networks_identity_init_on_arbitrary_features(n):
     assert torch.equal(aff(fa, fb), spatial.identity_affine(3, n))
     nr = NonRigidNet(n, 8, 4)
     assert torch.equal(nr(fa, fb), torch.zeros(3, n, *fshape))
-    tn = TransformationNet(n, 8, affine_channels=(4, 4, 4), affine_hidden=8)
+    tn = TransformationNet(n, (8, 4, 2), _affine())
     tr = tn(fa, fb)
     assert torch.equal(tr.theta, spatial.identity_affine(3, n))
     assert torch.equal(tr.disp_nr, torch.zeros(3, n, *fshape))
@@ -128,7 +138,7 @@ def test_the_match_head_finds_a_shift_and_fits_the_affine_through_its_matches(we
 def test_both_cost_volume_routes_give_the_windowed_dot_products(size, radii, monkeypatch):
     """The cost volume against a point-by-point reference (the moving descriptor at p + offset, the
     border replicated), on the all-pairs route and on the shifted-product route, values and gradients."""
-    from fire_lightning import networks
+    from fire_lightning.nets import cost_volume as networks
 
     ea, eb = torch.randn(2, 2, 3, *size, generator=_gen(21), dtype=torch.float64)
     offsets = MatchAffineNet.offsets(radii).t().tolist()  # (D, n)
@@ -152,7 +162,7 @@ def test_the_shifted_route_backward_adds_into_one_gradient(monkeypatch):
     """Its backward adds each window's gradient into one gradient of the padded descriptors, in place
     (two ops per offset): autograd's own backward of the windows built a zero tensor of the padded
     size per window and axis (``slice_backward``), 2 of 3 of such ops in a FIRE step."""
-    from fire_lightning import networks
+    from fire_lightning.nets import cost_volume as networks
     from fire_lightning.profiling import OpCounter
 
     monkeypatch.setattr(networks, "DENSE_POINTS_PER_OFFSET", 0)
@@ -172,7 +182,7 @@ def test_the_match_head_compiles_with_inductor_on_the_shifted_route(monkeypatch)
     their fake kernel's; under compilation the border is replicated by indexing, eager by F.pad.)"""
     import torch._dynamo
 
-    from fire_lightning import networks
+    from fire_lightning.nets import cost_volume as networks
 
     monkeypatch.setattr(networks, "DENSE_POINTS_PER_OFFSET", 0)
     torch.manual_seed(0)
@@ -223,7 +233,7 @@ def test_an_initial_affine_and_a_cascade_start_where_they_are_told(head, passes)
     g = _gen(5)
     fa, fb = torch.randn(2, 8, 12, 8, generator=g), torch.randn(2, 8, 12, 8, generator=g)
     torch.manual_seed(0)
-    tn = TransformationNet(n, 8, affine_channels=(4, 4, 4), affine_hidden=8, affine_head=head, affine_passes=passes)
+    tn = TransformationNet(n, (8, 4, 2), _affine(head=head, passes=passes))
     theta0 = spatial.identity_affine(2, n) + 0.1 * torch.randn(2, n, n + 1, generator=g)
     tr = tn(fa, fb, theta0)  # every head starts at the identity: the cascade adds nothing yet
     torch.testing.assert_close(tr.theta, theta0)
@@ -240,7 +250,7 @@ def test_each_pass_of_the_cascade_sees_the_rewarped_features_and_composes_its_co
             seen.append(fa.clone())
             return delta
 
-    tn = TransformationNet(n, 4, affine_channels=(4, 4, 4), affine_hidden=8, affine_passes=3)
+    tn = TransformationNet(n, (4, 2, 1), _affine(passes=3))
     tn.affine = Head()
     fa = torch.randn(1, 4, 12, 8, generator=_gen(6))
     tr = tn(fa, fa)
@@ -259,7 +269,7 @@ def test_inference_runs_affine_passes_eval_passes_and_training_affine_passes():
             calls.append(1)
             return spatial.identity_affine(fa.shape[0], 2)
 
-    tn = TransformationNet(2, 4, affine_channels=(4, 4, 4), affine_hidden=8, affine_passes=3, affine_passes_eval=7)
+    tn = TransformationNet(2, (4, 2, 1), _affine(passes=3, passes_eval=7))
     tn.affine = Head()
     fa = torch.randn(1, 4, 12, 8, generator=_gen(7))
     tn.train()(fa, fa)
@@ -267,9 +277,7 @@ def test_inference_runs_affine_passes_eval_passes_and_training_affine_passes():
     calls.clear()
     tn.eval()(fa, fa)
     assert len(calls) == 7
-    assert TransformationNet(2, 4, affine_passes=3).affine_passes_eval == 3  # default: the same
-    with pytest.raises(ValueError, match="passes"):
-        TransformationNet(2, 4, affine_passes=3, affine_passes_eval=0)
+    assert TransformationNet(2, (4, 2, 1), _affine(passes=3)).passes_eval["affine"] == 3  # default: the same
 
 
 def test_the_fine_level_corrects_the_coarse_theta_on_half_resolution_features_warped_by_it():
@@ -287,7 +295,7 @@ def test_the_fine_level_corrects_the_coarse_theta_on_half_resolution_features_wa
             seen.setdefault(self.name, []).append((fa.clone(), fb))
             return self.theta
 
-    tn = TransformationNet(n, 4, affine_passes=2, affine_fine_passes=1, fine_channels=2)
+    tn = TransformationNet(n, (4, 2, 1), _affine(passes=2, fine_passes=1))
     assert isinstance(tn.affine_fine, MatchAffineNet)
     tn.affine, tn.affine_fine = Head("coarse", coarse), Head("fine", fine)
     g = _gen(8)
@@ -319,8 +327,7 @@ def test_the_full_resolution_level_follows_the_fine_level_with_its_own_passes_at
             seen.append((self.name, fa.clone(), fb))
             return thetas[self.name]
 
-    tn = TransformationNet(n, 4, affine_passes=1, affine_fine_passes=1, fine_channels=2, affine_full_passes=1,
-                           affine_full_passes_eval=3, full_channels=1)
+    tn = TransformationNet(n, (4, 2, 1), _affine(passes=1, fine_passes=1, full_passes=1, full_passes_eval=3))
     assert isinstance(tn.affine_full, MatchAffineNet) and tn.affine_full.project[0][0].in_channels == 1
     tn.affine, tn.affine_fine, tn.affine_full = Head("coarse"), Head("fine"), Head("full")
     g = _gen(9)
@@ -341,13 +348,11 @@ def test_the_full_resolution_level_follows_the_fine_level_with_its_own_passes_at
         torch.testing.assert_close(tr.theta, theta)
     with pytest.raises(ValueError, match="2 finer level"):
         tn(fa, fb, fine=(half,))
-    with pytest.raises(ValueError, match="fine level"):
-        TransformationNet(n, 4, affine_full_passes=1, full_channels=1)
 
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_firenet_with_a_fine_level_feeds_it_g_half_and_optimises_it_with_t_af(n):
-    net = _tiny_net(n, affine_head="match", affine_fine_passes=1)
+    net = _tiny_net(n, affine={"head": "match", "fine_passes": 1})
     x_a, x_b = _inputs(n, seed=9)
     (ha, hb), = net.fine_features(x_a, x_b)
     assert ha.shape == (2, 2 * WIDTH, *[s // 2 for s in NET_SHAPES[n]])
@@ -369,7 +374,7 @@ def test_a_firenet_with_a_fine_level_feeds_it_g_half_and_optimises_it_with_t_af(
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_firenet_with_a_full_resolution_level_feeds_it_g_first_block(n):
-    net = _tiny_net(n, affine_head="match", affine_fine_passes=1, affine_full_passes=1)
+    net = _tiny_net(n, affine={"head": "match", "fine_passes": 1, "full_passes": 1})
     x_a, x_b = _inputs(n, seed=10)
     (ha, _), (fa, fb) = net.fine_features(x_a, x_b)
     assert fa.shape == (2, WIDTH, *NET_SHAPES[n])
@@ -384,14 +389,14 @@ def test_a_firenet_with_a_full_resolution_level_feeds_it_g_first_block(n):
     net.eval()
     with torch.no_grad():  # the full level moves theta: the net's theta is not the fine level's alone
         t = net(x_a, x_b)
-        net.T_ab.affine_full_passes_eval = 0
+        net.T_ab.passes_eval["affine_full"] = 0
         without = net(x_a, x_b)
     assert not torch.allclose(t.theta, without.theta)
 
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_a_moments_initialised_firenet_starts_at_the_images_moments(n):
-    net = _tiny_net(n, affine_init="scale", spacing=(1.0, 2.0, 1.5)[:n])
+    net = _tiny_net(n, affine={"init": "scale"}, spacing=(1.0, 2.0, 1.5)[:n])
     x_a, x_b = _inputs(n, seed=7)
     x_a = torch.where(x_a > 0.5, x_a, -torch.ones_like(x_a))  # different foregrounds
     with torch.no_grad():
@@ -426,7 +431,7 @@ def test_grid_aligned_downsampling_puts_features_where_the_grid_says(kernel, cen
                 ids=["2d", "3d", "2d-dense", "3d-dense"])
 def trained_step(request):
     n, head = request.param
-    net = _tiny_net(n, affine_head=head, affine_passes=1 if head == "regress" else 2)
+    net = _tiny_net(n, affine={"head": head, "passes": 1 if head == "regress" else 2})
     net.train()
     x_a, x_b = _inputs(n, seed=3)
     out = fire_forward(net, x_a, x_b)
@@ -529,11 +534,6 @@ def test_encoder_decoder_shapes_and_range(n, shape):
     assert d.shape == (2, 1, *[s // 8 for s in shape])
 
 
-def test_firenet_rejects_bad_dims():
-    with pytest.raises(ValueError):
-        FIRENet(4, width=2)
-
-
 # ------------------------------------------------------------- activation checkpointing
 
 
@@ -551,8 +551,8 @@ def _saved_bytes(fn) -> tuple[object, int]:
 
 
 def test_checkpointed_g_and_f_give_the_same_loss_and_gradients_and_save_less():
-    """``model.checkpoint_activations``: the same training step, value for value, in less memory; with
-    ``model.checkpoint_chunk`` = 1 each sample of a G/F call is recomputed apart, so the backward's
+    """``model.synthesis.checkpoint_activations``: the same training step, value for value, in less memory; with
+    ``model.synthesis.checkpoint_chunk`` = 1 each sample of a G/F call is recomputed apart, so the backward's
     transient, and with it the step's peak, shrinks too (counted by ``profiling.LiveTensorMemory``)."""
     from fire_lightning.profiling import LiveTensorMemory
 
@@ -560,7 +560,7 @@ def test_checkpointed_g_and_f_give_the_same_loss_and_gradients_and_save_less():
     results = {}
     for variant, kw in {"plain": {}, "whole calls": {"checkpoint_activations": True},
                         "chunks of 1": {"checkpoint_activations": True, "checkpoint_chunk": 1}}.items():
-        net = _tiny_net(3, width=4, affine_head="match", affine_init="scale", **kw)
+        net = _tiny_net(3, width=4, affine={"head": "match", "init": "scale"}, synthesis=kw)
         net.train()
 
         def step():
@@ -598,7 +598,7 @@ def _assert_gradients_close(grads: dict, ref: dict, rel: float) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_checkpointing_in_chunks_gives_g_and_f_the_same_outputs_and_gradients(chunk):
-    """``model.checkpoint_chunk``: G and F checkpointed per run of ``chunk`` samples of a batch of 3."""
+    """``model.synthesis.checkpoint_chunk``: G and F checkpointed per run of ``chunk`` samples of a batch of 3."""
     g = _gen(3)
     for module, x in ((Encoder(3, 4, n_res=1), torch.rand(3, 1, 8, 8, 8, generator=g)),
                       (Decoder(3, 4, n_res=1), torch.rand(3, 16, 4, 4, 4, generator=g))):
@@ -616,7 +616,7 @@ def test_checkpointing_in_chunks_gives_g_and_f_the_same_outputs_and_gradients(ch
 
 
 def test_checkpointing_is_off_in_eval_mode_so_inference_and_grad_cam_hooks_run_once():
-    net = _tiny_net(2, checkpoint_activations=True).eval()
+    net = _tiny_net(2, synthesis={"checkpoint_activations": True}).eval()
     calls = []
     net.G.gradcam_layer.register_forward_hook(lambda *a: calls.append(1))
     x = _inputs(2, batch=1)[0].requires_grad_()
@@ -638,8 +638,8 @@ def test_channels_last_is_the_same_step_in_another_memory_layout(n):
     for layout in (False, True):
         cfg = OmegaConf.structured(Config)
         cfg.data.spatial_dims = n
-        cfg.model.merge_with({"width": WIDTH, "n_res": 1, "affine_channels": [4, 4, 4], "affine_hidden": 8,
-                              "affine_head": "match", "affine_init": "scale", "channels_last": layout})
+        cfg.model.merge_with({"synthesis": {"width": WIDTH, "n_res": 1}, "channels_last": layout,
+                              "affine": {"channels": [4, 4, 4], "hidden": 8, "head": "match", "init": "scale"}})
         torch.manual_seed(0)
         net = build_net(cfg).train()
         weights = [p for p in net.parameters() if p.dim() == n + 2]
@@ -662,10 +662,10 @@ def test_channels_last_is_the_same_step_in_another_memory_layout(n):
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("fine", [0, 1])
 def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposite_finest_level(n, fine):
-    """``model.affine_symmetric_passes_eval`` K: at inference phi_af^{A→B} is the mean of T^{A→B}'s affine and the
+    """``model.affine.symmetric_passes_eval`` K: at inference phi_af^{A→B} is the mean of T^{A→B}'s affine and the
     inverse of what T^{B→A}'s finest head reaches in K passes from its inverse; T_nr then reads the features
     warped by that mean. Training, and K = 0, are the one-sided network."""
-    net = _tiny_net(n, affine_head="match", affine_init="scale", affine_fine_passes=fine, affine_symmetric_passes_eval=2)
+    net = _tiny_net(n, affine={"head": "match", "init": "scale", "fine_passes": fine, "symmetric_passes_eval": 2})
     x_a, x_b = _inputs(n, seed=12)
     g_a, g_b, fine_features = net.encode_pair(x_a, x_b)
     net.eval()
@@ -688,15 +688,13 @@ def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposit
         net.train()
         trained = net.T_ab.affine_theta(g_a, g_b, net.initial_affine(x_a, x_b), fine_features)
         torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features).theta, trained)
-    with pytest.raises(ValueError, match="affine_symmetric_passes_eval"):
-        _tiny_net(n, affine_symmetric_passes_eval=-1)
 
 
 @pytest.mark.parametrize("n", [2, 3])
 def test_the_instance_norm_is_torch_instance_norm_and_loads_its_weights(n):
     """``inorm`` (GroupNorm, one channel per group) normalises as ``InstanceNorm{n}d(affine=True)`` in
     training and eval mode, and takes its state dict (checkpoints written before the switch)."""
-    from fire_lightning.blocks import inorm
+    from fire_lightning.nets.blocks import inorm
 
     reference = getattr(torch.nn, f"InstanceNorm{n}d")(5, affine=True)
     with torch.no_grad():

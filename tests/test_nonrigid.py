@@ -1,4 +1,4 @@
-"""T_nr heads (fire_lightning/nonrigid.py): shapes, identity at initialisation, the cascade, and that the
+"""T_nr heads (fire_lightning/nets/nonrigid.py): shapes, identity at initialisation, the cascade, and that the
 U-Net learns a deformation that carries over to a pair it was not trained on."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import gen
+from .conftest import gen, model_config
 
 from fire_lightning import spatial
 from fire_lightning.config import ConfigError, load_config
 from fire_lightning.losses import MutualInformation
-from fire_lightning.networks import FIRENet
-from fire_lightning.nonrigid import NonRigidNet, UNetNonRigid, build_nonrigid
+from fire_lightning.nets.fire import FIRENet
+from fire_lightning.nets.nonrigid import NonRigidNet, UNetNonRigid, build_nonrigid
 from fire_lightning.schema import NonRigidConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -58,8 +58,6 @@ def test_build_nonrigid_heads_and_errors():
     assert isinstance(build_nonrigid(2, 8, NonRigidConfig(head="unet")), UNetNonRigid)
     with pytest.raises(ValueError, match="model.nonrigid.head"):
         build_nonrigid(2, 8, NonRigidConfig(head="transformer"))
-    with pytest.raises(ValueError, match="out_level"):
-        UNetNonRigid(2, channels=(4, 8), out_level=2)
 
 
 @pytest.mark.parametrize("bad, match", [("model.nonrigid.head=mlp", "nonrigid.head"),
@@ -73,8 +71,8 @@ def test_config_checks_the_nonrigid_section(bad, match):
 def test_fire_transform_with_the_unet_needs_the_images():
     """A FIRE model whose T_nr reads images: the transform's field is on T_nr's grid, and calling it with
     encodings alone is an error that says what is missing."""
-    net = FIRENet(2, width=2, n_res=1, affine_channels=(4, 4, 4), affine_hidden=4,
-                  nonrigid=NonRigidConfig(head="unet", channels=[4, 8, 8], out_level=1, passes=2)).eval()
+    net = FIRENet(2, model_config(synthesis={"width": 2, "n_res": 1}, affine={"channels": [4, 4, 4], "hidden": 4},
+                                  nonrigid={"head": "unet", "channels": [4, 8, 8], "out_level": 1, "passes": 2})).eval()
     x = torch.rand(1, 1, 36, 16, generator=gen(2)) * 2 - 1
     t = net(x, x)
     assert t.disp_nr.shape == (1, 2, 18, 8) and t.field((36, 16)).shape == (1, 2, 36, 16)

@@ -36,7 +36,7 @@ def _start(tmp_path: Path, started: list) -> tuple[subprocess.Popen, Path]:
     argv = [sys.executable, "-m", "fire_lightning.cli", "train", str(PHANTOM2D), *TINY, f"run.root={root}",
             "run.name=pre", "trainer.max_steps=100000", f"trainer.checkpoint_every_n_steps={EVERY}",
             "trainer.val_every_n_steps=100000", "data.samples_per_epoch=100000", "logger.csv=false",
-            "trainer.num_threads=1", "explain.every_n_epochs=0", "model.affine_fine_passes=0"]
+            "trainer.num_threads=1", "explain.every_n_epochs=0", "model.affine.fine_passes=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     started.append(proc)
@@ -131,7 +131,7 @@ def test_a_resumed_run_continues_the_loss_curve_of_an_uninterrupted_one(tmp_path
     moves in that time: a run that restarted from scratch, lost its optimiser state or its log would
     fail. The first half is the same run, and the CSV keeps one row per iteration on one x axis."""
     common = [*tiny_overrides, "trainer.val_every_n_steps=10", "trainer.checkpoint_every_n_steps=10",
-              "trainer.log_every_n_steps=1", "explain.every_n_epochs=0", "model.affine_fine_passes=0",
+              "trainer.log_every_n_steps=1", "explain.every_n_epochs=0", "model.affine.fine_passes=0",
               "logger.image_every_n_val=0", "data.samples_per_epoch=1000", "trainer.num_threads=1",
               "optim.lr_decay=none"]  # "stop at 10, then extend to 20" changes a decay's length (a preempted
     # run keeps its max_steps; the decay across a resume is tested in test_training)

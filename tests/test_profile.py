@@ -43,7 +43,7 @@ def test_without_a_warm_up_only_fire_iterations_are_measured_and_checkpointing_s
     # (torch's default CPU Adam: ~9 per weight tensor, ~1 100 here)
     assert p.ops_per_step < p.ops_per_iteration < p.ops_per_step + 200
     assert p.iteration_ops["_fused_adam_"] == 3
-    ckpt = profile(load_config(PHANTOM2D, [*tiny_overrides, "model.checkpoint_activations=true"]), steps=1,
+    ckpt = profile(load_config(PHANTOM2D, [*tiny_overrides, "model.synthesis.checkpoint_activations=true"]), steps=1,
                    loader_batches=1, inference_pairs=1, skip=1)
     assert ckpt.saved_for_backward_gib < 0.7 * p.saved_for_backward_gib
 
@@ -89,7 +89,7 @@ def test_a_step_on_fake_tensors_needs_the_memory_of_the_real_step(tiny_overrides
     from fire_lightning.profiling import fake_tensors, saved_for_backward, step_memory
 
     cfg = load_config(PHANTOM2D, [*tiny_overrides, "data.spatial_dims=3", "data.size=[16,16,8]",
-                                  "model.checkpoint_activations=true", "model.checkpoint_chunk=1",
+                                  "model.synthesis.checkpoint_activations=true", "model.synthesis.checkpoint_chunk=1",
                                   "model.channels_last=false"])  # fake weights cannot change layout
     measured = []
     for fake in (False, True):
@@ -170,7 +170,7 @@ def test_host_copies_names_the_values_read_back_from_a_device():
 
 
 @pytest.mark.parametrize("extra", [[], ["data.spatial_dims=3", "data.size=[16,16,8]"], ["model.adversarial=true"],
-                                   ["model.affine_weighting=aperture"]], ids=["2d", "3d", "exfire", "aperture"])
+                                   ["model.affine.weighting=aperture"]], ids=["2d", "3d", "exfire", "aperture"])
 def test_the_fire_step_copies_nothing_between_host_and_device(tiny_overrides, extra):
     """Counted on the meta device, where a tensor built on the host must be copied, as on a GPU: the
     constants every step needs (offsets, per-axis scales) are built on the device once and shared. Nor

@@ -55,8 +55,8 @@ def _theta(n: int) -> torch.Tensor:
 
 def _save_checkpoint(path, experiment, nontrivial: bool):
     # the paper's T_af (a regression head from the identity, no fine level): its last layer's bias sets theta
-    cfg = load_config(experiment, [*TINY, "model.affine_head=regress", "model.affine_init=identity",
-                                    "model.affine_fine_passes=0"])
+    cfg = load_config(experiment, [*TINY, "model.affine.head=regress", "model.affine.init=identity",
+                                    "model.affine.fine_passes=0"])
     torch.manual_seed(0)
     module = FIREModule(cfg)
     if nontrivial:

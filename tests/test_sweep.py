@@ -25,11 +25,11 @@ optuna = pytest.importorskip("optuna")
 def _sweep_file(tmp_path: Path, **changes) -> Path:
     spec = {"name": "tiny", "method": "random", "metric": {"name": "val/dice_mean", "goal": "maximize"},
             "parameters": {"optim.lr_affine": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
-                           "model.affine_passes": {"values": [1, 2]}},
+                           "model.affine.passes": {"values": [1, 2]}},
             "run_cap": 2,
             "command": ["fire", "train", str(PHANTOM2D), *TINY, "trainer.max_steps=8", "trainer.val_every_n_steps=4",
                         "trainer.checkpoint_every_n_steps=2", "trainer.num_threads=1", "data.samples_per_epoch=1000",
-                        "explain.every_n_epochs=0", "model.affine_fine_passes=0", "logger.csv=false",
+                        "explain.every_n_epochs=0", "model.affine.fine_passes=0", "logger.csv=false",
                         "logger.image_every_n_val=0", "${args_no_hyphens}"]}
     spec.update(changes)
     path = tmp_path / "sweep.yaml"
@@ -48,7 +48,7 @@ def test_the_example_sweeps_parse():
     ({"metric": {"goal": "maximize"}}, "metric needs a name"),
     ({"parameters": {"model.widht": {"values": [4]}}}, "model.widht"),
     ({"method": "grid"}, "a grid sweep takes values"),
-    ({"parameters": {"model.width": {"distribution": "beta", "min": 1, "max": 2}}}, "not supported"),
+    ({"parameters": {"model.synthesis.width": {"distribution": "beta", "min": 1, "max": 2}}}, "not supported"),
     ({"command": ["fire", "train"]}, "one experiment YAML"),
     ({"command": ["fire", "train", str(PHANTOM2D), "trainer.devices=2"]}, "one worker per GPU"),
 ])
@@ -60,19 +60,19 @@ def test_a_bad_sweep_file_is_an_error_that_names_the_problem(tmp_path, change, m
 def test_w_and_b_distributions_map_onto_optuna(tmp_path):
     s = load_sweep(_sweep_file(tmp_path, parameters={
         "optim.lr_affine": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-        "model.width": {"min": 4, "max": 16}, "optim.grad_clip": {"min": 0.5, "max": 2.0},
-        "model.affine_channels": {"values": [[8, 8, 8], [16, 16, 16]]}, "model.n_res": {"value": 1}}))
+        "model.synthesis.width": {"min": 4, "max": 16}, "optim.grad_clip": {"min": 0.5, "max": 2.0},
+        "model.affine.channels": {"values": [[8, 8, 8], [16, 16, 16]]}, "model.synthesis.n_res": {"value": 1}}))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     for _ in range(20):
         t = study.ask()
         v = suggest(t, s)
         assert 1e-4 <= v["optim.lr_affine"] <= 1e-2
-        assert isinstance(v["model.width"], int) and 4 <= v["model.width"] <= 16
-        assert 0.5 <= v["optim.grad_clip"] <= 2.0 and v["model.n_res"] == 1
-        assert v["model.affine_channels"] in ("[8,8,8]", "[16,16,16]")
+        assert isinstance(v["model.synthesis.width"], int) and 4 <= v["model.synthesis.width"] <= 16
+        assert 0.5 <= v["optim.grad_clip"] <= 2.0 and v["model.synthesis.n_res"] == 1
+        assert v["model.affine.channels"] in ("[8,8,8]", "[16,16,16]")
         study.tell(t, 0.0)
     dists = study.trials[0].distributions
-    assert dists["optim.lr_affine"].log and isinstance(dists["model.width"], optuna.distributions.IntDistribution)
+    assert dists["optim.lr_affine"].log and isinstance(dists["model.synthesis.width"], optuna.distributions.IntDistribution)
 
 
 def test_a_killed_sweep_resumes_its_trial_and_runs_no_trial_twice(tmp_path):
@@ -106,7 +106,7 @@ def test_a_killed_sweep_resumes_its_trial_and_runs_no_trial_twice(tmp_path):
     assert saved["optim"]["lr_affine"] == pytest.approx(trials[0].params["optim.lr_affine"])
 
     board = (out / "leaderboard.csv").read_text().splitlines()
-    assert len(board) == 3 and board[0].startswith("trial,state,optim.lr_affine,model.affine_passes,best val/dice_mean")
+    assert len(board) == 3 and board[0].startswith("trial,state,optim.lr_affine,model.affine.passes,best val/dice_mean")
     best = max(trials, key=lambda t: t.value)
     assert board[1].startswith(f"{best.number},COMPLETE")
     assert "trial-00" in (out / "leaderboard.md").read_text() and (out / "metric_vs_params.png").stat().st_size > 0
@@ -144,7 +144,7 @@ def test_the_w_and_b_backend_creates_the_sweep_and_trains_each_agent_trial(tmp_p
     from fire_lightning import train as train_mod
 
     calls, trained = {}, []
-    run = types.SimpleNamespace(id="abc123", config={"optim.lr_affine": 0.005, "model.affine_passes": 2})
+    run = types.SimpleNamespace(id="abc123", config={"optim.lr_affine": 0.005, "model.affine.passes": 2})
     fake = types.SimpleNamespace(
         sweep=lambda config, project: calls.setdefault("sweep", (config, project)) and "sw1",
         agent=lambda sweep_id, function, count, project: [function() for _ in range(count)],
@@ -155,7 +155,7 @@ def test_the_w_and_b_backend_creates_the_sweep_and_trains_each_agent_trial(tmp_p
     assert sweep_mod.run_wandb(s, tmp_path / "sw", None, 1, "proj") == "sw1"
     config, project = calls["sweep"]
     assert project == "proj" and config["method"] == "random" and config["metric"]["name"] == "val/dice_mean"
-    assert set(config["parameters"]) == {"optim.lr_affine", "model.affine_passes"} and calls["group"] == "tiny"
+    assert set(config["parameters"]) == {"optim.lr_affine", "model.affine.passes"} and calls["group"] == "tiny"
     (cfg,) = trained
-    assert cfg.optim.lr_affine == 0.005 and cfg.model.affine_passes == 2 and cfg.trainer.max_steps == 8
+    assert cfg.optim.lr_affine == 0.005 and cfg.model.affine.passes == 2 and cfg.trainer.max_steps == 8
     assert cfg.logger.wandb and cfg.logger.wandb_group == "tiny" and cfg.run.name == "trial-abc123"

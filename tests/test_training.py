@@ -30,7 +30,7 @@ def test_fire_train_fast_dev_run_through_the_real_config(tiny_overrides, tmp_pat
     assert (run / "config.yaml").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     saved = load_config(run / "config.yaml")
-    assert saved.model.width == 4 and saved.trainer.fast_dev_run
+    assert saved.model.synthesis.width == 4 and saved.trainer.fast_dev_run
     assert "run folder" in capsys.readouterr().out
 
 
@@ -66,8 +66,8 @@ def test_a_small_model_learns_to_register_a_synthetic_pair(tmp_path):
     shape = (32, 32)
     fixed = _blob(shape, (0.0, 0.0), (0.45, 0.3))
     moving = _blob(shape, (0.15, -0.1), (0.35, 0.35))  # shifted, rescaled, anisotropic
-    cfg = load_config(None, ["model.width=4", "model.n_res=1", "model.affine_channels=[8,8,8]",
-                             "model.affine_hidden=16", "data.size=[32,32]", "data.spacing=1.0",
+    cfg = load_config(None, ["model.synthesis.width=4", "model.synthesis.n_res=1", "model.affine.channels=[8,8,8]",
+                             "model.affine.hidden=16", "data.size=[32,32]", "data.spacing=1.0",
                              "optim.lr_affine=5e-3", "optim.lr_nonrigid=5e-3", "optim.lr_synthesis=2e-3"])
     module = FIREModule(cfg)
     iters = 300
@@ -121,7 +121,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_overrides, 
 
 
 def test_a_non_finite_loss_skips_the_step_and_changes_nothing():
-    cfg = load_config(None, ["model.width=4", "model.n_res=1", "model.affine_channels=[8,8,8]",
+    cfg = load_config(None, ["model.synthesis.width=4", "model.synthesis.n_res=1", "model.affine.channels=[8,8,8]",
                              "data.size=[16,16]", "data.spacing=1.0"])
     module = FIREModule(cfg)
     bad = torch.full((1, 1, 16, 16), float("nan"))
@@ -195,7 +195,7 @@ def test_bf16_mixed_precision_trains_with_the_manual_multi_optimiser_step(tiny_o
     """``trainer.precision=bf16-mixed`` (CPU autocast here, CUDA's on a GPU): every optimiser steps,
     the loss is finite, and the geometry stays float32 (spatial.float32)."""
     cfg = load_config(PHANTOM2D, [*tiny_overrides, "trainer.precision=bf16-mixed", "trainer.max_steps=3",
-                                  "trainer.val_every_n_steps=3", "model.affine_head=match", "model.affine_fine_passes=1"])
+                                  "trainer.val_every_n_steps=3", "model.affine.head=match", "model.affine.fine_passes=1"])
     result = train(cfg)
     model = result["model"]
     assert result["iterations"] == 3 and model.skipped_steps.item() == 0
@@ -267,7 +267,7 @@ def test_validation_logs_every_loss_part_the_registration_metrics_and_a_panel(ti
 
 def test_the_affine_warm_up_trains_g_and_t_af_only_and_keeps_counting_iterations(tiny_overrides):
     cfg = load_config(PHANTOM2D, [*tiny_overrides, "optim.affine_warmup_steps=3", "trainer.max_steps=4", "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40",
-                                  "model.affine_head=match", "model.affine_init=scale", "model.affine_passes=2"])
+                                  "model.affine.head=match", "model.affine.init=scale", "model.affine.passes=2"])
     torch.manual_seed(0)
     before = FIREModule(cfg).state_dict()
     from fire_lightning.train import make_datamodule
@@ -297,9 +297,9 @@ def test_a_small_model_with_a_closed_form_affine_stage_learns_a_transform(head):
     shape = (32, 32)
     fixed = _blob(shape, (0.0, 0.0), (0.45, 0.3))
     moving = _blob(shape, (0.15, -0.1), (0.35, 0.35))
-    cfg = load_config(None, ["model.width=4", "model.n_res=1", "model.affine_channels=[8,8,8]", "data.size=[32,32]",
-                             "data.spacing=1.0", f"model.affine_head={head}", "model.affine_init=com",
-                             "model.affine_passes=2", "model.affine_mi_weight=1.0", "optim.affine_warmup_steps=60",
+    cfg = load_config(None, ["model.synthesis.width=4", "model.synthesis.n_res=1", "model.affine.channels=[8,8,8]", "data.size=[32,32]",
+                             "data.spacing=1.0", f"model.affine.head={head}", "model.affine.init=com",
+                             "model.affine.passes=2", "model.affine.mi_weight=1.0", "optim.affine_warmup_steps=60",
                              "optim.lr_affine=3e-3", "optim.lr_synthesis=1e-3"])
     module = FIREModule(cfg, spacing=(1.0, 1.0))
     iters = 120
@@ -342,7 +342,7 @@ def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny
 
     over = [*tiny_overrides, "optim.lr_decay=cosine", "optim.affine_warmup_steps=1", "trainer.max_steps=5",
             "trainer.checkpoint_every_n_steps=3", "trainer.val_every_n_steps=1000", "trainer.log_every_n_steps=1",
-            "data.samples_per_epoch=40", "explain.every_n_epochs=0", "model.affine_fine_passes=0"]
+            "data.samples_per_epoch=40", "explain.every_n_epochs=0", "model.affine.fine_passes=0"]
     class _Interrupt(L.Callback):  # Ctrl+C after 3 of the 5 iterations; then `--resume`
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if pl_module.iteration == 3:

@@ -23,7 +23,7 @@ def wandb_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("wb") / "runs"
     common = [*TINY, f"run.root={root}", "run.name=w", "logger.wandb=true", "logger.wandb_mode=offline",
               "logger.wandb_group=sweep-x", "trainer.log_every_n_steps=1", "trainer.val_every_n_steps=2",
-              "data.samples_per_epoch=4", "explain.every_n_epochs=1", "model.affine_fine_passes=0"]
+              "data.samples_per_epoch=4", "explain.every_n_epochs=1", "model.affine.fine_passes=0"]
     assert main(["train", str(PHANTOM2D), *common, "trainer.max_steps=2"]) == 0
     run = root / "w"
     assert main(["train", "--resume", str(run), "trainer.max_steps=4"]) == 0

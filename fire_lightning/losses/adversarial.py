@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..networks import FIRENet
+from ..nets.fire import FIRENet
 from .graph import FIREOutputs
 
 

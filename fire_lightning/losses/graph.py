@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import spatial
-from ..networks import FIRENet, Transform
+from ..nets.fire import FIRENet
+from ..nets.transformation import Transform
 
 
 @dataclass
@@ -49,7 +50,7 @@ class FIREOutputs:
 def encode_both(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor):
     """G on both images in one batch: ``(G_A, G_B, fine A→B, fine B→A)``, each ``fine`` one ``(moving,
     fixed)`` pair of G's finer features per finer level of the affine stage (None without finer levels,
-    :meth:`networks.FIRENet.encode_pair`)."""
+    :meth:`nets.fire.FIRENet.encode_pair`)."""
     g_a, g_b, fine = net.encode_pair(x_a, x_b)
     return g_a, g_b, fine, (None if fine is None else tuple(pair[::-1] for pair in fine))
 

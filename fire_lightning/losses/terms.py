@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 
 from .. import spatial
-from ..networks import FIRENet
+from ..nets.fire import FIRENet
 from .graph import FIREOutputs, encode_both
 from .regularisers import smoothness, smoothness_weight
 from .similarity import rms
@@ -105,7 +105,7 @@ def r_reg_loss(out: FIREOutputs, x_a, x_b) -> torch.Tensor:
 
 
 def r_affine_sim_loss(out: FIREOutputs, x_a, x_b, similarity) -> torch.Tensor:
-    """Beyond the paper (``model.affine_mi_weight``): D(x^A ∘ φ_af^{A→B}, x^B) + D(x^B ∘ φ_af^{B→A}, x^A) with a
+    """Beyond the paper (``model.affine.mi_weight``): D(x^A ∘ φ_af^{A→B}, x^B) + D(x^B ∘ φ_af^{B→A}, x^A) with a
     multi-modal D (MI): the affinely warped *image* against the fixed one directly, as ANTs' affine
     stage measures it, instead of only through the synthesised images of (11) and (12)."""
     return similarity(out.affine_a, x_b) + similarity(out.affine_b, x_a)

@@ -8,7 +8,7 @@ Three measurements, each on its own:
    the time between steps (waiting for the loader, plus the loop's own bookkeeping). Peak memory:
    ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident set on a CPU; and,
    on any device, the bytes one FIRE step saves for its backward (the activations, which
-   ``model.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
+   ``model.synthesis.checkpoint_activations`` trades for recomputation), and the aten ops of one FIRE step
    (:class:`OpCounter`: kernel launches and host synchronisations on a GPU, counted on any device) and
    of a whole iteration (optimisers, clipping and logging too), and the copies between host and
    device (:class:`HostCopies`: each a synchronisation on a GPU) of one forward + backward, on the

@@ -11,14 +11,14 @@ from omegaconf import DictConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..module import FIREModule
-from ..networks import fresh_caches
+from ..nets.fire import fresh_caches
 from .counters import HostCopies, LiveTensorMemory, OpCounter
 
 
 def saved_for_backward(model: FIREModule, batch: dict, context=contextlib.nullcontext) -> int:
     """Bytes that one FIRE training forward (:func:`losses.fire_forward` + :func:`losses.fire_loss`)
     keeps for its backward, each storage counted once: the activation memory of a step, which
-    ``model.checkpoint_activations`` cuts, measured the same way on a CPU and a GPU."""
+    ``model.synthesis.checkpoint_activations`` cuts, measured the same way on a CPU and a GPU."""
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):

@@ -44,11 +44,7 @@ from .affine import (
 from .composition import compose, compose_affine_displacement, integrate_velocity, resize_field
 from .derivatives import jacobian_determinant, laplacian
 
-# _constant and _identity_grid: networks.clear_caches still empties these caches by name. Being removed by the
-# restructuring (it will call clear_grid_cache()), and these two names with it.
 from .grid import (
-    _constant,  # noqa: F401
-    _identity_grid,  # noqa: F401
     clear_grid_cache,
     constant,
     float32,

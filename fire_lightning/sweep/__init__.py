@@ -6,7 +6,7 @@ The sweep file is in W&B's sweep format, so the same file also works with ``wand
     method: random                      # grid | random | bayes
     metric: {name: val/dice_mean, goal: maximize}
     parameters:                         # config keys
-      model.width: {values: [8, 16]}
+      model.synthesis.width: {values: [8, 16]}
       optim.lr_affine: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
     early_terminate: {type: hyperband, min_iter: 2}   # optional; counted in validations
     run_cap: 8                          # optional: trials in all

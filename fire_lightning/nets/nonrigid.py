@@ -15,7 +15,7 @@ Two heads, chosen by ``model.nonrigid.head`` (:class:`schema.NonRigidConfig`):
   worse, G's S/4 features no better (the screen in docs/nonrigid.md).
 
 Both return a raw field ``(B, n, *S_nr)`` in normalised units (a velocity when
-``model.diffeomorphic``), its last layer zero-initialised, so training starts at phi_nr = identity.
+``model.nonrigid.diffeomorphic``), its last layer zero-initialised, so training starts at phi_nr = identity.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from . import spatial
+from .. import spatial
 from .blocks import ConvBlock, ResBlock, leaky_conv, zero_conv
 
 NONRIGID_HEADS = ("conv", "unet")
@@ -84,10 +84,6 @@ class UNetNonRigid(nn.Module):
                  passes_eval: int | None = None):
         super().__init__()
         channels = tuple(int(c) for c in channels)
-        if len(channels) < 2 or not 0 <= out_level < len(channels):
-            raise ValueError(f"the U-Net needs >= 2 levels and 0 <= out_level < levels, got {channels}, {out_level}")
-        if passes < 1 or (passes_eval is not None and passes_eval < 1):
-            raise ValueError(f"non-rigid passes must be >= 1, got {passes} (eval: {passes_eval})")
         self.n, self.out_level = n, int(out_level)
         self.passes, self.passes_eval = int(passes), int(passes_eval or passes)
         self.down = nn.ModuleList([nn.Identity()] + [leaky_conv(n, a, b, stride=2) for a, b in zip(channels, channels[1:])])
