@@ -66,6 +66,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             file_cfg = OmegaConf.load(path)
         except Exception as e:  # yaml errors
             raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+        file_cfg = rename_data_keys(file_cfg, str(path))
         cfg = _merge(cfg, file_cfg, str(path))
         if cfg.experiment == "default":
             cfg.experiment = path.stem
@@ -74,11 +75,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
     """``cfg`` (on the schema) ← ``key=value`` overrides; validated; returned as a new config."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), rename_data_keys(cfg, "saved config"))
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
+        overrides = rename_data_overrides(overrides)
         try:
             dot = OmegaConf.from_dotlist(list(overrides))
         except Exception as e:  # OmegaConf's own errors, and YAML's for a malformed value
@@ -180,3 +182,75 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 __all__ = ["Config", "ConfigError", "load_config", "to_yaml", "MISSING"]
+
+
+# ---------------------------------------------------------------------------- renamed data keys
+#: data keys that moved into their dataset's section: old key → new key. Experiment files, command-line
+#: overrides, run folders' config.yaml and checkpoints' saved configs with the old names still load,
+#: with a warning naming the new key. A section moves with everything under it (data.split.blocks →
+#: data.phantom.split.blocks).
+DATA_RENAMES = {
+    "data.phantom_seed": "data.phantom.seed",
+    "data.noise_std": "data.phantom.noise_std",
+    "data.bias_strength": "data.phantom.bias_strength",
+    "data.split": "data.phantom.split",
+    "data.releases": "data.mrbrains.releases",
+    "data.files": "data.mrbrains.files",
+    "data.acdc_subsets": "data.acdc.subsets",
+    "data.slice_spacing": "data.acdc.slice_spacing",
+    "data.acdc_augment": "data.acdc.augment",
+}
+
+
+def _warn_renamed(pairs: list, source: str) -> None:
+    import warnings
+
+    if pairs:
+        warnings.warn(f"{source}: renamed config keys, read under their new names: "
+                      + ", ".join(f"{old} → {new}" for old, new in pairs), FutureWarning, stacklevel=3)
+
+
+def rename_data_keys(tree, source: str = "config"):
+    """``tree`` (a config as a mapping or DictConfig, e.g. a checkpoint's saved ``cfg``) with the old
+    data keys of :data:`DATA_RENAMES` moved to their new place (a warning lists them); ``tree`` itself
+    is returned when it has none. Plain mappings stay plain (no OmegaConf needed to read them back)."""
+    data = tree.get("data") if hasattr(tree, "get") else None
+    old = [k for k in DATA_RENAMES if data is not None and hasattr(data, "keys") and k[len("data."):] in data]
+    if not old:
+        return tree
+    is_dict_config = isinstance(tree, DictConfig)
+    out = OmegaConf.to_container(tree) if is_dict_config else {**tree}
+    out["data"] = data = {**out["data"]}
+    for key in old:
+        value = data.pop(key[len("data."):])
+        *parents, leaf = DATA_RENAMES[key].split(".")[1:]
+        node = data
+        for name in parents:
+            node[name] = node = {**node.get(name, {})}
+        node[leaf] = value
+    _warn_renamed([(k, DATA_RENAMES[k]) for k in old], source)
+    return OmegaConf.create(out) if is_dict_config else out
+
+
+def rename_data_overrides(overrides: list[str]) -> list[str]:
+    """``key=value`` overrides with the old data keys of :data:`DATA_RENAMES` renamed (a warning lists them)."""
+    out, renamed = [], []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        for old, new in DATA_RENAMES.items():
+            if key == old or key.startswith(old + "."):
+                renamed.append((key, new + key[len(old):]))
+                key = new + key[len(old):]
+                break
+        out.append(key + sep + value)
+    _warn_renamed(renamed, "command line")
+    return out
+
+
+def data_section(cfg) -> DataConfig:
+    """The ``data`` section of a loaded config as the schema's dataclass, the one form the data modules
+    read (a dataset reads a dozen of its values for every sample: an OmegaConf node costs tens of
+    microseconds a read in the loader's workers, a dataclass attribute nothing)."""
+    whole = isinstance(cfg, Config) or (isinstance(cfg, DictConfig) and "data" in cfg)
+    data = cfg.data if whole else cfg  # a whole config, or its data section already
+    return OmegaConf.to_object(data) if isinstance(data, DictConfig) else data

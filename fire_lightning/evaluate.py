@@ -35,9 +35,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from data_modules.loading import collate_pairs
-
 from . import metrics, spatial
+from .batches import collate_pairs
 from .truth import ERROR_COLUMNS, true_fields
 from .module import FIREModule
 from .tables import markdown_table, paired, summarise

@@ -22,7 +22,7 @@ from .io import describe_error
 from .networks import FIRENet, Transform
 from .refine import RefineSettings
 from .refine import refine as refine_pair
-from .schema import Config, from_dict
+from .schema import Config, ConfigError, from_dict
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -155,7 +155,14 @@ class InferenceModel(Registers, nn.Module):
 
     def __init__(self, cfg: Config | Mapping, label_names: dict | None = None, spacing=None, iteration: int = 0):
         super().__init__()
-        self.cfg = cfg if isinstance(cfg, Config) else from_dict(cfg)
+        if not isinstance(cfg, Config):
+            try:
+                cfg = from_dict(cfg)
+            except ConfigError:  # saved before the data sections: renamed (that path imports OmegaConf)
+                from .config import rename_data_keys
+
+                cfg = from_dict(rename_data_keys(cfg, "checkpoint"))
+        self.cfg = cfg
         self.spacing = model_spacing(self.cfg, spacing)
         self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
         self.net = build_net(self.cfg, self.spacing)

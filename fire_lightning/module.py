@@ -93,7 +93,9 @@ class FIREModule(Registers, L.LightningModule):
     def __init__(self, cfg: DictConfig | dict, label_names: dict | None = None, spacing=None):
         super().__init__()
         # Onto the schema; the voxel size per axis: the data module's (anisotropic for ACDC 3D).
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        from .config import rename_data_keys  # checkpoints saved before the data sections
+
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), rename_data_keys(cfg, "checkpoint"))
         spacing = model_spacing(cfg, spacing)
         n = int(cfg.data.spatial_dims)
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True),
