@@ -86,7 +86,7 @@ def normaliser(shape) -> np.ndarray:
 
 def transform_points(matrix, points: torch.Tensor) -> torch.Tensor:
     """``(4, 4)`` homogeneous matrix applied to points ``(1, 3, *S)`` → ``(1, 3, *S)``."""
-    m = torch.asas_tensor(np.asarray(matrix), dtype=points.dtype, device=points.device)
+    m = torch.as_tensor(np.asarray(matrix), dtype=points.dtype, device=points.device)
     lead = [1] * (points.dim() - 2)
     return torch.einsum("ij,bj...->bi...", m[:3, :3], points) + m[:3, 3].view(1, 3, *lead)
 
@@ -159,10 +159,10 @@ def normalise_intensity(data: np.ndarray) -> np.ndarray:
     return np.clip(data / top, 0.0, 1.0).astype(np.float32)
 
 
-def as_tensor(data3: np.ndarray, n: int, device, dtype=torch.float32) -> torch.Tensor:
+def image_tensor(data3: np.ndarray, n: int, device, dtype=torch.float32) -> torch.Tensor:
     """``(X, Y, Z)`` array → ``(1, 1, *S)`` tensor (2D: the singleton third axis dropped)."""
     arr = data3[:, :, 0] if n == 2 else data3
-    return torch.asas_tensor(np.ascontiguousarray(arr), dtype=dtype, device=device)[None, None]
+    return torch.as_tensor(np.ascontiguousarray(arr), dtype=dtype, device=device)[None, None]
 
 
 def model_input(data3: np.ndarray, affine: np.ndarray, grid: ModelGrid, device) -> torch.Tensor:
@@ -182,7 +182,7 @@ def on_grid(data3: np.ndarray, affine: np.ndarray, grid: ModelGrid, device, mode
     """``(X, Y, Z)`` data with voxel → world ``affine`` resampled onto the model grid through world
     coordinates (0 outside): ``(1, 1, *grid.tensor_shape)`` (``mode="nearest"``, float64 for labels)."""
     n = grid.n
-    src = as_tensor(data3, n, device, dtype)
+    src = image_tensor(data3, n, device, dtype)
     to_src = normaliser(data3.shape) @ np.linalg.inv(affine) @ grid.affine  # grid voxel → source normalised
     coords = transform_points(to_src, voxel_points(grid.shape, n, 0, grid.shape[n - 1], device))
     return spatial.sample_at(src, coords[:, :n], mode, "zeros")

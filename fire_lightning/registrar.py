@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import spatial
-from .geometry import (ModelGrid, as_tensor, fire_and_affine, model_grid, model_input, nonrigid_part, normaliser,
+from .geometry import (ModelGrid, image_tensor, fire_and_affine, model_grid, model_input, nonrigid_part, normaliser,
                        on_grid, slabs, transform_points, voxel_points, world_affine)
 from .inference import load_model
 from .io import check_image, image_like, is_2d, load_nifti, nifti_writer, save_atomic, spatial_data, spatial_shape, voxel_sizes
@@ -275,8 +275,8 @@ class Registrar:
         to_grid = normaliser(grid.shape) @ np.linalg.inv(grid.affine) @ fix.affine  # fixed voxel → grid normalised
         grid_to_world = grid.normalised_to_world()
         to_moving = normaliser(mov_data.shape) @ np.linalg.inv(mov.affine) @ grid_to_world
-        mov_t = as_tensor(mov_data, n, dev)
-        lab_t = None if lab_data is None else as_tensor(lab_data, n, dev, torch.float64)  # float64: exact large labels
+        mov_t = image_tensor(mov_data, n, dev)
+        lab_t = None if lab_data is None else image_tensor(lab_data, n, dev, torch.float64)  # float64: exact large labels
 
         tensor_shape = fix_shape[:n]
         warped = np.zeros(tensor_shape, np.float32)
