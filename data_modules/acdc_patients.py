@@ -1,6 +1,6 @@
 """ACDC 2017 (cardiac cine MRI) as unpacked: patients, ``Info.cfg``, the 4D cine and the ED/ES frames.
 
-Layout (DATA.md)::
+Layout::
 
     <root>/training/patientNNN/Info.cfg               ED: 1, ES: 12, Group: DCM, Height, Weight, NbFrame
     <root>/training/patientNNN/patientNNN_4d.nii.gz   (X, Y, Z, T) cine

@@ -1,4 +1,4 @@
-"""LightningDataModule of the embedded brain phantom (DATA.md), 2D and 3D.
+"""LightningDataModule of the embedded brain phantom, 2D and 3D.
 
 The phantom volume (:mod:`data_modules.phantom_volume`) is resampled (in-plane ``spacing``;
 1 mm between axial slices in 2D, isotropic ``spacing`` in 3D), centre-padded/cropped to

@@ -26,7 +26,7 @@ entry that cannot be read is recomputed (with a warning), never an error. The ca
 ``data.cache_dir``, else ``$FIRE_CACHE_DIR``, else ``~/.cache/fire-lightning``.
 
 Every input error is a one-line :class:`FileNotFoundError` / :class:`ValueError` that starts with
-the file's path and says what was expected (DATA.md, "Bad input is part of the data contract").
+the file's path and says what was expected: bad input is part of the data contract.
 """
 
 from __future__ import annotations

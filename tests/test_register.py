@@ -386,7 +386,7 @@ HEAVY = ("lightning", "pytorch_lightning", "lightning_fabric", "monai", "torchio
 
 
 def test_fire_register_runs_without_importing_training_libraries(case2d, ckpts, tmp_path):
-    """A single pair pays for torch and nibabel, not for lightning, monai or omegaconf (issue 12)."""
+    """A single pair pays for torch and nibabel, not for lightning, monai or omegaconf."""
     out = tmp_path / "warped.nii.gz"
     argv = ["register", "--checkpoint", str(ckpts["2d"]), "--moving", str(case2d["pair"]["moving"]),
             "--fixed", str(case2d["pair"]["fixed"]), "--out", str(out), "--device", "cpu"]
