@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from data_modules.loading import collate_pairs
     from data_modules.phantom import PhantomDataModule
+    from fire_lightning.config import data_section
     from data_modules.shift import control_spacing_mm
     from fire_lightning import metrics, spatial
     from fire_lightning.config import load_config
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         k, mm = setting.split(",")
         cfg = load_config(args.config, [f"data.augment.elastic_control_points={int(k)}",
                                         f"data.augment.elastic_max_mm={float(mm)}"])
-        dm = PhantomDataModule(cfg.data)
+        dm = PhantomDataModule(data_section(cfg))
         dm.setup("test")
         ds = dm.test_dataset()
         b = collate_pairs([ds[i] for i in range(len(ds))])

@@ -44,15 +44,17 @@ def _pairs(cfg, count: int, seed: int) -> dict:
 
     from data_modules.loading import collate_pairs
     from data_modules.phantom import FixedPairs, items_in, prepare_phantom
+    from fire_lightning.config import data_section
 
-    prep = prepare_phantom(cfg.data)
-    val = FixedPairs(prep, cfg.data, "val", cfg.data.n_val_images, cfg.data.val_transforms_per_image)
-    train_items = items_in(prep.ranges["train"], val.thickness)
+    data = data_section(cfg)
+    prep = prepare_phantom(data)
+    val = FixedPairs(prep, data, "val", data.n_val_images, data.val_transforms_per_image)
+    train_items = items_in(prep.ranges["train"], val.thickness or 1)
     train = []
     for i in range(count):
         rng = np.random.default_rng([seed, 7, i])
         z = train_items[int(rng.integers(len(train_items)))]
-        train.append(val._pair(z, rng, None, f"screen-{i}", known=True))
+        train.append(val.pair(prep.images, prep.labels, z, rng, None, f"screen-{i}", known=True))
     return {"train": collate_pairs(train), "val": collate_pairs([val[i] for i in range(len(val))])}
 
 

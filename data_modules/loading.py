@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fire_lightning.batches import AUG_KEYS, PAIR_KEYS, TRUTH_KEYS, collate_pairs  # noqa: F401  (re-exported)
+
 
 def spread(items: list[int], count: int) -> list[int]:
     """``count`` items evenly spread over ``items`` (all of them if fewer)."""
@@ -34,17 +36,6 @@ def split_suggestion(counts, available: int, labelled: int | None = None) -> str
             break
     train = max(1, available - val - test)
     return f"to use what is there, override data.subject_split=[{train},{val},{test}]"
-
-
-def plain_config(cfg):
-    """``cfg``, a node of the typed config (``data``), as its dataclass: a dataset reads a dozen of
-    its values for every sample, and each read of an OmegaConf node costs tens of microseconds in
-    the loader's workers; a dataclass's attribute costs nothing. Anything else is returned as it is."""
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig) and OmegaConf.get_type(cfg) not in (None, dict):
-        return OmegaConf.to_object(cfg)
-    return cfg
 
 
 def train_rng(rank: int = 0) -> np.random.Generator:
@@ -80,23 +71,11 @@ def _worker_init(worker_id: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-#: tensors every pair dict has; the known transform's keys are there only for evaluation pairs
-PAIR_KEYS = ("moving", "fixed", "moving_label", "fixed_label")
-TRUTH_KEYS = ("true_theta", "true_elastic")
-
-
-#: training pairs with ``data.augment.device``: the transforms still to apply, on the device
-#: (:mod:`data_modules.device_augment`); their images are still in [0, 1]
-AUG_KEYS = ("aug_moving_affine", "aug_moving_coef", "aug_fixed_affine", "aug_fixed_coef")
-
-
-def collate_pairs(items: list[dict]) -> dict:
-    """Stack pair dicts into a batch (``id`` stays a list of str); the known transform and the
-    pending device transforms are kept when every pair has them."""
-    keys = PAIR_KEYS + tuple(k for k in TRUTH_KEYS + AUG_KEYS if all(k in it for it in items))
-    out = {k: torch.stack([it[k] for it in items]) for k in keys}
-    out["id"] = [it["id"] for it in items]
-    return out
+def pair_dict(moving: torch.Tensor, fixed: torch.Tensor, moving_label: torch.Tensor, fixed_label: torch.Tensor,
+              ident: str) -> dict:
+    """A pair dict: the images ``(1, *S)`` in [0, 1] clipped and mapped to [-1, 1], the labels int64."""
+    return {"moving": moving.float().clamp(0, 1) * 2 - 1, "fixed": fixed.float().clamp(0, 1) * 2 - 1,
+            "moving_label": moving_label.long(), "fixed_label": fixed_label.long(), "id": ident}
 
 
 def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Tensor, spacing, extent, augment,
@@ -143,8 +122,7 @@ def transformed_pair(moving: torch.Tensor, fixed: torch.Tensor, labels: torch.Te
             truth = known_transform(params, spacing, moving.shape[1:])
     if rng_b is not None:
         fixed, lab_f = apply_params(fixed, lab_f, spacing, sample_params(rng_b, n, extent, augment))
-    out = {"moving": moving.float().clamp(0, 1) * 2 - 1, "fixed": fixed.float().clamp(0, 1) * 2 - 1,
-           "moving_label": lab_m.long(), "fixed_label": lab_f.long(), "id": ident}
+    out = pair_dict(moving, fixed, lab_m, lab_f, ident)
     if truth is not None:
         out.update(true_theta=truth.theta, true_elastic=truth.elastic)
     return out

@@ -1,6 +1,6 @@
 """LightningDataModule of MRBrainS13 + MRBrainS18 (FIRE §4.1), 2D and 3D.
 
-Layouts read as unpacked (file names are config values, ``data.files``; defaults below):
+Layouts read as unpacked (file names are config values, ``data.mrbrains.files``; defaults below):
 
 * MRBrainS13 ``TrainingData/<id>/``: ``T1``, ``T1_IR`` (→ modality ``IR``), ``T2_FLAIR``
   (→ ``FLAIR``), ``LabelsForTraining``, each as MetaImage ``.mhd``/``.raw`` or NIfTI
@@ -8,7 +8,7 @@ Layouts read as unpacked (file names are config values, ``data.files``; defaults
 * MRBrainS18 ``training/<id>/``: ``pre/T1.nii.gz`` (or ``pre/reg_T1.nii.gz``), ``pre/IR.nii.gz``,
   ``pre/FLAIR.nii.gz``, ``segm.nii.gz``. Subject id ``mrbrains18-<id>``.
 
-``data.root`` is a folder holding either or both release folders (``data.releases``: release →
+``data.root`` is a folder holding either or both release folders (``data.mrbrains.releases``: release →
 folder name), or one release folder itself. Every sub-folder of a release folder is a subject;
 one that lacks a file is an error, never skipped.
 
@@ -37,11 +37,14 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .loading import DeviceAugmentation, Memoised, make_loader, plain_config, split_suggestion, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
-from .volumes import Preprocessing, brain_slices, find_file, fit, load_subject
+from fire_lightning.schema import DataConfig
+
+from .crop import fit
+from .loading import DeviceAugmentation, Memoised, make_loader, split_suggestion, spread, train_rng, trainer_rank
+from .pairs import EvalPairDataset, TrainPairDataset
+from .volumes import Preprocessing, brain_slices, find_file, load_subject
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def discover(root, releases: dict, files: dict, modalities) -> tuple[list[Subjec
     subjects, found = [], {}
     for release, folder in release_folders(root, releases, files).items():
         if release not in files:
-            raise ValueError(f"data.files has no file names for release '{release}' (has {sorted(files)})")
+            raise ValueError(f"data.mrbrains.files has no file names for release '{release}' (has {sorted(files)})")
         pats = files[release]
         ids = []
         for sub in sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)):
@@ -96,7 +99,7 @@ def discover(root, releases: dict, files: dict, modalities) -> tuple[list[Subjec
             imgs = {}
             for m in modalities:
                 if m not in pats:
-                    raise ValueError(f"data.files.{release} has no entry for modality '{m}' (has {sorted(pats)})")
+                    raise ValueError(f"data.mrbrains.files.{release} has no entry for modality '{m}' (has {sorted(pats)})")
                 imgs[m] = find_file(sub, pats[m], f"{m} image")
             labels = find_file(sub, pats["labels"], "label map")
             subjects.append(SubjectFiles(sid, release, sub, imgs, labels))
@@ -131,47 +134,29 @@ class Item:
     slices: list
 
 
-class _Pairs(Dataset):
-    def __init__(self, items: list[Item], cfg, spacing):
-        self.items, self.cfg = items, plain_config(cfg)
-        self.n = int(cfg.spatial_dims)
-        self.mod_a, self.mod_b = cfg.modalities[0], cfg.modalities[1]
-        self.spacing = tuple(spacing)
-        self.extent = [s * e for s, e in zip(self.spacing, cfg.size)]
-
-    def _cut(self, arr: np.ndarray, z) -> torch.Tensor:
-        block = arr if z is None else arr[:, :, z]
-        return torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
-
-    def _pair(self, item: Item, z, rng_a, rng_b, ident: str, known: bool = False, device: bool = False) -> dict:
-        return transformed_pair(self._cut(item.images[self.mod_a], z), self._cut(item.images[self.mod_b], z),
-                                self._cut(item.labels, z), self.spacing, self.extent, self.cfg.augment,
-                                rng_a, rng_b, ident, known, device)
-
-
-class TrainPairs(RankedDraws, _Pairs):
+class TrainPairs(TrainPairDataset):
     """``samples_per_epoch`` fresh random pairs: random subject, random brain slice (2D)."""
 
-    def __len__(self) -> int:
-        return int(self.cfg.samples_per_epoch)
+    def __init__(self, items: list[Item], cfg: DataConfig, spacing):
+        super().__init__(cfg, spacing)
+        self.items = items
 
     def __getitem__(self, i: int) -> dict:
         rng = train_rng(self.rank)
         item = self.items[int(rng.integers(len(self.items)))]
         z = item.slices[int(rng.integers(len(item.slices)))] if self.n == 2 else None
         rng_b = rng if self.cfg.augment.transform_fixed else None
-        return self._pair(item, z, rng, rng_b, f"train-{item.id}" + (f"-z{z}" if z is not None else ""),
-                          device=self.cfg.augment.device)
+        return self.pair(item.images, item.labels, z, rng, rng_b, f"train-{item.id}" + (f"-z{z}" if z is not None else ""),
+                         device=self.cfg.augment.device)
 
 
-class FixedPairs(_Pairs):
+class FixedPairs(EvalPairDataset):
     """Seeded evaluation pairs: per subject ``n_images`` slices (2D; the volume in 3D) ×
     ``per_image`` transforms of the moving image; the fixed image untransformed."""
 
-    def __init__(self, items, cfg, spacing, split: str, n_images: int, per_image: int):
-        super().__init__(items, cfg, spacing)
-        self.split, self.per_image = split, int(per_image)
-        self.salt = {"train": 0, "val": 1, "test": 2}[split]
+    def __init__(self, items: list[Item], cfg: DataConfig, spacing, split: str, n_images: int, per_image: int):
+        super().__init__(cfg, spacing, split)
+        self.items, self.per_image = items, int(per_image)
         self.images = [(it, z) for it in items for z in (spread(it.slices, n_images) if self.n == 2 else [None])]
 
     def __len__(self) -> int:
@@ -180,15 +165,15 @@ class FixedPairs(_Pairs):
     def __getitem__(self, i: int) -> dict:
         (item, z), k = self.images[i // self.per_image], i % self.per_image
         subject_seed = zlib.crc32(item.id.encode())  # stable across processes (unlike hash())
-        rng = np.random.default_rng([int(self.cfg.test_seed), self.salt, subject_seed, k, *([] if z is None else [z])])
+        rng = self.rng(subject_seed, k, *([] if z is None else [z]))
         ident = f"{self.split}-{item.id}" + (f"-z{z}" if z is not None else "") + f"-t{k:02d}"
-        return self._pair(item, z, rng, None, ident, known=True)
+        return self.pair(item.images, item.labels, z, rng, None, ident, known=True)
 
 
 class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
     """Train/val/test loaders of MRBrainS13+18 pairs for the ``data`` config (module docstring)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: DataConfig):
         super().__init__()
         if cfg.root is None:
             raise ValueError("data.root is not set: give the folder holding TrainingData/ and/or training/ "
@@ -203,7 +188,7 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
         self.structures = structures
         self.label_names = {i: name for i, name in enumerate(structures, start=1)}
         self.preprocessing = Preprocessing(float(cfg.spacing), tuple(cfg.intensity_percentiles), structures)
-        self.subjects, self.found = discover(cfg.root, dict(cfg.releases), _plain(cfg.files), list(cfg.modalities))
+        self.subjects, self.found = discover(cfg.root, dict(cfg.mrbrains.releases), dict(cfg.mrbrains.files), list(cfg.modalities))
         where = " (" + ", ".join(f"{r}: {len(f['subjects'])} in {f['folder']}" for r, f in self.found.items()) + ")"
         self.split = split_subjects([s.id for s in self.subjects], cfg.subject_split, cfg.split_seed, where)
         if self.split["unused"]:
@@ -230,7 +215,7 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
         missing = [name for name, values in self.structures.items() if not set(values) & set(vol.source_labels)]
         if missing:  # scoring an absent structure would report it as perfectly matched background
             raise ValueError(f"{subject.labels}: label map has no voxel of {', '.join(missing)} (labels present "
-                             f"{vol.source_labels}); check data.structures and data.files (e.g. LabelsForTraining, "
+                             f"{vol.source_labels}); check data.structures and data.mrbrains.files (e.g. LabelsForTraining, "
                              "not the 3-class LabelsForTesting)")
         n, size = int(self.cfg.spatial_dims), list(self.cfg.size)
         crop = size[:2] if n == 2 else size
@@ -291,8 +276,3 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
         lines.append(f"scored structures: {self.label_names}")
         return lines
 
-
-def _plain(files) -> dict:
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(files, resolve=True) if isinstance(files, DictConfig) else dict(files)

@@ -1,11 +1,11 @@
-"""LightningDataModule of the embedded brain phantom (DATA.md), 2D and 3D.
+"""LightningDataModule of the embedded brain phantom, 2D and 3D.
 
 The phantom volume (:mod:`data_modules.phantom_volume`) is resampled (in-plane ``spacing``;
 1 mm between axial slices in 2D, isotropic ``spacing`` in 3D), centre-padded/cropped to
 ``size`` and cut along the superior axis into disjoint train / val / test ranges:
 
     the brain's axial extent is divided into ``blocks`` equal blocks; each block is split
-    into [train | gap | val | gap | test] by the ``split`` fractions, with ``gap_mm`` of
+    into [train | gap | val | gap | test] by the ``data.phantom.split`` fractions, with ``gap_mm`` of
     anatomy dropped between neighbouring ranges,
 
 so test anatomy is never seen in training, and every split samples the whole brain. An item
@@ -32,9 +32,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .loading import DeviceAugmentation, Memoised, make_loader, plain_config, spread, transformed_pair, RankedDraws, train_rng, trainer_rank
+from fire_lightning.schema import DataConfig
+
+from .crop import fit_tensor
+from .loading import DeviceAugmentation, Memoised, make_loader, spread, train_rng, trainer_rank
+from .pairs import EvalPairDataset, TrainPairDataset
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -49,24 +53,6 @@ class PreparedPhantom:
     labels: np.ndarray
     spacing: tuple
     ranges: dict
-
-
-def _fit(arr: torch.Tensor, size) -> torch.Tensor:
-    """Centre-crop or zero-pad the leading ``len(size)`` axes of ``arr`` to ``size``."""
-    for ax, target in enumerate(size):
-        cur = arr.shape[ax]
-        if cur > target:
-            start = (cur - target) // 2
-            arr = arr.narrow(ax, start, target)
-        elif cur < target:
-            before = (target - cur) // 2
-            pad_shape = list(arr.shape)
-            pad_shape[ax] = before
-            a = torch.zeros(pad_shape, dtype=arr.dtype)
-            pad_shape[ax] = target - cur - before
-            b = torch.zeros(pad_shape, dtype=arr.dtype)
-            arr = torch.cat([a, arr, b], dim=ax)
-    return arr
 
 
 def split_ranges(z_lo: int, z_hi: int, blocks: int, fractions: dict, gap: int) -> dict:
@@ -94,9 +80,10 @@ def split_ranges(z_lo: int, z_hi: int, blocks: int, fractions: dict, gap: int) -
     return ranges
 
 
-def prepare_phantom(cfg) -> PreparedPhantom:
+def prepare_phantom(cfg: DataConfig) -> PreparedPhantom:
     """Resample, fit and split the phantom for the ``data`` config ``cfg``."""
-    vol = build_phantom(cfg.phantom_seed, cfg.noise_std, cfg.bias_strength)
+    ph = cfg.phantom
+    vol = build_phantom(ph.seed, ph.noise_std, ph.bias_strength)
     n = cfg.spatial_dims
     s = float(cfg.spacing)
     spacing = (s, s, 1.0) if n == 2 else (s, s, s)
@@ -116,15 +103,16 @@ def prepare_phantom(cfg) -> PreparedPhantom:
     labels = torch.where(mask, tissue.argmax(0) + 1, torch.zeros_like(mask, dtype=torch.long))
 
     in_plane = list(cfg.size[:2])
-    images = {m: _fit(v, in_plane) for m, v in images.items()}
-    labels = _fit(labels, in_plane)
+    images = {m: fit_tensor(v, in_plane) for m, v in images.items()}
+    labels = fit_tensor(labels, in_plane)
 
     area = (labels > 0).flatten(0, 1).sum(0).numpy()
     brain = np.nonzero(area >= cfg.min_brain_fraction * area.max())[0]
     z_lo, z_hi = int(brain[0]), int(brain[-1]) + 1
-    gap = int(round(cfg.split.gap_mm / spacing[2]))
-    fr = cfg.split.fractions
-    ranges = split_ranges(z_lo, z_hi, cfg.split.blocks, {"train": fr.train, "val": fr.val, "test": fr.test}, gap)
+    split = ph.split
+    gap = int(round(split.gap_mm / spacing[2]))
+    fr = split.fractions
+    ranges = split_ranges(z_lo, z_hi, split.blocks, {"train": fr.train, "val": fr.val, "test": fr.test}, gap)
     return PreparedPhantom({m: v.numpy() for m, v in images.items()}, labels.numpy(), spacing, ranges)
 
 
@@ -133,75 +121,55 @@ def items_in(ranges, thickness: int) -> list[int]:
     return [z for a, b in ranges for z in range(a, b - thickness + 1)]
 
 
-class _PhantomPairs(Dataset):
-    """Base: cuts items from the prepared arrays and makes (moving, fixed) pairs."""
-
-    def __init__(self, prep: PreparedPhantom, cfg):
-        self.prep = prep
-        self.cfg = plain_config(cfg)
-        self.n = cfg.spatial_dims
-        self.thickness = 1 if self.n == 2 else int(cfg.size[2])
-        self.mod_a, self.mod_b = cfg.modalities[0], cfg.modalities[1]
-        self.spacing = prep.spacing[: self.n]
-        self.extent = [s * e for s, e in zip(self.spacing, cfg.size)]
-
-    def _cut(self, arr: np.ndarray, z: int) -> torch.Tensor:
-        block = arr[:, :, z : z + self.thickness]
-        if self.n == 2:
-            block = block[:, :, 0]
-        return torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
-
-    def _pair(self, z: int, rng_a, rng_b, ident: str, known: bool = False, device: bool = False) -> dict:
-        return transformed_pair(self._cut(self.prep.images[self.mod_a], z), self._cut(self.prep.images[self.mod_b], z),
-                                self._cut(self.prep.labels, z), self.spacing, self.extent, self.cfg.augment,
-                                rng_a, rng_b, ident, known, device)
+def item_thickness(cfg: DataConfig) -> int | None:
+    """Slices of one item along the superior axis: None for one slice (2D), the slab's ``size[2]`` (3D)."""
+    return None if int(cfg.spatial_dims) == 2 else int(cfg.size[2])
 
 
-class TrainPairs(RankedDraws, _PhantomPairs):
+class TrainPairs(TrainPairDataset):
     """``samples_per_epoch`` fresh random pairs from the training ranges."""
 
-    def __init__(self, prep, cfg):
-        super().__init__(prep, cfg)
-        self.items = items_in(prep.ranges["train"], self.thickness)
+    def __init__(self, prep: PreparedPhantom, cfg: DataConfig):
+        super().__init__(cfg, prep.spacing[: int(cfg.spatial_dims)], item_thickness(cfg))
+        self.prep = prep
+        self.items = items_in(prep.ranges["train"], self.thickness or 1)
         if not self.items:
-            raise ValueError("the training range holds no item; lower data.size[2] or change data.split")
-
-    def __len__(self) -> int:
-        return int(self.cfg.samples_per_epoch)
+            raise ValueError("the training range holds no item; lower data.size[2] or change data.phantom.split")
 
     def __getitem__(self, i: int) -> dict:
         # Seeded from torch's RNG: seed_everything(workers=True) makes this reproducible.
         rng = train_rng(self.rank)
         z = self.items[int(rng.integers(len(self.items)))]
         rng_b = rng if self.cfg.augment.transform_fixed else None
-        return self._pair(z, rng, rng_b, f"train-z{z}", device=self.cfg.augment.device)
+        return self.pair(self.prep.images, self.prep.labels, z, rng, rng_b, f"train-z{z}",
+                         device=self.cfg.augment.device)
 
 
-class FixedPairs(_PhantomPairs):
+class FixedPairs(EvalPairDataset):
     """Seeded evaluation pairs: ``n_images`` items × ``per_image`` transforms of the moving image."""
 
-    def __init__(self, prep, cfg, split: str, n_images: int, per_image: int):
-        super().__init__(prep, cfg)
-        self.split = split
+    def __init__(self, prep: PreparedPhantom, cfg: DataConfig, split: str, n_images: int, per_image: int):
+        super().__init__(cfg, prep.spacing[: int(cfg.spatial_dims)], split, item_thickness(cfg))
+        self.prep = prep
         # 3D slabs must not overlap, or two "images" would be mostly the same anatomy.
+        thickness = self.thickness or 1
         starts, last = [], None
-        for z in items_in(prep.ranges[split], self.thickness):
-            if last is None or z >= last + self.thickness:
+        for z in items_in(prep.ranges[split], thickness):
+            if last is None or z >= last + thickness:
                 starts.append(z)
                 last = z
         self.zs = spread(starts, n_images)
         if not self.zs:
-            raise ValueError(f"the {split} range holds no item; change data.split or data.size")
+            raise ValueError(f"the {split} range holds no item; change data.phantom.split or data.size")
         self.per_image = per_image
-        self.salt = {"train": 0, "val": 1, "test": 2}[split]
 
     def __len__(self) -> int:
         return len(self.zs) * self.per_image
 
     def __getitem__(self, i: int) -> dict:
         z, k = self.zs[i // self.per_image], i % self.per_image
-        rng = np.random.default_rng([int(self.cfg.test_seed), self.salt, z, k])
-        return self._pair(z, rng, None, f"{self.split}-z{z}-t{k:02d}", known=True)
+        return self.pair(self.prep.images, self.prep.labels, z, self.rng(z, k), None, f"{self.split}-z{z}-t{k:02d}",
+                         known=True)
 
 
 class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
@@ -209,7 +177,7 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
 
     label_names = LABEL_NAMES
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: DataConfig):
         super().__init__()
         unknown = [m for m in cfg.modalities if m not in MODALITIES]
         if len(cfg.modalities) != 2 or unknown:

@@ -1,5 +1,5 @@
 """The embedded multi-modal brain phantom, built from the MNI152 2009 template that ships
-inside nilearn (no download; DATA.md "Embedded default").
+inside nilearn (no download: the default dataset works offline).
 
 Modalities (all on the template's 1 mm RAS grid, 197×233×189):
 

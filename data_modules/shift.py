@@ -29,9 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from .loading import plain_config, spread, transformed_pair
+from fire_lightning.schema import DataConfig
+
+from .loading import spread, transformed_pair
+from .pairs import PairDataset
 from .phantom import PreparedPhantom, items_in, prepare_phantom
 
 #: the seeds' salt (train, val and test pairs use 0, 1, 2)
@@ -127,18 +129,15 @@ def _augment_for(factor: str, level, augment):
     return augment
 
 
-class ShiftPairs(Dataset):
+class ShiftPairs(PairDataset):
     """The shift benchmark's pairs: for every factor and level, ``SLICES`` × ``TRANSFORMS`` pairs with
     known transforms; ``levels`` lists ``(factor, level)`` per pair, in order. Items are pair dicts as the
     test pairs' (``id``: ``shift/<factor>/<level>/z<z>-t<k>``)."""
 
-    def __init__(self, cfg, factors=FACTORS):
-        cfg = plain_config(cfg)
-        self.cfg = cfg
+    def __init__(self, cfg: DataConfig, factors=FACTORS):
         modalities = list(dict.fromkeys([*cfg.modalities, "IR"]))
         self.prep: PreparedPhantom = prepare_phantom(dataclasses.replace(cfg, modalities=modalities))
-        self.spacing = self.prep.spacing[: cfg.spatial_dims]
-        self.extent = [s * e for s, e in zip(self.spacing, cfg.size)]
+        super().__init__(cfg, self.prep.spacing[: cfg.spatial_dims])
         test = items_in(self.prep.ranges["test"], 1)
         self.items: list[tuple] = []
         for fi, f in enumerate(factors):
@@ -182,8 +181,8 @@ class ShiftPairs(Dataset):
             augment = dataclasses.replace(augment, elastic_control_points=points, elastic_max_mm=min(
                 float(cfg.augment.elastic_max_mm), ELASTIC_RATIO * control_spacing_mm(cfg, points)))
         source = "IR" if (factor == "contrast" and level == "IR") else cfg.modalities[0]
-        cut = lambda arr: torch.from_numpy(np.ascontiguousarray(arr[:, :, z])).unsqueeze(0)  # noqa: E731
-        pair = transformed_pair(cut(prep.images[source]), cut(prep.images[cfg.modalities[1]]), cut(prep.labels),
+        pair = transformed_pair(self.cut(prep.images[source], z), self.cut(prep.images[cfg.modalities[1]], z),
+                                self.cut(prep.labels, z),
                                 self.spacing, self.extent, augment, rng, None,
                                 f"shift/{factor}/{level}/z{z}-t{k}", known=True, adjust=_adjust(factor, level, cfg))
         if factor == "resolution_mm" and level > cfg.spacing:

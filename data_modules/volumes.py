@@ -17,10 +17,7 @@ cache. The steps (:func:`preprocess`):
    order, everything else 0; ``mask`` keeps "any source label > 0" (the brain, for picking
    slices).
 
-Series (:func:`load_series`, e.g. a 4D cardiac cine): one 4D image (X, Y, Z, T) plus the label
-maps of some of its frames, with the same steps; the intensity percentiles are measured over all
-frames together (one normalisation for the series), and every frame and label map is resampled
-onto one grid. Cached under ``<cache_dir>/series/`` like the volumes.
+Image series (4D cines) go through the same steps in :mod:`data_modules.series`.
 
 Cache: one ``.npz`` per subject under ``<cache_dir>/volumes/``, named by a SHA-256 of the source
 files' resolved paths, sizes and modification times and of every setting above, so changing a
@@ -29,7 +26,7 @@ entry that cannot be read is recomputed (with a warning), never an error. The ca
 ``data.cache_dir``, else ``$FIRE_CACHE_DIR``, else ``~/.cache/fire-lightning``.
 
 Every input error is a one-line :class:`FileNotFoundError` / :class:`ValueError` that starts with
-the file's path and says what was expected (DATA.md, "Bad input is part of the data contract").
+the file's path and says what was expected: bad input is part of the data contract.
 """
 
 from __future__ import annotations
@@ -169,7 +166,7 @@ def map_labels(arr: np.ndarray, structures: dict | None) -> np.ndarray:
     return out
 
 
-def _target_spacing(native, spacing) -> tuple:
+def target_spacing(native, spacing) -> tuple:
     if isinstance(spacing, (int, float)):
         return (float(spacing),) * 3
     return tuple(float(n) if not s else float(s) for n, s in zip(native, spacing))
@@ -205,7 +202,7 @@ def preprocess(images: dict, labels: Path, settings: Preprocessing) -> Volume:
     lab_arr, lab_aff = canonical(lab, np.int16)
     if not lab_arr.any():
         raise ValueError(f"{labels}: label map is all background (0); expected the subject's manual labels")
-    target = _target_spacing(voxel_sizes(lab_aff), settings.spacing)
+    target = target_spacing(voxel_sizes(lab_aff), settings.spacing)
     subject = {"labels": tio.LabelMap(tensor=torch.from_numpy(lab_arr.copy())[None], affine=lab_aff)}
     ranges = {}
     for m, img in raw.items():
@@ -253,7 +250,7 @@ def _metaimage_data_files(header: Path) -> list[Path]:
     return sorted(f for f in header.parent.glob(header.stem + ".*") if f.suffix.lower() not in (".mhd",))
 
 
-def _sources(files) -> list:
+def source_stamps(files) -> list:
     """(role, path) pairs → [role, resolved path, size, mtime, (MetaImage .raw data)...] for a cache key."""
     sources = []
     for role, p in files:
@@ -270,12 +267,12 @@ def _sources(files) -> list:
 
 def cache_key(images: dict, labels: Path, settings: Preprocessing) -> str:
     """SHA-256 over the sources (resolved path, size, mtime) and every preprocessing setting."""
-    sources = _sources([*sorted((f"image:{m}", p) for m, p in images.items()), ("labels", labels)])
+    sources = source_stamps([*sorted((f"image:{m}", p) for m, p in images.items()), ("labels", labels)])
     blob = json.dumps({"version": CACHE_VERSION, "sources": sources, "settings": settings.key()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
+def atomic_savez(path: Path, **arrays) -> None:
     """``np.savez`` to a temporary file + ``os.replace``; a failed write is only a warning."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
@@ -289,7 +286,7 @@ def _atomic_savez(path: Path, **arrays) -> None:
 
 def _save(path: Path, vol: Volume) -> None:
     arrays = {f"img_{m}": a for m, a in vol.images.items()}
-    _atomic_savez(path, labels=vol.labels, mask=vol.mask, spacing=np.asarray(vol.spacing, dtype=np.float64),
+    atomic_savez(path, labels=vol.labels, mask=vol.mask, spacing=np.asarray(vol.spacing, dtype=np.float64),
                   source_labels=np.asarray(vol.source_labels, dtype=np.int64), **arrays)
 
 
@@ -325,131 +322,9 @@ def load_subject(images: dict, labels: Path, settings: Preprocessing, cache_dir:
     return vol
 
 
-def fit(arr: np.ndarray, size) -> np.ndarray:
-    """Centre-crop or zero-pad the leading ``len(size)`` axes of ``arr`` to ``size``."""
-    from .phantom import _fit
-
-    return _fit(torch.from_numpy(np.ascontiguousarray(arr)), list(size)).numpy()
-
-
 def brain_slices(mask: np.ndarray, min_fraction: float) -> list[int]:
     """Axial slice indices (last axis) whose brain area is at least ``min_fraction`` of the largest."""
     area = mask.reshape(-1, mask.shape[-1]).sum(0)
     if area.max() == 0:
         return []
     return [int(z) for z in np.nonzero(area >= max(1, min_fraction * area.max()))[0]]
-
-
-# ------------------------------------------------------------------- image series (4D cines)
-@dataclass
-class Series:
-    """A preprocessed image series (e.g. a cardiac cine): ``images`` (X, Y, Z, T) float32 in
-    [0, 1] with one intensity normalisation for all frames; ``labels`` frame index (0-based) →
-    (X, Y, Z) int16 in 0..K for the frames that have a label map; ``spacing`` mm per axis."""
-
-    images: np.ndarray
-    labels: dict
-    spacing: tuple
-    source_labels: list = field(default_factory=list)  # label values present in the source files
-
-
-def preprocess_series(image: Path, labels: dict, settings: Preprocessing) -> Series:
-    """Read, check, reorient, resample and normalise a 4D series and the label maps of some of
-    its frames (``labels``: 0-based frame index → file on the series' grid); the steps of
-    :func:`preprocess`, with the intensity percentiles measured over all frames together and
-    every frame resampled onto the same grid (no cache)."""
-    import torchio as tio
-
-    src = load_nifti(image, "image series", allow_4d=True)
-    if len(src.shape) != 4 or src.shape[3] < 2:
-        raise ValueError(f"{image}: image series has shape {tuple(src.shape)}; expected 4D (X, Y, Z, T) with T >= 2")
-    shape3, ref_sp = tuple(src.shape[:3]), voxel_sizes(src.affine)
-    n_frames = src.shape[3]
-    raw_labels = {}
-    for t, path in sorted(labels.items()):
-        if not 0 <= int(t) < n_frames:
-            raise ValueError(f"{path}: label map of frame {int(t) + 1}, but {image} has {n_frames} frames")
-        lab = read_volume(path, what="label map", labels=True)
-        if tuple(lab.shape) != shape3 or not np.allclose(voxel_sizes(lab.affine), ref_sp, rtol=1e-3, atol=1e-4):
-            raise ValueError(f"{path}: label map has shape {tuple(lab.shape)} and voxel size "
-                             f"{np.round(voxel_sizes(lab.affine), 4).tolist()} mm but {image} has {shape3} and "
-                             f"{np.round(ref_sp, 4).tolist()} mm; expected one grid")
-        raw_labels[int(t)] = lab
-
-    def canonical(arr, affine):
-        if not settings.reorient:
-            return arr, affine
-        img = nib.as_closest_canonical(nib.Nifti1Image(arr, affine))
-        return np.asanyarray(img.dataobj), img.affine
-
-    arr, aff = canonical(np.asanyarray(src.dataobj).astype(np.float32), src.affine)
-    lo_v, hi_v = float(arr.min()), float(arr.max())
-    if hi_v == lo_v:
-        raise ValueError(f"{image}: image series is constant (every voxel {lo_v:g}); expected an MR image")
-    lo, hi = np.percentile(arr[arr > lo_v], list(settings.percentiles))
-    if not hi > lo:
-        raise ValueError(f"{image}: image series has no intensity range between its {settings.percentiles} "
-                         "foreground percentiles; expected an MR image")
-    target = _target_spacing(voxel_sizes(aff), settings.spacing)
-    subject = {"img": tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(arr.transpose(3, 0, 1, 2))),
-                                      affine=aff)}
-    frames = sorted(raw_labels)
-    present: set = set()
-    if frames:
-        lab_arrs = []
-        for t in frames:
-            la, la_aff = canonical(np.asanyarray(raw_labels[t].dataobj).astype(np.int16), raw_labels[t].affine)
-            if not np.allclose(la_aff, aff, atol=1e-3):
-                raise ValueError(f"{labels[t]}: label map's voxel-to-world affine differs from {image}'s; "
-                                 "expected one grid")
-            present |= set(int(v) for v in np.unique(la))
-            lab_arrs.append(la)
-        subject["labels"] = tio.LabelMap(tensor=torch.from_numpy(np.stack(lab_arrs)), affine=aff)
-    out = tio.Resample(target, image_interpolation="linear", label_interpolation="nearest")(tio.Subject(**subject))
-    images = out["img"].data.numpy().transpose(1, 2, 3, 0)
-    images = np.clip((images - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    mapped = {}
-    if frames:
-        rs = out["labels"].data.numpy()
-        mapped = {t: map_labels(rs[i], settings.structures) for i, t in enumerate(frames)}
-    return Series(images, mapped, tuple(target), sorted(present))
-
-
-def series_cache_key(image: Path, labels: dict, settings: Preprocessing) -> str:
-    """SHA-256 over the series' and label maps' sources, their frames and every setting."""
-    sources = _sources([("series", image), *((f"labels:{int(t)}", p) for t, p in sorted(labels.items()))])
-    blob = json.dumps({"version": CACHE_VERSION, "kind": "series", "sources": sources, "settings": settings.key()},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def series_cache_path(image: Path, labels: dict, settings: Preprocessing, cache_dir: str | Path | None = None) -> Path:
-    """Where :func:`load_series` keeps (or will keep) this series; ``.is_file()``: it is cached."""
-    return cache_root(cache_dir) / "series" / f"{series_cache_key(image, labels, settings)}.npz"
-
-
-def load_series(image: Path, labels: dict, settings: Preprocessing, cache_dir: str | Path | None = None) -> Series:
-    """:func:`preprocess_series` through the on-disk cache (``<cache_dir>/series/<key>.npz``)."""
-    for path, what in [(image, "image series"), *((p, f"label map of frame {int(t) + 1}") for t, p in labels.items())]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: {what} not found")
-    path = series_cache_path(image, labels, settings, cache_dir)
-    frames = sorted(int(t) for t in labels)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                images, lab, spacing = z["images"], z["labels"], tuple(float(s) for s in z["spacing"])
-                got, present = [int(t) for t in z["frames"]], [int(v) for v in z["source_labels"]]
-            if got != frames or images.ndim != 4 or lab.shape != (len(frames), *images.shape[:3]):
-                raise ValueError("arrays of unexpected shapes")
-            log.debug("cache hit %s for %s", path.name, image)
-            return Series(images, {t: lab[i] for i, t in enumerate(frames)}, spacing, present)
-        except Exception as e:
-            log.warning("cache entry %s is unreadable (%s); recomputing", path, describe_error(e))
-    log.info("preprocessing %s (cache miss, writing %s)", image, path)
-    ser = preprocess_series(image, labels, settings)
-    lab = np.stack([ser.labels[t] for t in frames]) if frames else np.zeros((0, *ser.images.shape[:3]), np.int16)
-    _atomic_savez(path, images=ser.images, labels=lab, frames=np.asarray(frames, dtype=np.int64),
-                  spacing=np.asarray(ser.spacing, dtype=np.float64),
-                  source_labels=np.asarray(ser.source_labels, dtype=np.int64))
-    return ser

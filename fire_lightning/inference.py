@@ -23,7 +23,7 @@ from .nets.fire import FIRENet
 from .nets.transformation import Transform
 from .refine import RefineSettings
 from .refine import refine as refine_pair
-from .schema import Config, from_dict
+from .schema import Config, ConfigError, from_dict
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -154,7 +154,9 @@ class InferenceModel(Registers, nn.Module):
 
     def __init__(self, cfg: Config | Mapping, label_names: dict | None = None, spacing=None, iteration: int = 0):
         super().__init__()
-        self.cfg = cfg if isinstance(cfg, Config) else from_dict(cfg)
+        if not isinstance(cfg, Config):
+            cfg = from_dict(cfg)  # keys renamed since it was saved: read at their new place
+        self.cfg = cfg
         self.spacing = model_spacing(self.cfg, spacing)
         self.label_names = {int(k): v for k, v in (label_names or LABEL_NAMES).items()}
         self.net = build_net(self.cfg, self.spacing)

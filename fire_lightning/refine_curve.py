@@ -67,7 +67,7 @@ def refine_curve(model, dataset, steps: list[int], out_dir: str | Path, settings
 def _curve(model, dataset, steps, settings, reference, batch_size, timing_pairs, max_pairs) -> dict:
     if max_pairs:
         dataset = Subset(dataset, range(min(int(max_pairs), len(dataset))))
-    from data_modules.loading import collate_pairs
+    from .batches import collate_pairs
 
     device = next(model.parameters()).device
     model.eval()

@@ -51,14 +51,59 @@ class AugmentConfig:
 
 
 @dataclass
+class PhantomConfig:
+    """The embedded phantom (data.name: phantom; data_modules/phantom.py): its build and its slab split."""
+
+    seed: int = 0  # seed of the synthesised modalities' bias fields and noise
+    noise_std: float = 0.02
+    bias_strength: float = 0.15
+    split: SplitConfig = field(default_factory=SplitConfig)  # train/val/test ranges along the superior axis
+
+
+def _mrbrains_files() -> Dict[str, Dict[str, List[str]]]:
+    return {
+        "mrbrains13": {"T1": ["T1.mhd", "T1.nii.gz", "T1.nii"],
+                       "IR": ["T1_IR.mhd", "T1_IR.nii.gz", "T1_IR.nii"],
+                       "FLAIR": ["T2_FLAIR.mhd", "T2_FLAIR.nii.gz", "T2_FLAIR.nii"],
+                       "labels": ["LabelsForTraining.mhd", "LabelsForTraining.nii.gz", "LabelsForTraining.nii"]},
+        "mrbrains18": {"T1": ["pre/T1.nii.gz", "pre/reg_T1.nii.gz", "pre/T1.nii", "pre/reg_T1.nii"],
+                       "IR": ["pre/IR.nii.gz", "pre/IR.nii"],
+                       "FLAIR": ["pre/FLAIR.nii.gz", "pre/FLAIR.nii"],
+                       "labels": ["segm.nii.gz", "segm.nii"]},
+    }
+
+
+@dataclass
+class MRBrainSConfig:
+    """MRBrainS13 + 18 (data.name: mrbrains; data_modules/mrbrains.py): where the files are."""
+
+    # Release → folder name under data.root.
+    releases: Dict[str, str] = field(default_factory=lambda: {"mrbrains13": "TrainingData", "mrbrains18": "training"})
+    # Release → modality (T1, IR, FLAIR) or "labels" → candidate file names (globs) inside a
+    # subject's folder, tried in order. MetaImage (.mhd + .raw) and NIfTI are both read.
+    files: Dict[str, Dict[str, List[str]]] = field(default_factory=_mrbrains_files)
+
+
+@dataclass
+class ACDCConfig:
+    """ACDC 2017 (data.name: acdc; data_modules/acdc.py)."""
+
+    subsets: List[str] = field(default_factory=lambda: ["training"])  # ACDC folders used: training, testing
+    slice_spacing: float = 10.0  # mm between slices after resampling, 3D ACDC only (2D keeps the native slices)
+    augment: bool = False  # training: random affine + elastic transforms on top of the cardiac motion
+
+
+@dataclass
 class DataConfig:
+    """The data section: what every dataset reads, then one section per dataset (data.phantom,
+    data.mrbrains, data.acdc) with the keys only that dataset reads."""
+
     name: str = "phantom"
     spatial_dims: int = 2
     modalities: List[str] = field(default_factory=lambda: ["T1", "FLAIR"])  # [moving A, fixed B]
     spacing: float = 2.5  # mm; in-plane in 2D, isotropic in 3D
     size: List[int] = field(default_factory=lambda: [80, 96])  # 2D: [X, Y]; 3D: [X, Y, Z]
     min_brain_fraction: float = 0.25
-    split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     batch_size: int = 8
     num_workers: int = 0
@@ -68,11 +113,8 @@ class DataConfig:
     n_test_images: int = 6
     test_transforms_per_image: int = 20
     test_seed: int = 1234
-    phantom_seed: int = 0
-    noise_std: float = 0.02
-    bias_strength: float = 0.15
-    root: Optional[str] = None  # dataset root (real datasets)
-    # --- real datasets (data.name: mrbrains); see data_modules/mrbrains.py and volumes.py ---
+    # --- real datasets (mrbrains, acdc); see data_modules/volumes.py ---
+    root: Optional[str] = None  # dataset root
     cache_dir: Optional[str] = None  # preprocessed volumes; None: $FIRE_CACHE_DIR, else ~/.cache/fire-lightning
     subject_split: List[int] = field(default_factory=lambda: [8, 1, 3])  # subjects for train/val/test (FIRE §4.1)
     split_seed: int = 0  # shuffles the subjects before the split
@@ -81,24 +123,9 @@ class DataConfig:
     # dataset's default (MRBrainS: {brainstem: [8], cerebellum: [7], WM: [3, 4]}; e.g. CSF/GM/WM:
     # {CSF: [5, 6], GM: [1, 2], WM: [3, 4]}).
     structures: Dict[str, List[int]] = field(default_factory=dict)
-    # --- ACDC 2017 (data.name: acdc); see data_modules/acdc.py ---
-    acdc_subsets: List[str] = field(default_factory=lambda: ["training"])  # ACDC folders used: training, testing
-    slice_spacing: float = 10.0  # mm between slices after resampling, 3D ACDC only (2D keeps the native slices)
-    acdc_augment: bool = False  # ACDC training: random affine + elastic transforms on top of the cardiac motion
-    # Release → folder name under data.root.
-    releases: Dict[str, str] = field(default_factory=lambda: {"mrbrains13": "TrainingData", "mrbrains18": "training"})
-    # Release → modality (T1, IR, FLAIR) or "labels" → candidate file names (globs) inside a
-    # subject's folder, tried in order. MetaImage (.mhd + .raw) and NIfTI are both read.
-    files: Dict[str, Dict[str, List[str]]] = field(default_factory=lambda: {
-        "mrbrains13": {"T1": ["T1.mhd", "T1.nii.gz", "T1.nii"],
-                       "IR": ["T1_IR.mhd", "T1_IR.nii.gz", "T1_IR.nii"],
-                       "FLAIR": ["T2_FLAIR.mhd", "T2_FLAIR.nii.gz", "T2_FLAIR.nii"],
-                       "labels": ["LabelsForTraining.mhd", "LabelsForTraining.nii.gz", "LabelsForTraining.nii"]},
-        "mrbrains18": {"T1": ["pre/T1.nii.gz", "pre/reg_T1.nii.gz", "pre/T1.nii", "pre/reg_T1.nii"],
-                       "IR": ["pre/IR.nii.gz", "pre/IR.nii"],
-                       "FLAIR": ["pre/FLAIR.nii.gz", "pre/FLAIR.nii"],
-                       "labels": ["segm.nii.gz", "segm.nii"]},
-    })
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    mrbrains: MRBrainSConfig = field(default_factory=MRBrainSConfig)
+    acdc: ACDCConfig = field(default_factory=ACDCConfig)
 
 
 @dataclass
@@ -295,6 +322,16 @@ RENAMED_KEYS: dict[str, str] = {
     **{f"model.{k}": f"model.nonrigid.{k}" for k in ("diffeomorphic", "integration_steps")},
     **{f"model.{k}": f"model.loss.{k}" for k in ("similarity", "similarity_input", "mi_bins", "mi_sigma_ratio",
                                                  "ncc_kernel", "smooth_units")},
+    # dataset-specific data keys, moved into their dataset's section (a section moves with all under it)
+    "data.phantom_seed": "data.phantom.seed",
+    "data.noise_std": "data.phantom.noise_std",
+    "data.bias_strength": "data.phantom.bias_strength",
+    "data.split": "data.phantom.split",
+    "data.releases": "data.mrbrains.releases",
+    "data.files": "data.mrbrains.files",
+    "data.acdc_subsets": "data.acdc.subsets",
+    "data.slice_spacing": "data.acdc.slice_spacing",
+    "data.acdc_augment": "data.acdc.augment",
 }
 
 
@@ -332,13 +369,15 @@ def rename_old_keys(data: Mapping[str, Any], source: str | None = None) -> dict:
 
 
 def rename_old_override(item: str, source: str = "command line") -> str:
-    """A ``key=value`` override with an old key (:data:`RENAMED_KEYS`) renamed, with a ``FutureWarning``."""
+    """A ``key=value`` override with an old key (:data:`RENAMED_KEYS`, or a key under an old section)
+    renamed, with a ``FutureWarning``."""
     key, sep, value = item.partition("=")
-    new = RENAMED_KEYS.get(key.strip())
-    if new is None:
-        return item
-    _warn_renamed(source, [(key.strip(), new)])
-    return f"{new}{sep}{value}"
+    key = key.strip()
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            _warn_renamed(source, [(key, new + key[len(old):])])
+            return f"{new}{key[len(old):]}{sep}{value}"
+    return item
 
 
 def _plain(data: Any) -> Any:

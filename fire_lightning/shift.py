@@ -147,12 +147,12 @@ def run_shift(model, data_cfg, out_dir: str | Path, ants=None, refine=None, thre
     one benchmark run and write the shift reports into ``out_dir``. Returns ``shift.json``'s content."""
     from torch.utils.data import Subset
 
-    from data_modules.shift import FACTORS, ShiftPairs
-
+    from .config import data_section
+    from .datasets import SHIFT_FACTORS, SHIFT_PAIRS, resolve
     from .evaluate import evaluate
 
-    factors = FACTORS if factors is None else factors
-    pairs = ShiftPairs(data_cfg, factors)
+    factors = resolve(SHIFT_FACTORS) if factors is None else factors
+    pairs = resolve(SHIFT_PAIRS)(data_section(data_cfg), factors)
     keep, counts = [], Counter()
     for i, key in enumerate(pairs.levels):
         counts[key] += 1

@@ -28,6 +28,7 @@ from callbacks.interrupt import SaveOnInterrupt
 
 from .config import ConfigError, load_config, to_yaml
 from .distributed import global_rank
+from .datasets import make_datamodule  # noqa: F401  (re-exported: the data module of a config)
 from .errors import Preempted
 from .explain import ExplainSettings
 from .io import describe_error
@@ -39,23 +40,6 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.yaml"
 #: the run folder's record of the last training: iterations and seconds (the ablation's time column)
 TRAINING_NAME = "training.json"
-
-
-def make_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The data module named by ``cfg.data.name``."""
-    if cfg.data.name == "phantom":
-        from data_modules.phantom import PhantomDataModule
-
-        return PhantomDataModule(cfg.data)
-    if cfg.data.name == "mrbrains":
-        from data_modules.mrbrains import MRBrainSDataModule
-
-        return MRBrainSDataModule(cfg.data)
-    if cfg.data.name == "acdc":
-        from data_modules.acdc import ACDCDataModule
-
-        return ACDCDataModule(cfg.data)
-    raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}' (available: phantom, mrbrains, acdc)")
 
 
 #: set by rank 0 before fitting; the processes Lightning launches for the other ranks inherit it

@@ -34,7 +34,7 @@ def _indexed(order: list[int] | None):
         i = order[i] if order is not None else int(i)
         rng = np.random.default_rng([2026, i])
         z = self.items[int(rng.integers(len(self.items)))]
-        return self._pair(z, rng, None, f"train-{i}")
+        return self.pair(self.prep.images, self.prep.labels, z, rng, None, f"train-{i}")
 
     return pair
 

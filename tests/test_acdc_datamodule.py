@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules import volumes
+from fire_lightning.config import data_section
+from data_modules import series
 from data_modules.acdc import ACDCDataModule
 from fire_lightning.cli import main
 from fire_lightning.config import load_config
@@ -38,9 +39,9 @@ def acdc(tmp_path_factory) -> Path:
 
 def make_cfg(root, cache, *extra, dims=2):
     size = "[24,24]" if dims == 2 else "[24,24,8]"
-    return load_config(None, TINY + ["data.name=acdc", f"data.root={root}", f"data.cache_dir={cache}",
-                                     f"data.spacing={SP}", f"data.spatial_dims={dims}", f"data.size={size}",
-                                     "data.subject_split=[3,1,2]", "data.slice_spacing=20.0", *extra]).data
+    return data_section(load_config(None, TINY + ["data.name=acdc", f"data.root={root}", f"data.cache_dir={cache}",
+                                                  f"data.spacing={SP}", f"data.spatial_dims={dims}", f"data.size={size}",
+                                                  "data.subject_split=[3,1,2]", "data.acdc.slice_spacing=20.0", *extra]))
 
 
 def _patient(dm, pid):
@@ -141,8 +142,8 @@ def test_in_plane_resampling_and_3d_slice_spacing(acdc, tmp_path):
 
 def test_cache_hit_on_a_second_instance_and_invalidation(acdc, tmp_path, monkeypatch):
     calls = []
-    real = volumes.preprocess_series
-    monkeypatch.setattr(volumes, "preprocess_series", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = series.preprocess_series
+    monkeypatch.setattr(series, "preprocess_series", lambda *a, **k: calls.append(1) or real(*a, **k))
     ACDCDataModule(make_cfg(acdc, tmp_path)).setup()
     assert len(calls) == 6
     ACDCDataModule(make_cfg(acdc, tmp_path)).setup()
@@ -179,7 +180,7 @@ def test_experiment_configs_are_the_paper_settings(name):
     assert cfg.data.name == "acdc" and cfg.data.spacing == 1.5 and cfg.model.synthesis.width == 64
     assert list(cfg.data.subject_split) == [60, 10, 30] and cfg.trainer.max_steps == 144_000
     assert all(s % 4 == 0 for s in cfg.data.size) and len(cfg.data.size) == cfg.data.spatial_dims
-    assert cfg.data.slice_spacing == 10.0 and not cfg.data.acdc_augment
+    assert cfg.data.acdc.slice_spacing == 10.0 and not cfg.data.acdc.augment
 
 
 def test_fire_data_check_reports_patients_or_one_error(acdc, tmp_path, capsys):
@@ -213,7 +214,7 @@ def test_fire_data_check_acdc_brings_acdc_defaults_and_names_the_override_for_a_
 
 
 def test_acdc_augment_transforms_the_training_pairs(acdc, tmp_path):
-    dm = ACDCDataModule(make_cfg(acdc, tmp_path, "data.acdc_augment=true"))
+    dm = ACDCDataModule(make_cfg(acdc, tmp_path, "data.acdc.augment=true"))
     dm.setup()
     items = {it.id: it for it in dm._prepared()["train"]}
     torch.manual_seed(1)

@@ -95,16 +95,17 @@ def test_a_saved_config_comes_back_as_the_schema_dataclasses_without_omegaconf()
     saved = OmegaConf.to_container(cfg, resolve=True)
     back = from_dict(saved)
     assert isinstance(back, Config) and dataclasses.asdict(back) == saved
-    assert back.model.synthesis.width == 5 and back.data.structures == {"CSF": [5, 6]} and back.data.split.fractions.val == 0.1
-    del saved["model"]["affine"]["fine_passes"], saved["data"]["split"]["fractions"]
+    assert back.model.synthesis.width == 5 and back.data.structures == {"CSF": [5, 6]}
+    assert back.data.phantom.split.fractions.val == 0.1
+    del saved["model"]["affine"]["fine_passes"], saved["data"]["phantom"]["split"]["fractions"]
     older = from_dict(saved)
     assert older.model.affine.fine_passes == Config().model.affine.fine_passes == 0
-    assert older.data.split.fractions.train == 0.7 and older.model.synthesis.width == 5
+    assert older.data.phantom.split.fractions.train == 0.7 and older.model.synthesis.width == 5
     with pytest.raises(ConfigError, match=r"unknown config key 'model\.synthesis\.widht' \(did you mean "
                                           r"'model\.synthesis\.width'\?\)"):
         from_dict({"model": {"synthesis": {"widht": 8}}})
-    with pytest.raises(ConfigError, match="'data.split' must be a section"):
-        from_dict({"data": {"split": 3}})
+    with pytest.raises(ConfigError, match="'data.phantom' must be a section"):
+        from_dict({"data": {"phantom": 3}})
 
 
 @pytest.mark.parametrize("path", sorted((PHANTOM2D.parent).glob("*.yaml")), ids=lambda p: p.stem)

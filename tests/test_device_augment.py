@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fire_lightning.config import data_section
 from data_modules.augment import apply_params, known_transform, sample_params
 from data_modules.device_augment import DeviceTransform, apply_batch, device_transform, source_coordinates
 from data_modules.loading import augment_on_device
@@ -93,12 +94,12 @@ def test_the_per_axis_b_spline_equals_the_gathered_one_and_a_rotated_grid_falls_
 
 def test_a_batch_on_the_device_matches_the_torchio_images():
     cfg = load_config(PHANTOM2D, TINY)
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup()
     ds = dm.test_dataset()
     z = ds.zs[0]
-    src = torch.stack([ds._cut(dm.prep.images["T1"], z)] * 3)  # (3, 1, *S) in [0, 1], 3 transforms
-    lab = torch.stack([ds._cut(dm.prep.labels, z)] * 3).long()
+    src = torch.stack([ds.cut(dm.prep.images["T1"], z)] * 3)  # (3, 1, *S) in [0, 1], 3 transforms
+    lab = torch.stack([ds.cut(dm.prep.labels, z)] * 3).long()
     params = [_params(s, cfg) for s in range(3)]
     ts = [device_transform(p, SHAPE, SPACING) for p in params]
     batch = DeviceTransform(torch.stack([t.affine for t in ts]), torch.stack([t.coefficients for t in ts]))
@@ -122,7 +123,7 @@ def test_a_batch_is_transformed_without_copies_between_host_and_device(spatial_d
 
     config = PHANTOM2D if spatial_dims == 2 else PHANTOM2D.parent / "phantom3d.yaml"
     cfg = load_config(config, [*TINY, "data.augment.device=true"])
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert "aug_moving_affine" in batch
@@ -141,11 +142,11 @@ def test_training_pairs_from_the_same_draws_agree_on_either_path():
     from data_modules.loading import collate_pairs, transformed_pair
 
     cfg = load_config(PHANTOM2D, TINY)
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup()
     ds = dm.test_dataset()
     z = ds.zs[0]
-    mov, fix, lab = ds._cut(dm.prep.images["T1"], z), ds._cut(dm.prep.images["FLAIR"], z), ds._cut(dm.prep.labels, z)
+    mov, fix, lab = ds.cut(dm.prep.images["T1"], z), ds.cut(dm.prep.images["FLAIR"], z), ds.cut(dm.prep.labels, z)
     extent = [s * e for s, e in zip(SPACING, SHAPE)]
 
     def pairs(device):
@@ -168,7 +169,7 @@ def test_training_pairs_from_the_same_draws_agree_on_either_path():
 def test_evaluation_pairs_and_other_batches_are_untouched():
     cfg = load_config(PHANTOM2D, TINY)
     dev_cfg = load_config(PHANTOM2D, TINY + ["data.augment.device=true"])
-    ref, dev = PhantomDataModule(cfg.data), PhantomDataModule(dev_cfg.data)
+    ref, dev = PhantomDataModule(data_section(cfg)), PhantomDataModule(data_section(dev_cfg))
     ref.setup(), dev.setup()
     a, b = next(iter(ref.test_dataloader())), next(iter(dev.test_dataloader()))
     b = dev.on_after_batch_transfer(b, 0)

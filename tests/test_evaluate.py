@@ -71,7 +71,7 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
 
 def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_overrides, tmp_path, capsys,
                                                                          monkeypatch):
-    from fire_lightning import baselines, evaluate
+    from fire_lightning import baselines, benchmark_timing
 
     assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
@@ -79,7 +79,7 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     capsys.readouterr()
     # Table 4's CPU times: FIRE and FIRE+IO on each pair just before ANTs (one run of each), no pass afterwards
     events = []
-    for module, name, tag in ((baselines, "register_pair", "ANTs"), (evaluate, "seconds_to_register", "FIRE")):
+    for module, name, tag in ((baselines, "register_pair", "ANTs"), (benchmark_timing, "seconds_to_register", "FIRE")):
         def traced(*a, _f=getattr(module, name), _tag=tag, **k):
             events.append(_tag + ("+IO" if k.get("refine") else ""))
             return _f(*a, **k)
@@ -194,9 +194,9 @@ def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overri
     assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
     capsys.readouterr()
-    assert main(["benchmark", str(run), "data.split.gap_mm=0", "--no-ants"]) == 2
+    assert main(["benchmark", str(run), "data.phantom.split.gap_mm=0", "--no-ants"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "data.split" in err[0] and "last.ckpt" in err[0]
+    assert len(err) == 1 and "data.phantom.split" in err[0] and "last.ckpt" in err[0]
     assert not (run / "benchmark").exists()
 
 
@@ -269,8 +269,10 @@ def test_the_benchmark_times_the_pairs_it_scored_without_making_them_again(tiny_
 
     model = FIREModule(cfg, label_names=dm.label_names, spacing=dm.spacing)
     n = len(pairs)
-    for keep, fetches in ((ev.TIMING_KEEP_BYTES, n + 1), (0, 2 * n + 2)):  # + the first pair's look and warm-up
-        monkeypatch.setattr(ev, "TIMING_KEEP_BYTES", keep)
+    import fire_lightning.benchmark_timing as timing
+
+    for keep, fetches in ((timing.TIMING_KEEP_BYTES, n + 1), (0, 2 * n + 2)):  # + the first pair's look and warm-up
+        monkeypatch.setattr(timing, "TIMING_KEEP_BYTES", keep)
         fetched.clear()
         results = ev.evaluate(model, Counted(), tmp_path / f"keep{keep}", batch_size=1)
         assert len(fetched) == fetches, keep

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from callbacks.gradcam import GradCAMCallback
+from fire_lightning.config import data_section
 from data_modules.phantom import PhantomDataModule
 from fire_lightning import explain as ex
 from fire_lightning.cli import main
@@ -146,7 +147,7 @@ def test_the_callback_does_nothing_off_rank_zero_or_off_cadence(tmp_path):
 
 # ---------------------------------------------------------------------------------- fire explain
 def _test_pair(cfg):
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup("test")
     return dm.test_dataset()[0]
 

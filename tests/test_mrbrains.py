@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from fire_lightning.config import data_section
 from data_modules import volumes
 from data_modules.mrbrains import MRBrainSDataModule
 from fire_lightning.cli import main
@@ -38,9 +39,9 @@ def dataset(tmp_path_factory) -> Path:
 
 def make_cfg(root, cache, *extra, dims=2):
     size = "[24,24]" if dims == 2 else "[24,24,24]"
-    return load_config(None, TINY + ["data.name=mrbrains", f"data.root={root}", f"data.cache_dir={cache}",
-                                     f"data.spacing={SP}", f"data.spatial_dims={dims}", f"data.size={size}",
-                                     *extra]).data
+    return data_section(load_config(None, TINY + ["data.name=mrbrains", f"data.root={root}", f"data.cache_dir={cache}",
+                                                  f"data.spacing={SP}", f"data.spatial_dims={dims}", f"data.size={size}",
+                                                  *extra]))
 
 
 # ------------------------------------------------------------------------- discovery, split

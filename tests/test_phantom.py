@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fire_lightning.config import data_section
 from data_modules.augment import apply_params, sample_params
 from data_modules.phantom import PhantomDataModule, split_ranges
 from fire_lightning.config import load_config
@@ -16,7 +17,7 @@ from .conftest import PHANTOM2D, ROOT, TINY
 @pytest.fixture(scope="module")
 def dm2d():
     cfg = load_config(PHANTOM2D, TINY + ["data.n_test_images=3", "data.test_transforms_per_image=3"])
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup()
     return dm
 
@@ -39,7 +40,7 @@ def test_test_anatomy_never_appears_in_training(dm2d):
     # at least gap_mm (3 slices of 1 mm) of anatomy between any training slice and any
     # val/test slice, across block boundaries too
     held_out = {z for split in ("val", "test") for a, b in ranges[split] for z in range(a, b)}
-    gap = round(dm2d.cfg.split.gap_mm / dm2d.prep.spacing[2])
+    gap = round(dm2d.cfg.phantom.split.gap_mm / dm2d.prep.spacing[2])
     assert min(abs(t - h) for t in train for h in held_out) > gap
 
 
@@ -59,7 +60,7 @@ def _drawn(dm, item: dict) -> torch.Tensor:
 @pytest.mark.parametrize("device", [False, True])
 def test_batches_have_the_documented_shapes_and_ranges(device):
     cfg = load_config(PHANTOM2D, TINY + [f"data.augment.device={device}"])
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup()
     batch = _trained_on(dm, next(iter(dm.train_dataloader())))
     assert set(batch) == {"moving", "fixed", "moving_label", "fixed_label", "id"}
@@ -73,7 +74,7 @@ def test_batches_have_the_documented_shapes_and_ranges(device):
 def test_the_test_pairs_are_identical_across_runs():
     def pairs():
         cfg = load_config(PHANTOM2D, TINY + ["data.n_test_images=2", "data.test_transforms_per_image=3"])
-        dm = PhantomDataModule(cfg.data)
+        dm = PhantomDataModule(data_section(cfg))
         dm.setup()
         ds = dm.test_dataset()
         return [ds[i] for i in range(len(ds))]
@@ -140,7 +141,7 @@ def test_augmentation_scales_a_structure_by_the_sampled_factor():
 
 def test_3d_slabs_do_not_cross_the_splits():
     cfg = load_config(ROOT / "experiments" / "phantom3d.yaml", TINY)
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
     assert batch["moving"].shape[1:] == (1, 48, 56, 8)
@@ -153,7 +154,7 @@ def test_3d_slabs_do_not_cross_the_splits():
 def test_bad_modality_is_a_clear_error():
     cfg = load_config(None, ["data.modalities=[T1,T3]"])
     with pytest.raises(ValueError, match="T3|modalities"):
-        PhantomDataModule(cfg.data)
+        PhantomDataModule(data_section(cfg))
 
 
 class _Counted(torch.utils.data.Dataset):
@@ -192,7 +193,7 @@ def test_the_validation_loader_keeps_its_pairs_and_they_equal_the_unkept_ones():
     from data_modules.phantom import FixedPairs
 
     cfg = load_config(PHANTOM2D, TINY + ["data.num_workers=1", "data.n_val_images=2", "data.val_transforms_per_image=2"])
-    dm = PhantomDataModule(cfg.data)
+    dm = PhantomDataModule(data_section(cfg))
     dm.setup()
     loader = dm.val_dataloader()
     assert isinstance(loader.dataset, Memoised) and loader.persistent_workers
@@ -210,18 +211,15 @@ def test_the_validation_loader_keeps_its_pairs_and_they_equal_the_unkept_ones():
 
 def test_the_pair_datasets_read_their_config_as_a_dataclass(tiny_overrides):
     """A loader worker reads a dozen config values per sample: from the typed schema's dataclass,
-    not through OmegaConf (tens of µs a read); the values are the config's. A config that is not
-    the typed schema's is used as it is."""
+    not through OmegaConf (tens of µs a read); the values are the config's."""
     from omegaconf import OmegaConf
 
-    from data_modules.loading import plain_config
     from fire_lightning.schema import AugmentConfig, DataConfig
+    from fire_lightning.train import make_datamodule
 
     cfg = load_config(PHANTOM2D, tiny_overrides)
-    dm = PhantomDataModule(cfg.data)
+    dm = make_datamodule(cfg)
     dm.setup("fit")
     ds = dm.train_dataloader().dataset
     assert isinstance(ds.cfg, DataConfig) and isinstance(ds.cfg.augment, AugmentConfig)
     assert OmegaConf.to_container(OmegaConf.structured(ds.cfg)) == OmegaConf.to_container(cfg.data)
-    untyped = OmegaConf.create({"augment": {"rotate_deg": 3.0}})
-    assert plain_config(untyped) is untyped

@@ -386,7 +386,7 @@ HEAVY = ("lightning", "pytorch_lightning", "lightning_fabric", "monai", "torchio
 
 
 def test_fire_register_runs_without_importing_training_libraries(case2d, ckpts, tmp_path):
-    """A single pair pays for torch and nibabel, not for lightning, monai or omegaconf (issue 12)."""
+    """A single pair pays for torch and nibabel, not for lightning, monai or omegaconf."""
     out = tmp_path / "warped.nii.gz"
     argv = ["register", "--checkpoint", str(ckpts["2d"]), "--moving", str(case2d["pair"]["moving"]),
             "--fixed", str(case2d["pair"]["fixed"]), "--out", str(out), "--device", "cpu"]
@@ -590,9 +590,9 @@ def test_the_python_api_returns_what_the_cli_writes(case):
 
 
 def test_large_images_are_processed_in_slabs_with_the_same_result(case2d, monkeypatch):
-    import fire_lightning.register as register
+    import fire_lightning.geometry as geometry
 
-    monkeypatch.setattr(register, "CHUNK_POINTS", 150)  # 64 x 40 fixed pixels: 40 slabs of one column
+    monkeypatch.setattr(geometry, "CHUNK_POINTS", 150)  # 64 x 40 fixed pixels: 40 slabs of one column
     pair, api = case2d["pair"], case2d["api"]
     sliced = Registrar(case2d["ckpt"], device="cpu").register(
         pair["moving"], pair["fixed"], moving_labels=pair["moving_labels"])
@@ -606,7 +606,7 @@ def test_slices_in_different_planes_are_registered_with_a_warning(ckpts, case2d,
     shifted = moving.affine.copy()
     shifted[:3, 3] += 3 * shifted[:3, 2]  # three slice thicknesses along the normal
     nib.save(_nifti(moving.get_fdata().astype(np.float32), shifted), tmp_path / "other_plane.nii.gz")
-    with caplog.at_level("WARNING", logger="fire_lightning.register"):
+    with caplog.at_level("WARNING", logger="fire_lightning.registrar"):
         result = Registrar(ckpts["2d"], device="cpu").register(tmp_path / "other_plane.nii.gz",
                                                               case2d["pair"]["fixed"])
     assert any("not in the same plane" in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from fire_lightning.config import data_section
 from data_modules.shift import FACTORS, Factor, ShiftPairs, coarser, control_points_for, control_spacing_mm
 from fire_lightning import truth
 from fire_lightning.config import load_config
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture(scope="module")
 def data_cfg():
-    return load_config(PHANTOM2D).data
+    return data_section(load_config(PHANTOM2D))
 
 
 def _factor(name: str) -> Factor:

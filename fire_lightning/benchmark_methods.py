@@ -1,0 +1,96 @@
+"""The benchmark's methods and the fields each hands over for a batch of pairs.
+
+Methods, in the FIRE paper's order: ``Unaligned``, ``ANTs-Affine``, ``FIRE-Affine``, ``ANTs-SyN``,
+``FIRE`` (the ANTs ones only when asked: :mod:`.baselines`); ``True`` / ``True-Affine`` where the
+pairs' transform is known (:mod:`.truth`); ``FIRE+IO`` when refinement is asked (:mod:`.refine`).
+Every method hands over a normalised displacement field on the fixed grid ``(B, n, *S)`` (None:
+the identity) and, for the inverse-consistency error, the field of the other direction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import spatial
+from .truth import true_fields
+
+METHODS = ("Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE")
+FIRE_METHODS = ("Unaligned", "FIRE-Affine", "FIRE")
+#: the ceiling, where the pairs' transform is known (:mod:`.truth`): its true inverse, affine part and full
+TRUE_METHODS = ("True", "True-Affine")
+#: FIRE's transform refined on each pair (:mod:`.refine`), when the benchmark is asked for it
+IO_METHOD = "FIRE+IO"
+#: a method → the method holding its affine part, for the non-rigid share (FIRE+IO's affine part is its own
+#: refined affine, scored as ``dice_affine_part_mean``)
+AFFINE_PARTS = {"True": "True-Affine", "FIRE": "FIRE-Affine", "ANTs-SyN": "ANTs-Affine"}
+ANTS_METHODS = ("ANTs-Affine", "ANTs-SyN")
+
+
+def method_names(known: bool, ants: bool, io: bool) -> tuple:
+    """The methods scored: the ceiling (``known`` transforms), FIRE's (and ANTs' with ``ants``), FIRE+IO (``io``)."""
+    return (TRUE_METHODS if known else ()) + (METHODS if ants else FIRE_METHODS) + (IO_METHOD,) * io
+
+
+def fire_fields(model, mov: torch.Tensor, fix: torch.Tensor, refine=None) -> tuple[dict, dict, dict, dict]:
+    """FIRE's methods on a batch ``(B, 1, *S)``: ``(model.register's output, fields, inverse fields, thetas)``,
+    the fields on the CPU, with ``Unaligned`` (None); with ``refine`` also FIRE+IO, both directions refined
+    (as FIRE's T^{B→A} gives the inverse). ``thetas``: the affine parts ``(B, n, n+1)``, for the affine errors."""
+    reg = model.register(mov, fix)
+    back = model.net.transform("BtoA", reg["g_fixed"], reg["g_moving"], fix, mov)
+    shape = mov.shape[2:]
+    fields = {"Unaligned": None, "FIRE-Affine": reg["affine_field"].cpu(), "FIRE": reg["field"].cpu()}
+    inverse = {"FIRE-Affine": back.affine_field(shape).cpu(), "FIRE": back.field(shape).cpu()}
+    thetas = {"FIRE-Affine": reg["theta"].cpu()}
+    if refine is not None:
+        t_io = model.refined(reg["transform"], mov, fix, refine)
+        fields[IO_METHOD], thetas[IO_METHOD] = t_io.field(shape).cpu(), t_io.theta.cpu()
+        inverse[IO_METHOD] = model.refined(back, fix, mov, refine).field(shape).cpu()
+    return reg, fields, inverse, thetas
+
+
+def ants_fields(ants_out: list[dict]) -> tuple[dict, dict, dict]:
+    """ANTs' methods of a batch from :func:`baselines.register_pair`'s outputs, one per pair:
+    ``(fields, inverse fields (zeros where a pair was registered one way only), seconds per pair)``."""
+    fields, inverse, seconds = {}, {}, {}
+    for name in ANTS_METHODS:
+        fields[name] = torch.stack([o[name]["field"] for o in ants_out])
+        inverse[name] = torch.stack([o[name].get("inverse", torch.zeros_like(o[name]["field"])) for o in ants_out])
+        seconds[name] = [o[name]["seconds"] for o in ants_out]
+    return fields, inverse, seconds
+
+
+def known_truth(batch: dict) -> tuple[dict, dict]:
+    """Pairs with a known transform: ``(truth, the True / True-Affine fields)``."""
+    truth = {k: batch[k] for k in ("true_theta", "true_elastic")}
+    return truth, true_fields(truth["true_theta"], truth["true_elastic"])
+
+
+def ants_affine_theta(field: torch.Tensor) -> torch.Tensor:
+    """ANTs-Affine's affine ``(B, n, n+1)``, fitted to its field, for the affine errors."""
+    return spatial.fit_affine_to_field(field.double()).float()
+
+
+def nonrigid_shares(summary: dict) -> dict:
+    """How much of the Dice that the test transforms' elastic part is worth each method recovers:
+    ``(method − its affine part) / (True − True-Affine)`` on the mean Dice (1: all of it, 0: an affine
+    registration). Over the means, not per pair: a pair's own ceiling gap can be near 0. Empty
+    without known transforms.
+
+    Returns:
+        method → {``dice``, ``affine_dice`` (its affine part's), ``share``}, Dice in [0, 1].
+    """
+    def mean(method: str, key: str = "dice_mean"):
+        entry = summary.get(method, {}).get(key)
+        return None if not entry else entry["mean"]
+
+    ceiling = (mean("True") or 0.0) - (mean("True-Affine") or 0.0)
+    if "True" not in summary or abs(ceiling) < 1e-9:
+        return {}
+    out = {}
+    parts = {**AFFINE_PARTS, IO_METHOD: None}
+    for method, part in parts.items():
+        dice = mean(method)
+        affine = mean(part) if part else mean(method, "dice_affine_part_mean")
+        if dice is not None and affine is not None:
+            out[method] = {"dice": dice, "affine_dice": affine, "share": (dice - affine) / ceiling}
+    return out
