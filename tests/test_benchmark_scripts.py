@@ -18,15 +18,15 @@ def _script(name: str):
 
 
 def test_interleaved_times_every_variant_in_turns_and_restores_the_cost_volume_route(tiny_overrides, tmp_path):
-    from fire_lightning import networks
+    from fire_lightning.nets import cost_volume
 
     interleaved = _script("interleaved")
     out = tmp_path / "cmp.json"
-    default = networks.DENSE_POINTS_PER_OFFSET
+    default = cost_volume.DENSE_POINTS_PER_OFFSET
     result = interleaved.main([str(PHANTOM2D), *tiny_overrides, "--variant", "model.channels_last=false",
                                "--variant", "model.channels_last=true cost_volume=shifted norm=instance",
                                "--rounds", "2", "--skip", "1", "--threads", "1", "--out", str(out)])
-    assert networks.DENSE_POINTS_PER_OFFSET == default
+    assert cost_volume.DENSE_POINTS_PER_OFFSET == default
     assert json.loads(out.read_text()) == result
     rows = result["variants"]
     assert list(rows) == ["model.channels_last=false", "model.channels_last=true cost_volume=shifted norm=instance"]

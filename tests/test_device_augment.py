@@ -118,7 +118,7 @@ def test_a_batch_is_transformed_without_copies_between_host_and_device(spatial_d
     """On the meta device, where a host tensor has to be copied as on a GPU: after a first batch
     (which puts the geometry's constants on the device), a batch's transform copies nothing from
     the host and reads nothing back: on a GPU each would wait for every queued kernel."""
-    from fire_lightning.networks import fresh_caches
+    from fire_lightning.nets.fire import fresh_caches
     from fire_lightning.profiling import HostCopies
 
     config = PHANTOM2D if spatial_dims == 2 else PHANTOM2D.parent / "phantom3d.yaml"

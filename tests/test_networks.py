@@ -138,7 +138,7 @@ def test_the_match_head_finds_a_shift_and_fits_the_affine_through_its_matches(we
 def test_both_cost_volume_routes_give_the_windowed_dot_products(size, radii, monkeypatch):
     """The cost volume against a point-by-point reference (the moving descriptor at p + offset, the
     border replicated), on the all-pairs route and on the shifted-product route, values and gradients."""
-    from fire_lightning.nets import cost_volume as networks
+    from fire_lightning.nets import cost_volume
 
     ea, eb = torch.randn(2, 2, 3, *size, generator=_gen(21), dtype=torch.float64)
     offsets = MatchAffineNet.offsets(radii).t().tolist()  # (D, n)
@@ -149,7 +149,7 @@ def test_both_cost_volume_routes_give_the_windowed_dot_products(size, radii, mon
             ref[(slice(None), k) + p] = (eb[(slice(None), slice(None)) + p] * ea[(slice(None), slice(None)) + q]).sum(1)
     grads = []
     for dense_limit in (10 ** 6, 0):  # every grid all-pairs, then none
-        monkeypatch.setattr(networks, "DENSE_POINTS_PER_OFFSET", dense_limit)
+        monkeypatch.setattr(cost_volume, "DENSE_POINTS_PER_OFFSET", dense_limit)
         a, b = ea.clone().requires_grad_(), eb.clone().requires_grad_()
         out = MatchAffineNet.cost_volume(a, b, radii)
         torch.testing.assert_close(out, ref)
@@ -162,10 +162,10 @@ def test_the_shifted_route_backward_adds_into_one_gradient(monkeypatch):
     """Its backward adds each window's gradient into one gradient of the padded descriptors, in place
     (two ops per offset): autograd's own backward of the windows built a zero tensor of the padded
     size per window and axis (``slice_backward``), 2 of 3 of such ops in a FIRE step."""
-    from fire_lightning.nets import cost_volume as networks
+    from fire_lightning.nets import cost_volume
     from fire_lightning.profiling import OpCounter
 
-    monkeypatch.setattr(networks, "DENSE_POINTS_PER_OFFSET", 0)
+    monkeypatch.setattr(cost_volume, "DENSE_POINTS_PER_OFFSET", 0)
     a, b = (torch.randn(2, 3, 8, 9, generator=_gen(k)).requires_grad_() for k in (1, 2))
     out = MatchAffineNet.cost_volume(a, b, (2, 2))
     with OpCounter() as ops:
@@ -182,9 +182,9 @@ def test_the_match_head_compiles_with_inductor_on_the_shifted_route(monkeypatch)
     their fake kernel's; under compilation the border is replicated by indexing, eager by F.pad.)"""
     import torch._dynamo
 
-    from fire_lightning.nets import cost_volume as networks
+    from fire_lightning.nets import cost_volume
 
-    monkeypatch.setattr(networks, "DENSE_POINTS_PER_OFFSET", 0)
+    monkeypatch.setattr(cost_volume, "DENSE_POINTS_PER_OFFSET", 0)
     torch.manual_seed(0)
     head = MatchAffineNet(2, 8, channels=(8, 8, 8))
     fa, fb = torch.randn(2, 2, 8, 32, 36, generator=_gen(31))

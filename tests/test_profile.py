@@ -189,7 +189,7 @@ def test_registering_a_pair_copies_nothing_between_host_and_device(tiny_override
     import torch
 
     from fire_lightning.module import FIREModule
-    from fire_lightning.networks import fresh_caches
+    from fire_lightning.nets.fire import fresh_caches
     from fire_lightning.profiling import HostCopies
 
     cfg = load_config(PHANTOM2D, [*tiny_overrides, *extra])
