@@ -28,10 +28,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     from data_modules.loading import collate_pairs
     from data_modules.phantom import PhantomDataModule
-    from fire_lightning.config import data_section
     from data_modules.shift import control_spacing_mm
     from fire_lightning import metrics, spatial
-    from fire_lightning.config import load_config
+    from fire_lightning.config import data_section, load_config
     from fire_lightning.truth import true_fields
 
     rows = []

@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     import lightning as L
     import torch
 
-    from fire_lightning.nets import cost_volume
     from fire_lightning.config import load_config
     from fire_lightning.module import FIREModule
+    from fire_lightning.nets import cost_volume
     from fire_lightning.train import make_datamodule
 
     torch.set_num_threads(args.threads)

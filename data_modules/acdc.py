@@ -33,7 +33,14 @@ from torch.utils.data import DataLoader
 from fire_lightning.schema import DataConfig
 
 from .acdc_patients import (  # noqa: F401  (re-exported: the patients' API)
-    DEFAULT_STRUCTURES, LABEL_NAMES, SUBSETS, ACDCPatient, check_patient, find_patients, parse_info_cfg, split_patients,
+    DEFAULT_STRUCTURES,
+    LABEL_NAMES,
+    SUBSETS,
+    ACDCPatient,
+    check_patient,
+    find_patients,
+    parse_info_cfg,
+    split_patients,
 )
 from .crop import fit
 from .loading import Memoised, make_loader, pair_dict, spread, train_rng, trainer_rank

@@ -21,8 +21,16 @@ import torch
 
 from fire_lightning.io import describe_error, load_nifti, voxel_sizes
 
-from .volumes import (CACHE_VERSION, Preprocessing, atomic_savez, cache_root, map_labels, read_volume,
-                      source_stamps, target_spacing)
+from .volumes import (
+    CACHE_VERSION,
+    Preprocessing,
+    atomic_savez,
+    cache_root,
+    map_labels,
+    read_volume,
+    source_stamps,
+    target_spacing,
+)
 
 log = logging.getLogger(__name__)
 

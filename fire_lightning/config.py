@@ -16,11 +16,25 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .schema import (  # noqa: F401  (re-exported: `from fire_lightning.config import Config` keeps working)
-    AffineConfig, AugmentConfig, Config, ConfigError, DataConfig, ExplainConfig, LoggerConfig, LossConfig, ModelConfig,
-    NonRigidConfig, OptimConfig, RunConfig, SplitConfig, SplitFractions, SynthesisConfig, TrainerConfig, rename_old_keys,
+    AffineConfig,
+    AugmentConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    ExplainConfig,
+    LoggerConfig,
+    LossConfig,
+    ModelConfig,
+    NonRigidConfig,
+    OptimConfig,
+    RunConfig,
+    SplitConfig,
+    SplitFractions,
+    SynthesisConfig,
+    TrainerConfig,
+    rename_old_keys,
     rename_old_override,
 )
-
 
 LR_DECAYS = ("none", "cosine")  # optim.lr_decay
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # trainer.compile_mode
@@ -75,9 +89,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return apply_overrides(cfg, overrides)
 
 
+#: a run folder's record of its resolved configuration
+CONFIG_NAME = "config.yaml"
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """The resolved config saved in a run folder, with optional overrides."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved config (is {run_dir} a fire-lightning run folder?)")
+    return load_config(path, overrides)
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
     """``cfg`` (on the schema) ← ``key=value`` overrides; validated; returned as a new config."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), rename_data_keys(cfg, "saved config"))
+    saved = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), rename_old_keys(saved))  # a saved config: old keys moved
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:

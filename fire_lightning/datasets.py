@@ -56,8 +56,7 @@ def check_dataset(root, dataset: str, config=None, overrides=()) -> list[str]:
 
 def held_out_pairs(target, overrides=()):
     """The test pairs of an experiment YAML or a run folder (its config.yaml): ``(dataset, spacing)``."""
-    from .config import load_config
-    from .train import CONFIG_NAME, load_run_config
+    from .config import CONFIG_NAME, load_config, load_run_config
 
     target = Path(target)
     cfg = load_run_config(target, list(overrides)) if target.is_dir() and (target / CONFIG_NAME).is_file() \

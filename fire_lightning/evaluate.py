@@ -25,11 +25,29 @@ from . import benchmark_timing as timing
 from . import metrics, spatial
 from .batches import collate_pairs
 from .benchmark_methods import (  # noqa: F401  (re-exported: the benchmark's API)
-    AFFINE_PARTS, ANTS_METHODS, FIRE_METHODS, IO_METHOD, METHODS, TRUE_METHODS, ants_affine_theta, ants_fields,
-    fire_fields, known_truth, method_names, nonrigid_shares,
+    AFFINE_PARTS,
+    ANTS_METHODS,
+    FIRE_METHODS,
+    IO_METHOD,
+    METHODS,
+    TRUE_METHODS,
+    ants_affine_theta,
+    ants_fields,
+    fire_fields,
+    known_truth,
+    method_names,
+    nonrigid_shares,
 )
 from .benchmark_reports import (  # noqa: F401
-    COLUMNS, PERCENT_COLUMNS, affine_rows, check_targets, dice_table, explain_reports, figures, table2_rows, table4_rows,
+    COLUMNS,
+    PERCENT_COLUMNS,
+    affine_rows,
+    check_targets,
+    dice_table,
+    explain_reports,
+    figures,
+    table2_rows,
+    table4_rows,
     write_reports,
 )
 from .benchmark_timing import TIMING_KEEP_BYTES, KeptPairs, cpu_name, seconds_to_register, time_register  # noqa: F401
@@ -231,7 +249,8 @@ class Benchmark:
             },
         }
         if explain is not None:
-            from .explain_report import correlations, summarise as summarise_explain
+            from .explain_report import correlations
+            from .explain_report import summarise as summarise_explain
 
             dice = {m: per[m]["dice_mean"] for m in ("FIRE", "FIRE-Affine")}
             example = self.example

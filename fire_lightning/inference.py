@@ -23,7 +23,7 @@ from .nets.fire import FIRENet
 from .nets.transformation import Transform
 from .refine import RefineSettings
 from .refine import refine as refine_pair
-from .schema import Config, ConfigError, from_dict
+from .schema import Config, from_dict
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

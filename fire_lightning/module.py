@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -15,13 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import metrics
+from .inference import LABEL_NAMES, Registers, build_net, model_spacing  # noqa: F401 (re-exported)
 from .io import describe_error
-from .truth import affine_error, affine_parameters, single_resampling_labels, slope_and_correlation
 from .losses import (
     FIRELoss,
-    affine_warmup_loss,
     FIREOutputs,
     adversarial_images,
+    affine_warmup_loss,
     discriminators,
     fire_forward,
     fire_loss,
@@ -29,8 +29,8 @@ from .losses import (
     lsgan_discriminator_loss,
     make_similarity,
 )
-from .inference import LABEL_NAMES, Registers, build_net, model_spacing  # noqa: F401 (re-exported)
 from .schema import Config, rename_old_keys
+from .truth import affine_error, affine_parameters, single_resampling_labels, slope_and_correlation
 
 log = logging.getLogger(__name__)
 

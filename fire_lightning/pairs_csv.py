@@ -6,7 +6,8 @@ from __future__ import annotations
 import csv
 import logging
 import sys
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Callable
 

@@ -55,11 +55,24 @@ The code: :mod:`.geometry` (steps 1, 2 and the point maps), :mod:`.registrar` (c
 """
 
 from .geometry import (  # noqa: F401  (the registration API, gathered)
-    CHUNK_POINTS, ModelGrid, grid_to_fixed, model_grid, model_input, nonrigid_part, normalise_intensity, normaliser,
-    on_grid, world_affine,
+    CHUNK_POINTS,
+    ModelGrid,
+    grid_to_fixed,
+    model_grid,
+    model_input,
+    nonrigid_part,
+    normalise_intensity,
+    normaliser,
+    on_grid,
+    world_affine,
 )
 from .itk_io import (  # noqa: F401
-    AFFINE_SUFFIXES, FIELD_SUFFIXES, check_output_paths, itk_affine, itk_displacement_field, itk_geometry,
+    AFFINE_SUFFIXES,
+    FIELD_SUFFIXES,
+    check_output_paths,
+    itk_affine,
+    itk_displacement_field,
+    itk_geometry,
 )
 from .pairs_csv import CSV_OPTIONAL, CSV_REQUIRED, CSVReport, label_dice, read_pairs_csv, register_csv  # noqa: F401
-from .registrar import Prepared, RegistrationResult, Registrar, resolve_device  # noqa: F401
+from .registrar import Prepared, Registrar, RegistrationResult, resolve_device  # noqa: F401

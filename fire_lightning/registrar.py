@@ -17,10 +17,32 @@ import numpy as np
 import torch
 
 from . import spatial
-from .geometry import (ModelGrid, image_tensor, fire_and_affine, model_grid, model_input, nonrigid_part, normaliser,
-                       on_grid, slabs, transform_points, voxel_points, world_affine)
+from .geometry import (
+    ModelGrid,
+    fire_and_affine,
+    image_tensor,
+    model_grid,
+    model_input,
+    nonrigid_part,
+    normaliser,
+    on_grid,
+    slabs,
+    transform_points,
+    voxel_points,
+    world_affine,
+)
 from .inference import load_model
-from .io import check_image, image_like, is_2d, load_nifti, nifti_writer, save_atomic, spatial_data, spatial_shape, voxel_sizes
+from .io import (
+    check_image,
+    image_like,
+    is_2d,
+    load_nifti,
+    nifti_writer,
+    save_atomic,
+    spatial_data,
+    spatial_shape,
+    voxel_sizes,
+)
 from .itk_io import check_output_paths, itk_affine, itk_displacement_field
 from .refine import RefineSettings
 

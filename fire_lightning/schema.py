@@ -12,8 +12,8 @@ import copy
 import dataclasses
 import difflib
 import warnings
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 

@@ -26,9 +26,9 @@ from callbacks.gradcam import GradCAMCallback
 from callbacks.image_logging import ValidationImages
 from callbacks.interrupt import SaveOnInterrupt
 
-from .config import ConfigError, load_config, to_yaml
-from .distributed import global_rank
+from .config import CONFIG_NAME, ConfigError, load_config, load_run_config, to_yaml  # noqa: F401 (re-exported)
 from .datasets import make_datamodule  # noqa: F401  (re-exported: the data module of a config)
+from .distributed import global_rank
 from .errors import Preempted
 from .explain import ExplainSettings
 from .io import describe_error
@@ -37,7 +37,6 @@ from .wandb_report import finish_training, make_logger
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"
 #: the run folder's record of the last training: iterations and seconds (the ablation's time column)
 TRAINING_NAME = "training.json"
 
@@ -81,14 +80,6 @@ def latest_run_dir(cfg: DictConfig) -> Path:
     if not cands:
         raise FileNotFoundError(f"--resume: no run of '{cfg.experiment}' with checkpoints/last.ckpt under {root}/")
     return cands[-1]
-
-
-def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """The resolved config saved in a run folder, with optional overrides."""
-    path = Path(run_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no saved config (is {run_dir} a fire-lightning run folder?)")
-    return load_config(path, overrides)
 
 
 class _AppendingWriter(ExperimentWriter):

@@ -35,6 +35,7 @@ import torch
 
 from . import spatial
 
+
 def source_points(field: torch.Tensor | None, theta_true: torch.Tensor, elastic: torch.Tensor) -> torch.Tensor:
     """Where each fixed-grid point lands in the untransformed source: ``tau(phi(p))``.
 

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from fire_lightning.config import data_section
 from data_modules import series
 from data_modules.acdc import ACDCDataModule
 from fire_lightning.cli import main
-from fire_lightning.config import load_config
+from fire_lightning.config import data_section, load_config
 from fire_lightning.train import train
 
 from . import fake_datasets as fake

@@ -9,9 +9,9 @@ import torch
 from omegaconf import OmegaConf
 
 from fire_lightning.config import load_config
-from fire_lightning.schema import RENAMED_KEYS, rename_old_keys
 from fire_lightning.inference import InferenceModel
 from fire_lightning.module import FIREModule
+from fire_lightning.schema import RENAMED_KEYS, rename_old_keys
 
 from .conftest import PHANTOM2D, TINY
 

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from fire_lightning.config import data_section
 from data_modules.augment import apply_params, known_transform, sample_params
 from data_modules.device_augment import DeviceTransform, apply_batch, device_transform, source_coordinates
 from data_modules.loading import augment_on_device
 from data_modules.phantom import PhantomDataModule
 from fire_lightning import spatial
-from fire_lightning.config import load_config
+from fire_lightning.config import data_section, load_config
 
 from .conftest import PHANTOM2D, TINY
 

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from callbacks.gradcam import GradCAMCallback
-from fire_lightning.config import data_section
 from data_modules.phantom import PhantomDataModule
 from fire_lightning import explain as ex
 from fire_lightning.cli import main
-from fire_lightning.config import load_config
+from fire_lightning.config import data_section, load_config
 from fire_lightning.explain_report import pair_values
 from fire_lightning.register import grid_to_fixed, model_grid, model_input
 from fire_lightning.train import train

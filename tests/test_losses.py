@@ -7,9 +7,6 @@ import math
 import pytest
 import torch
 
-from .conftest import gen as _gen
-from .conftest import model_config
-
 from fire_lightning import spatial
 from fire_lightning.losses import (
     FIRELoss,
@@ -25,6 +22,7 @@ from fire_lightning.losses import (
 from fire_lightning.nets.fire import FIRENet
 
 from .conftest import gen as _gen
+from .conftest import model_config
 
 # Small image shapes whose axes all differ (so a mix-up of axes shows).
 NET_SHAPES = {2: (36, 16), 3: (36, 12, 8)}

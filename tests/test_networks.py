@@ -7,9 +7,6 @@ import itertools
 import pytest
 import torch
 
-from .conftest import gen as _gen
-from .conftest import model_config
-
 from fire_lightning import spatial
 from fire_lightning.losses import fire_forward, fire_loss
 from fire_lightning.nets.affine import AffineNet, DenseAffineNet, MatchAffineNet
@@ -18,6 +15,9 @@ from fire_lightning.nets.nonrigid import NonRigidNet
 from fire_lightning.nets.synthesis import Decoder, Encoder
 from fire_lightning.nets.transformation import TransformationNet
 from fire_lightning.schema import AffineConfig
+
+from .conftest import gen as _gen
+from .conftest import model_config
 
 # See tests/test_losses.py: AffineNet's instance norms need > 1 spatial element after three
 # halvings of the S/4 feature grid, so one image axis must be >= 33 voxels in training mode.

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .conftest import gen, model_config
-
 from fire_lightning import spatial
 from fire_lightning.config import ConfigError, load_config
 from fire_lightning.losses import MutualInformation
 from fire_lightning.nets.fire import FIRENet
 from fire_lightning.nets.nonrigid import NonRigidNet, UNetNonRigid, build_nonrigid
 from fire_lightning.schema import NonRigidConfig
+
+from .conftest import gen, model_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fire_lightning.config import data_section
 from data_modules.augment import apply_params, sample_params
 from data_modules.phantom import PhantomDataModule, split_ranges
-from fire_lightning.config import load_config
+from fire_lightning.config import data_section, load_config
 
 from .conftest import PHANTOM2D, ROOT, TINY
 

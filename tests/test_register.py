@@ -25,9 +25,8 @@ from omegaconf import OmegaConf
 from fire_lightning import spatial
 from fire_lightning.cli import main
 from fire_lightning.config import load_config
-from fire_lightning.module import load_module
-from fire_lightning.module import FIREModule
 from fire_lightning.inference import InferenceModel, load_model
+from fire_lightning.module import FIREModule, load_module
 from fire_lightning.register import Registrar, model_grid, model_input
 
 from .conftest import PHANTOM2D, ROOT, TINY, gen

@@ -24,6 +24,8 @@ def _flat(saved: dict) -> dict:
     old = copy.deepcopy(saved)
     model = old["model"]
     for old_key, new_key in RENAMED_KEYS.items():
+        if not old_key.startswith("model."):
+            continue
         _, section, leaf = new_key.split(".")
         model[old_key.split(".", 1)[1]] = model[section].pop(leaf)
     old["model"] = {k: v for k, v in model.items() if v != {}}
@@ -55,13 +57,16 @@ def test_an_old_experiment_file_loads_with_one_warning_and_old_and_new_together_
 
 
 def test_every_renamed_key_has_a_place_in_the_schema():
-    saved = from_dict({}).__class__  # Config
-    flat = {"model": {old.split(".", 1)[1]: None for old in RENAMED_KEYS}}
+    schema = from_dict({})
+    flat = {}
+    for old in RENAMED_KEYS:
+        top, key = old.split(".", 1)
+        flat.setdefault(top, {})[key] = None
     moved = rename_old_keys(flat)
     for new in RENAMED_KEYS.values():
-        _, section, leaf = new.split(".")
-        assert leaf in moved["model"][section]
-        assert hasattr(getattr(saved().model, section), leaf)
+        top, section, leaf = new.split(".")
+        assert leaf in moved[top][section]
+        assert hasattr(getattr(getattr(schema, top), section), leaf)
 
 
 def test_a_checkpoint_with_flat_hyperparameters_loads_silently_to_the_same_networks(tmp_path):

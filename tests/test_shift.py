@@ -9,10 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fire_lightning.config import data_section
 from data_modules.shift import FACTORS, Factor, ShiftPairs, coarser, control_points_for, control_spacing_mm
 from fire_lightning import truth
-from fire_lightning.config import load_config
+from fire_lightning.config import data_section, load_config
 from fire_lightning.inference import InferenceModel
 from fire_lightning.shift import check, run_shift, summarise
 

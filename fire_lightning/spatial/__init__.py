@@ -43,7 +43,6 @@ from .affine import (
 )
 from .composition import compose, compose_affine_displacement, integrate_velocity, resize_field
 from .derivatives import jacobian_determinant, laplacian
-
 from .grid import (
     clear_grid_cache,
     constant,
