@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 
 from .benchmark_inputs import PROTOCOLS
-from .datasets import EXPERIMENTS
 from .demo import DEMO_ANTS_ICE_EVERY, DEMO_REFINE_STEPS
 
-DEFAULT_EXPERIMENT = EXPERIMENTS / "phantom2d.yaml"
+DEFAULT_EXPERIMENT = "phantom2d"  # a shipped experiment, found by name (config.experiment_path)
 
 
 def refine_options(parser) -> None:

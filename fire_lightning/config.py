@@ -9,6 +9,7 @@ downstream reads the resulting object. Experiment files hold only what differs f
 from __future__ import annotations
 
 import difflib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,31 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise ConfigError(f"{source}: bad value for '{key}': {e.msg if hasattr(e, 'msg') else e}") from None
 
 
+def shipped_experiments() -> dict[str, Path]:
+    """The experiment configs that ship with the package: ``{name: path}`` (``phantom2d``, ``sweeps/...``)."""
+    root = Path(str(resources.files("fire_lightning.experiments")))
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def experiment_path(name: str | Path) -> Path:
+    """An experiment config: ``name`` as a path when that file exists, else the shipped experiment of that
+    name (``phantom2d``, ``phantom2d.yaml``), so that configs are found from an installed package too.
+
+    Raises:
+        ConfigError: neither a file nor a shipped experiment (the shipped names are listed).
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_experiments()
+    found = shipped.get(str(path.with_suffix("") if path.suffix == ".yaml" else path))
+    if found is None:
+        found = shipped.get(path.stem) if path.parent.name == "experiments" else None  # experiments/X.yaml elsewhere
+    if found is None:
+        raise ConfigError(f"{path}: config file not found (nor a shipped experiment: {', '.join(shipped)})")
+    return found
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Schema defaults ← YAML file ← ``key=value`` overrides; validated; read-only structure.
 
@@ -74,9 +100,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     cfg = OmegaConf.structured(Config)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        path = experiment_path(path)
         try:
             file_cfg = OmegaConf.load(path)
         except Exception as e:  # yaml errors

@@ -36,8 +36,7 @@ def make_datamodule(cfg):
 
 
 #: the experiment whose data section ``fire data check --dataset NAME`` checks against when no config is given
-DATASET_CONFIGS = {"acdc": "acdc2d.yaml", "mrbrains": "mrbrains2d_t1_flair.yaml"}
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+DATASET_CONFIGS = {"acdc": "acdc2d", "mrbrains": "mrbrains2d_t1_flair"}  # shipped experiments
 
 
 def check_dataset(root, dataset: str, config=None, overrides=()) -> list[str]:
@@ -47,7 +46,7 @@ def check_dataset(root, dataset: str, config=None, overrides=()) -> list[str]:
 
     overrides = [*overrides, f"data.name={dataset}", f"data.root={root}"]
     if config is None and dataset in DATASET_CONFIGS:  # the dataset's own defaults (ACDC: 60/10/30)
-        config = EXPERIMENTS / DATASET_CONFIGS[dataset]
+        config = DATASET_CONFIGS[dataset]  # a shipped experiment, found by name
     dm = make_datamodule(load_config(config, overrides))
     if not callable(getattr(dm, "check", None)):
         raise ValueError(f"data.name={dataset}: this dataset has no check (it is not read from data.root)")
