@@ -48,7 +48,8 @@ def one(config: str, shape: list[int], width: int, checkpoint: bool, overrides: 
     from fire_lightning.profiling import fake_tensors, saved_for_backward, step_memory
 
     torch.manual_seed(0)
-    cfg = load_config(config, [f"model.synthesis.width={width}", f"model.synthesis.checkpoint_activations={str(checkpoint).lower()}",
+    cfg = load_config(config, [f"model.synthesis.width={width}",
+                               f"model.synthesis.checkpoint_activations={str(checkpoint).lower()}",
                                f"data.spatial_dims={len(shape)}", f"data.size={list(shape)}", *overrides])
     if fake:
         cfg.model.channels_last = False  # fake weights cannot be converted to it; the bytes are the same
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
     print(f"one FIRE step, {a.config} {' '.join(a.overrides)}, batch {a.batch}, shape {a.shape}, width {a.width}, "
           f"{where}")
     if a.fake:
-        print("| model.synthesis.checkpoint_activations | saved for the backward (MiB) | peak of the step (GiB) | weights (MiB) "
+        print("| model.synthesis.checkpoint_activations | saved for the backward (MiB) | peak of the step (GiB) "
+              "| weights (MiB) "
               "| iteration: 3 x weights + peak (GiB) |\n|---|---|---|---|---|")
         for r in rows:
             print(f"| {str(r['checkpoint_activations']).lower()} | {r['saved_for_backward_mib']:.1f} | "

@@ -132,7 +132,8 @@ class FlowLevel(nn.Module):
         self.n, self.radius = n, radius
         self.project = nn.Sequential(ConvBlock(n, cin, hidden, 3, leaky=True), conv(n, hidden, desc, 1))
         d = (2 * radius + 1) ** n
-        self.estimate = nn.Sequential(leaky_conv(n, d + n, hidden), leaky_conv(n, hidden, hidden), zero_conv(n, hidden, n))
+        self.estimate = nn.Sequential(leaky_conv(n, d + n, hidden), leaky_conv(n, hidden, hidden),
+                                      zero_conv(n, hidden, n))
         self.log_temperature = nn.Parameter(torch.tensor(math.log(0.1)))
 
     def forward(self, fm: torch.Tensor, ff: torch.Tensor) -> torch.Tensor:
@@ -216,8 +217,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         head = GUNet(n, {lv: width * 2 ** lv for lv in g_levels}, channels, args.out_level, args.passes)
     else:
         head = UNetNonRigid(n, channels, args.out_level, args.passes)
-    to_disp = (lambda v: spatial.integrate_velocity(v, cfg.model.nonrigid.integration_steps)) if cfg.model.nonrigid.diffeomorphic \
-        else (lambda v: v)
+    to_disp = (lambda v: spatial.integrate_velocity(v, cfg.model.nonrigid.integration_steps)) \
+        if cfg.model.nonrigid.diffeomorphic else (lambda v: v)
     shape = tuple(train["xm"].shape[2:])
     norm = nn.functional.instance_norm
 
@@ -238,12 +239,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         head.train()
         full = spatial.compose_affine_displacement(val["theta"], u_nr)
         affine = spatial.affine_to_displacement(val["theta"], shape)
-        dice = {name: 100 * metrics.dice_per_label(spatial.warp_labels(val["lm"], f), val["lf"], [1, 2, 3]).mean().item()
+        dice = {name: 100 * metrics.dice_per_label(spatial.warp_labels(val["lm"], f), val["lf"],
+                                                   [1, 2, 3]).mean().item()
                 for name, f in (("affine", affine), ("field", full), ("true", val["true"]))}
         brain = val["lf"] > 0
         both = brain.expand(-1, n, *([-1] * n))
         t, u = val["target"][both], u_nr[both]
-        corr = float(((t - t.mean()) * (u - u.mean())).sum() / ((t - t.mean()).norm() * (u - u.mean()).norm()).clamp_min(1e-12))
+        corr = float(((t - t.mean()) * (u - u.mean())).sum()
+                     / ((t - t.mean()).norm() * (u - u.mean()).norm()).clamp_min(1e-12))
         errors = metrics.field_errors(full, val["true"], brain, model.spacing)
         return {"dice_affine": dice["affine"], "dice_field": dice["field"], "dice_true": dice["true"],
                 "corr_nonrigid": corr, "field_err_mm": errors["field_err_mm"].mean().item(),

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in commands:
         w, c = result["wall"][name], result["cpu"][name]
         print(f"| {name} | {w['median_s']:.2f} ({w['fastest_s']:.2f}–{w['slowest_s']:.2f}) | "
-              f"{w['added_to_import_torch_median_s']:.2f} | {c['median_s']:.2f} | {c['added_to_import_torch_median_s']:.2f} |")
+              f"{w['added_to_import_torch_median_s']:.2f} | {c['median_s']:.2f} | "
+              f"{c['added_to_import_torch_median_s']:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {args.out}")

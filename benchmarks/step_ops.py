@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     total = ops.kernels
     copies = step_host_copies(cfg)
     print(f"{args.config} {' '.join(args.overrides)}: batch {cfg.data.batch_size}, shape {list(cfg.data.size)}, "
-          f"width {cfg.model.synthesis.width}\n{total} ops (views aside): forward {forward}, backward {total - forward}; "
+          f"width {cfg.model.synthesis.width}\n{total} ops (views aside): forward {forward}, "
+          f"backward {total - forward}; "
           f"{ops.syncs} read a value back to the host; {copies.total} host↔device copies (on the meta device)"
           + "".join(f"; {site}: {n}" for site, n in copies.sites.items()) + "\n")
     print("| where | ops | share |\n|---|---|---|")

@@ -120,7 +120,8 @@ class ACDCDataModule(L.LightningDataModule):
         from .volumes import Preprocessing
 
         if cfg.root is None:
-            raise ValueError("data.root is not set: give the ACDC folder holding training/ (e.g. data.root=/path/to/ACDC)")
+            raise ValueError("data.root is not set: give the ACDC folder holding training/ "
+                             "(e.g. data.root=/path/to/ACDC)")
         subsets = [str(s) for s in cfg.acdc.subsets]
         if not subsets or any(s not in SUBSETS for s in subsets):
             raise ValueError(f"data.acdc.subsets must be a non-empty list of {SUBSETS}, got {subsets}")
@@ -213,7 +214,8 @@ class ACDCDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
 
-        return make_loader(self.cfg, CineTrainPairs(self._prepared()["train"], self.cfg, self.spacing).on_rank(trainer_rank(self)))
+        return make_loader(self.cfg, CineTrainPairs(self._prepared()["train"], self.cfg, self.spacing)
+                           .on_rank(trainer_rank(self)))
 
     def val_dataloader(self) -> DataLoader:
 

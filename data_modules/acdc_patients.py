@@ -118,7 +118,8 @@ def find_patients(root: str | Path, subsets=SUBSETS) -> list[ACDCPatient]:
         raise FileNotFoundError(f"{root}: ACDC root folder not found")
     folders = _subset_folders(root, subsets)
     if not folders:
-        raise FileNotFoundError(f"{root}: no ACDC {' or '.join(subsets)} folder (expected {root}/training/patient001/...)")
+        raise FileNotFoundError(f"{root}: no ACDC {' or '.join(subsets)} folder "
+                                f"(expected {root}/training/patient001/...)")
     patients = []
     for subset, folder in folders:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and _PATIENT.match(p.name)):

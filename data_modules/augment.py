@@ -74,12 +74,14 @@ def _transforms(params: AugmentParams, elastic: bool = True) -> tio.Compose:
     steps = [tio.Affine(scales=params.scales, degrees=params.degrees, translation=params.translation_mm,
                         default_pad_value=0.0, center="image")]
     if elastic:
-        steps.append(ElasticDeformation(control_points=params.control_points, max_displacement=params.max_displacement_mm))
+        steps.append(ElasticDeformation(control_points=params.control_points,
+                                        max_displacement=params.max_displacement_mm))
     return tio.Compose(steps)
 
 
 def _run(transform: tio.Compose, image: torch.Tensor, label: torch.Tensor | None, spacing):
-    """Apply ``transform`` to ``image`` ``(C, *S)`` (linear) and ``label`` ``(1, *S)`` (nearest) on a grid of ``spacing``."""
+    """Apply ``transform`` to ``image`` ``(C, *S)`` (linear) and ``label`` ``(1, *S)`` (nearest) on a grid of
+    ``spacing``."""
     n = image.dim() - 1
     sp = list(spacing) + ([1.0] if n == 2 else [])
     affine = np.diag(sp + [1.0])

@@ -183,7 +183,8 @@ def source_coordinates(t: DeviceTransform, shape, spacing, k: int) -> torch.Tens
     axes = [torch.arange(s, device=dev, dtype=torch.float64) for s in shape3]
     vox = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)  # (1, N, 3)
     lps = _lps(sp3)  # constants of the geometry: worked out on the host, on the device once (spatial.constant)
-    to_lps, shift = spatial.constant(lps[:3, :3].T, dev, torch.float64), spatial.constant(lps[:3, 3], dev, torch.float64)
+    to_lps, shift = (spatial.constant(lps[:3, :3].T, dev, torch.float64),
+                     spatial.constant(lps[:3, 3], dev, torch.float64))
     pts = (vox @ to_lps + shift).expand(b, -1, -1)  # (B, N, 3)
     coefficients, grid = t.coefficients.to(dev, torch.float64), bspline_grid(shape3, sp3, k)
     disp = _grid_displacement(lps, shape3, coefficients, grid)

@@ -99,7 +99,8 @@ def discover(root, releases: dict, files: dict, modalities) -> tuple[list[Subjec
             imgs = {}
             for m in modalities:
                 if m not in pats:
-                    raise ValueError(f"data.mrbrains.files.{release} has no entry for modality '{m}' (has {sorted(pats)})")
+                    raise ValueError(f"data.mrbrains.files.{release} has no entry for modality '{m}' "
+                                     f"(has {sorted(pats)})")
                 imgs[m] = find_file(sub, pats[m], f"{m} image")
             labels = find_file(sub, pats["labels"], "label map")
             subjects.append(SubjectFiles(sid, release, sub, imgs, labels))
@@ -146,7 +147,8 @@ class TrainPairs(TrainPairDataset):
         item = self.items[int(rng.integers(len(self.items)))]
         z = item.slices[int(rng.integers(len(item.slices)))] if self.n == 2 else None
         rng_b = rng if self.cfg.augment.transform_fixed else None
-        return self.pair(item.images, item.labels, z, rng, rng_b, f"train-{item.id}" + (f"-z{z}" if z is not None else ""),
+        return self.pair(item.images, item.labels, z, rng, rng_b,
+                         f"train-{item.id}" + (f"-z{z}" if z is not None else ""),
                          device=self.cfg.augment.device)
 
 
@@ -188,7 +190,8 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
         self.structures = structures
         self.label_names = {i: name for i, name in enumerate(structures, start=1)}
         self.preprocessing = Preprocessing(float(cfg.spacing), tuple(cfg.intensity_percentiles), structures)
-        self.subjects, self.found = discover(cfg.root, dict(cfg.mrbrains.releases), dict(cfg.mrbrains.files), list(cfg.modalities))
+        self.subjects, self.found = discover(cfg.root, dict(cfg.mrbrains.releases), dict(cfg.mrbrains.files),
+                                             list(cfg.modalities))
         where = " (" + ", ".join(f"{r}: {len(f['subjects'])} in {f['folder']}" for r, f in self.found.items()) + ")"
         self.split = split_subjects([s.id for s in self.subjects], cfg.subject_split, cfg.split_seed, where)
         if self.split["unused"]:
@@ -215,7 +218,8 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
         missing = [name for name, values in self.structures.items() if not set(values) & set(vol.source_labels)]
         if missing:  # scoring an absent structure would report it as perfectly matched background
             raise ValueError(f"{subject.labels}: label map has no voxel of {', '.join(missing)} (labels present "
-                             f"{vol.source_labels}); check data.structures and data.mrbrains.files (e.g. LabelsForTraining, "
+                             f"{vol.source_labels}); check data.structures and data.mrbrains.files "
+                             "(e.g. LabelsForTraining, "
                              "not the 3-class LabelsForTesting)")
         n, size = int(self.cfg.spatial_dims), list(self.cfg.size)
         crop = size[:2] if n == 2 else size
@@ -237,12 +241,13 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
         self._prepared()
 
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.cfg, TrainPairs(self._prepared()["train"], self.cfg, self.spacing).on_rank(trainer_rank(self)))
+        return make_loader(self.cfg, TrainPairs(self._prepared()["train"], self.cfg, self.spacing)
+                           .on_rank(trainer_rank(self)))
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg
-        return make_loader(self.cfg, Memoised(FixedPairs(self._prepared()["val"], c, self.spacing, "val", c.n_val_images,
-                                                       c.val_transforms_per_image)))
+        return make_loader(self.cfg, Memoised(FixedPairs(self._prepared()["val"], c, self.spacing, "val",
+                                                       c.n_val_images, c.val_transforms_per_image)))
 
     def test_dataloader(self) -> DataLoader:
         return make_loader(self.cfg, self.test_dataset())
@@ -250,7 +255,8 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
     def test_dataset(self) -> FixedPairs:
         """The held-out test pairs (seeded, identical in every run)."""
         c = self.cfg
-        return FixedPairs(self._prepared()["test"], c, self.spacing, "test", c.n_test_images, c.test_transforms_per_image)
+        return FixedPairs(self._prepared()["test"], c, self.spacing, "test", c.n_test_images,
+                          c.test_transforms_per_image)
 
     def check(self) -> list[str]:
         """A report of every subject's files (read and checked, not resampled) and the split."""
@@ -264,7 +270,8 @@ class MRBrainSDataModule(DeviceAugmentation, L.LightningDataModule):
         for s in self.subjects:
             lines.append(f"{s.id} ({s.folder})")
             for role, path in [*s.images.items(), ("labels", s.labels)]:
-                img = read_volume(path, what="label map" if role == "labels" else f"{role} image", labels=role == "labels")
+                img = read_volume(path, what="label map" if role == "labels" else f"{role} image",
+                                  labels=role == "labels")
                 sp = "x".join(f"{v:.3g}" for v in voxel_sizes(img.affine))
                 extra = ""
                 if role == "labels":

@@ -203,7 +203,8 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg
-        return make_loader(self.cfg, Memoised(FixedPairs(self._prepared(), c, "val", c.n_val_images, c.val_transforms_per_image)))
+        return make_loader(self.cfg, Memoised(FixedPairs(self._prepared(), c, "val", c.n_val_images,
+                                                       c.val_transforms_per_image)))
 
     def test_dataloader(self) -> DataLoader:
         return make_loader(self.cfg, self.test_dataset())

@@ -70,8 +70,10 @@ class Preprocessing:
     reorient: bool = True
 
     def key(self) -> dict:
-        sp = self.spacing if isinstance(self.spacing, (int, float)) else [None if not s else float(s) for s in self.spacing]
-        st = None if self.structures is None else [[str(k), [int(v) for v in vals]] for k, vals in self.structures.items()]
+        sp = (self.spacing if isinstance(self.spacing, (int, float))
+              else [None if not s else float(s) for s in self.spacing])
+        st = (None if self.structures is None
+              else [[str(k), [int(v) for v in vals]] for k, vals in self.structures.items()])
         return {"spacing": sp, "percentiles": [float(p) for p in self.percentiles], "structures": st,
                 "reorient": bool(self.reorient)}
 
@@ -231,7 +233,8 @@ def preprocess(images: dict, labels: Path, settings: Preprocessing) -> Volume:
 # ------------------------------------------------------------------------------------- cache
 def cache_root(configured: str | None = None) -> Path:
     """``configured``, else ``$FIRE_CACHE_DIR``, else ``~/.cache/fire-lightning``."""
-    return Path(configured or os.environ.get("FIRE_CACHE_DIR") or Path.home() / ".cache" / "fire-lightning").expanduser()
+    return Path(configured or os.environ.get("FIRE_CACHE_DIR")
+                or Path.home() / ".cache" / "fire-lightning").expanduser()
 
 
 def _metaimage_data_files(header: Path) -> list[Path]:

@@ -64,7 +64,8 @@ def overrides(run_cfg, base_cfg) -> list[str]:
 #: per-row columns beside the benchmark's: the non-rigid share (benchmark), the run's last validation in
 #: ``csv/metrics.csv`` and its training time (``training.json``), on the FIRE row: (header, key, scale, format)
 VALIDATION = (("non-rigid share", "share", 1, "{:.2f}"), ("val Dice (%)", "val/dice_mean", 100, "{:.2f}"),
-              ("val affine err (mm)", "val/affine_err_mm", 1, "{:.2f}"), ("val rotation r", "val/affine_rotation_corr", 1, "{:.2f}"),
+              ("val affine err (mm)", "val/affine_err_mm", 1, "{:.2f}"),
+              ("val rotation r", "val/affine_rotation_corr", 1, "{:.2f}"),
               ("training (s)", "training_seconds", 1, "{:.0f}"))
 
 
@@ -138,7 +139,8 @@ def ablation(runs: list[str | Path], base: str | Path, out_dir: str | Path | Non
         if pair_ids is None:
             pair_ids, augment = res["pair_ids"], _augment(res)
         elif res["pair_ids"] != pair_ids or _augment(res) != augment:
-            raise ValueError(f"{res_path}: scored on other test pairs than {runs[0]}; an ablation compares the same pairs "
+            raise ValueError(f"{res_path}: scored on other test pairs than {runs[0]}; "
+                             "an ablation compares the same pairs "
                              "(score each run on the same data, e.g. `fire benchmark RUN data.augment.rotate_deg=20`)")
         cfg = OmegaConf.to_container(load_config(run / "config.yaml"), resolve=True)
         ov = overrides(cfg, base_cfg)
@@ -150,7 +152,8 @@ def ablation(runs: list[str | Path], base: str | Path, out_dir: str | Path | Non
                     shared_share[method] = res["nonrigid_share"][method]["share"]
         val = validation(run, val_ids)
         shares = res.get("nonrigid_share", {})
-        for method, label in (("FIRE-Affine", f"{name}: FIRE-Affine"), ("FIRE", f"{name}: FIRE"), ("FIRE+IO", f"{name}: FIRE+IO")):
+        for method, label in (("FIRE-Affine", f"{name}: FIRE-Affine"), ("FIRE", f"{name}: FIRE"),
+                              ("FIRE+IO", f"{name}: FIRE+IO")):
             if method in res["methods"]:
                 extra = {**val, **training_record(run)} if method == "FIRE" else {}
                 if method in shares:
@@ -158,7 +161,8 @@ def ablation(runs: list[str | Path], base: str | Path, out_dir: str | Path | Non
                 rows.append((label, res["methods"][method], res["meta"].get("iterations"), extra))
         commands.append((name, f"fire train {base} " + " ".join(ov) if ov else f"fire train {base}"))
     header = ["method", *(h for h, *_ in COLUMNS), AFFINE[0], "iterations", *(h for h, *_ in VALIDATION)]
-    every = [*((m, shared[m], None, {"share": shared_share[m]} if m in shared_share else {}) for m in SHARED if m in shared),
+    every = [*((m, shared[m], None, {"share": shared_share[m]} if m in shared_share else {})
+               for m in SHARED if m in shared),
              *rows]
     table = [[label, *(_cell(entry.get(k), s, f) for _, k, s, f in COLUMNS), _cell(entry.get(AFFINE[1]), *AFFINE[2:]),
               "–" if it is None else str(it), *(f.format(s * val[k]) if k in val else "–" for _, k, s, f in VALIDATION)]

@@ -88,7 +88,8 @@ class AntsParams:
         import ants
 
         out = dataclasses.asdict(self)
-        out.update(antspyx=ants.__version__, threads_effective=itk_threads(), affine_call=_jsonable(self.affine_kwargs()),
+        out.update(antspyx=ants.__version__, threads_effective=itk_threads(),
+                   affine_call=_jsonable(self.affine_kwargs()),
                    syn_call=_jsonable(self.syn_kwargs()), syn_initial_transform="the ANTs-Affine result",
                    intensities="[0, 1]", sampling_strategy="regular")
         return _jsonable(out)
@@ -175,7 +176,8 @@ def _register(ants, f, m, params: AntsParams, spacing, tmp: Path, tag: str) -> d
     out = {}
     for name, reg, secs in (("ANTs-Affine", aff, t_aff), ("ANTs-SyN", syn, t_aff + t_syn)):
         out[name] = {
-            "field": _field_from_transforms(ants, f, m, reg["fwdtransforms"], None, spacing, str(tmp / f"{tag}{name}_")),
+            "field": _field_from_transforms(ants, f, m, reg["fwdtransforms"], None, spacing,
+                                            str(tmp / f"{tag}{name}_")),
             "seconds": secs,
             "warped": torch.from_numpy(reg["warpedmovout"].numpy().astype(np.float32))[None] * 2 - 1,
         }

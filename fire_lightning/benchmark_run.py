@@ -107,7 +107,8 @@ def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool 
                   threads=options.threads, max_per_level=options.max_pairs)
         return
     if what.split == "val" and (curve_steps is not None or options.explain):
-        raise ValueError("--split val scores the validation pairs only; --refine-curve and --explain are test-pair reports")
+        raise ValueError("--split val scores the validation pairs only; "
+                         "--refine-curve and --explain are test-pair reports")
     if what.split == "val" and not what.out:
         default_out = default_out.with_name(default_out.name + "-val")
     out_dir = Path(what.out or default_out)
@@ -116,7 +117,8 @@ def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool 
     if curve_steps is not None:
         from .refine_curve import refine_curve
 
-        curve = refine_curve(model, dm.test_dataset(), curve_steps, out_dir, settings=options.refine or RefineSettings(),
+        curve = refine_curve(model, dm.test_dataset(), curve_steps, out_dir,
+                             settings=options.refine or RefineSettings(),
                              reference=results, max_pairs=options.max_pairs, threads=options.threads)
         print("\n" + (out_dir / "refine_curve.md").read_text())
         print(f"refinement curve: {out_dir / 'refine_curve.png'} (also refine_curve.json, .csv, .md); "

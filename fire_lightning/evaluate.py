@@ -176,7 +176,8 @@ class Benchmark:
         if self.example is None:
             self.example = _example(batch, {m: fields[m] for m in self.methods})
             if maps is not None:
-                self.example["gradcam"] = {k: dataclasses.replace(m, cam=m.cam[:1].cpu(), background=m.background[:1].cpu(),
+                self.example["gradcam"] = {k: dataclasses.replace(m, cam=m.cam[:1].cpu(),
+                                                                  background=m.background[:1].cpu(),
                                                                   scalar=m.scalar[:1].cpu()) for k, m in maps.items()}
 
     def _ants_batch(self, batch: dict, mov: torch.Tensor, fix: torch.Tensor, bar) -> tuple[dict, dict, list]:

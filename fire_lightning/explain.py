@@ -212,7 +212,11 @@ def discriminator_scalar(disc: nn.Module, x: torch.Tensor, kind: str = "realness
     return score if kind == "realness" else -score
 
 
-def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: ExplainSettings = ExplainSettings(),
+#: explain_pair's default settings: one instance, made once (as the default argument it replaces was)
+_DEFAULT_SETTINGS = ExplainSettings()
+
+
+def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: ExplainSettings = _DEFAULT_SETTINGS,
                  fixed_label: torch.Tensor | None = None, moving_label: torch.Tensor | None = None
                  ) -> dict[str, CamMap]:
     """Every map of a batch of pairs (x^A moving, x^B fixed), keyed by :attr:`CamMap.name`.
@@ -243,13 +247,15 @@ def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: E
             mask = region_mask(fixed_label if direction == "AtoB" else moving_label, settings.region)
             empty = torch.zeros(b, dtype=torch.bool, device=x_a.device) if mask is None else mask.flatten(1).sum(1) == 0
             fixed, fixed_space = (x_b, "B") if direction == "AtoB" else (x_a, "A")
+            # the closures below (noqa: B023) are only called within this iteration, by grad_cam and explained(...)
+            # right here, so the loop variables they read (empty, direction, mask) are this iteration's
 
             def explained(value: torch.Tensor) -> torch.Tensor:
-                return torch.where(empty, torch.full_like(value, float("nan")), value.detach())
+                return torch.where(empty, torch.full_like(value, float("nan")), value.detach())  # noqa: B023
 
             def through_g(xa, xb, kind=scal["G"]):
                 ga, gb = net.G(torch.cat([xa, xb])).split(xa.shape[0])
-                return transform_scalar(net, direction, ga, gb, kind, shape, mask, (x_a, x_b))
+                return transform_scalar(net, direction, ga, gb, kind, shape, mask, (x_a, x_b))  # noqa: B023
 
             cam = grad_cam(through_g, cam_layer(net, "G"), (x_a, x_b), shape, method["G"])
             value = explained(through_g(x_a, x_b))
@@ -258,7 +264,7 @@ def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: E
                                                       value)
             for comp in ("T_af", "T_nr"):
                 def through_t(ga, gb, kind=scal[comp]):
-                    return transform_scalar(net, direction, ga, gb, kind, shape, mask, (x_a, x_b))
+                    return transform_scalar(net, direction, ga, gb, kind, shape, mask, (x_a, x_b))  # noqa: B023
 
                 cam = grad_cam(through_t, cam_layer(net, comp, direction, settings.layer), (g_a, g_b), shape,
                                method[comp])
@@ -354,7 +360,8 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     mid = (p + q) / 2
 
     def kl(a, b):
-        return torch.where(a > 0, a * (a.clamp_min(1e-300).log() - b.clamp_min(1e-300).log()), torch.zeros_like(a)).sum(1)
+        return torch.where(a > 0, a * (a.clamp_min(1e-300).log() - b.clamp_min(1e-300).log()),
+                           torch.zeros_like(a)).sum(1)
 
     js = ((kl(p, mid) + kl(q, mid)) / 2).float()
     return torch.where(zero, torch.full_like(js, float("nan")), js)

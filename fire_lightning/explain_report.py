@@ -219,7 +219,8 @@ def explain_files(checkpoint, moving, fixed, out_dir, moving_labels=None, fixed_
               "settings": asdict(settings), "structures": module.label_names,
               "raw_max": {k: float(m.cam.max()) for k, m in maps.items()},
               "measures": {k: v["values"][0] for k, v in summary.items()}}
-    writers[out_dir / "explain.json"] = lambda p: p.write_text(json.dumps(record, indent=1, default=str, allow_nan=False))
+    writers[out_dir / "explain.json"] = lambda p: p.write_text(json.dumps(record, indent=1, default=str,
+                                                                          allow_nan=False))
     writers[out_dir / "explain.md"] = lambda p: p.write_text(table)
     try:
         written = save_atomic(writers)

@@ -124,7 +124,8 @@ class FIREModule(Registers, L.LightningModule):
         self._group_names = tuple(self.net.parameter_groups())
         expected = GENERATOR_GROUPS + (DISCRIMINATOR_GROUPS if self.net.D_a is not None else ())
         if self._group_names != expected:
-            raise RuntimeError(f"FIRENet.parameter_groups() gives {self._group_names}; training_step expects {expected}")
+            raise RuntimeError(f"FIRENet.parameter_groups() gives {self._group_names}; "
+                               f"training_step expects {expected}")
         self._n_optimizers = len(self._group_names)
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self.val_examples: dict | None = None

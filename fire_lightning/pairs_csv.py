@@ -36,7 +36,8 @@ class CSVReport:
 def label_dice(warped_labels, fixed_labels) -> dict:
     """Dice of every non-zero label value of two label NIfTI files (or images) on the same grid:
     ``{value: Dice, ..., "mean": mean over the values}``; a value absent from both is left out."""
-    a_img, b_img = (nib.load(str(x)) if not isinstance(x, nib.Nifti1Image) else x for x in (warped_labels, fixed_labels))
+    a_img, b_img = (nib.load(str(x)) if not isinstance(x, nib.Nifti1Image) else x
+                    for x in (warped_labels, fixed_labels))
     a, b = np.asarray(a_img.dataobj), np.asarray(b_img.dataobj)
     if a.shape != b.shape or not np.allclose(a_img.affine, b_img.affine, atol=1e-3):
         raise ValueError(f"{fixed_labels}: fixed_labels are not on the fixed image's grid ({b.shape} vs {a.shape})")

@@ -48,7 +48,8 @@ class RefineSettings:
         for name in ("lr_affine", "lr_field"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-                raise ValueError(f"refine {name} (--refine-{name.replace('_', '-')}) must be a number > 0, got {value!r}")
+                raise ValueError(f"refine {name} (--refine-{name.replace('_', '-')}) must be a number > 0, "
+                                 f"got {value!r}")
         if self.smooth_weight < 0:
             raise ValueError(f"refine smooth_weight must be >= 0, got {self.smooth_weight!r}")
 

@@ -57,7 +57,8 @@ def refine_curve(model, dataset, steps: list[int], out_dir: str | Path, settings
     prev = torch.get_num_threads()
     torch.set_num_threads(int(threads or os.cpu_count() or 1))
     try:
-        curve = _curve(model, dataset, steps, settings or RefineSettings(), reference, batch_size, timing_pairs, max_pairs)
+        curve = _curve(model, dataset, steps, settings or RefineSettings(), reference, batch_size, timing_pairs,
+                       max_pairs)
     finally:
         torch.set_num_threads(prev)
     _write(curve, Path(out_dir))
@@ -82,9 +83,11 @@ def _curve(model, dataset, steps, settings, reference, batch_size, timing_pairs,
             reg = model.register(mov, fix)
             fields = {}
 
+            # called only within this iteration (directly and as model.refined's on_step), so fields and shape
+            # are this batch's
             def keep(k, t):
                 if k in per:
-                    fields[k] = t.field(shape).cpu()
+                    fields[k] = t.field(shape).cpu()  # noqa: B023
 
             keep(0, reg["transform"])
             if top > 0:

@@ -298,7 +298,8 @@ class Registrar:
         grid_to_world = grid.normalised_to_world()
         to_moving = normaliser(mov_data.shape) @ np.linalg.inv(mov.affine) @ grid_to_world
         mov_t = image_tensor(mov_data, n, dev)
-        lab_t = None if lab_data is None else image_tensor(lab_data, n, dev, torch.float64)  # float64: exact large labels
+        # float64: exact large labels
+        lab_t = None if lab_data is None else image_tensor(lab_data, n, dev, torch.float64)
 
         tensor_shape = fix_shape[:n]
         warped = np.zeros(tensor_shape, np.float32)

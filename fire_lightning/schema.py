@@ -164,7 +164,8 @@ class AffineConfig:
 
 @dataclass
 class NonRigidConfig:
-    """T_nr (:mod:`fire_lightning.nets.nonrigid`): the paper's ``conv`` head on G's features, or a ``unet`` on the images."""
+    """T_nr (:mod:`fire_lightning.nets.nonrigid`): the paper's ``conv`` head on G's features, or a ``unet`` on the
+    images."""
 
     head: str = "conv"  # conv (the paper's, on G's S/4 features) | unet (on the images, VoxelMorph / MI-CNN style)
     channels: List[int] = field(default_factory=lambda: [16, 32, 32, 32])  # unet: features per level, fine to coarse

@@ -49,14 +49,17 @@ def summarise(grouped: dict, factors, cfg) -> list[dict]:
             per = grouped.get((f.name, level))
             if per is None:
                 continue
-            row = {"factor": f.name, "level": level, "inside": bool(f.inside(level, cfg)), "n": len(next(iter(per.values())))}
+            row = {"factor": f.name, "level": level, "inside": bool(f.inside(level, cfg)),
+                   "n": len(next(iter(per.values())))}
             for method, vals in per.items():
                 arr = np.asarray(vals, dtype=float)
-                row[method] = {"mean": float(np.nanmean(arr)), "std": float(np.nanstd(arr, ddof=1)) if arr.size > 1 else 0.0}
+                row[method] = {"mean": float(np.nanmean(arr)),
+                               "std": float(np.nanstd(arr, ddof=1)) if arr.size > 1 else 0.0}
             if "FIRE" in per and "ANTs-SyN" in per:
                 row["fire_minus_syn"] = row["FIRE"]["mean"] - row["ANTs-SyN"]["mean"]
             if "FIRE" in per and "Unaligned" in per:
-                row["fire_over_unaligned_min"] = float(np.nanmin(np.asarray(per["FIRE"]) - np.asarray(per["Unaligned"])))
+                row["fire_over_unaligned_min"] = float(np.nanmin(np.asarray(per["FIRE"])
+                                                                 - np.asarray(per["Unaligned"])))
             rows.append(row)
     return rows
 
@@ -69,7 +72,8 @@ def check(rows: list[dict]) -> list[str]:
     if gaps:
         worst, r = min(gaps, key=lambda g: g[0])
         out.append(f"FIRE within {SYN_MARGIN:g} points of ANTs-SyN at every level inside the training range: "
-                   f"{'met' if worst >= -SYN_MARGIN else 'MISSED'} (worst {worst:+.2f} at {r['factor']} = {r['level']})")
+                   f"{'met' if worst >= -SYN_MARGIN else 'MISSED'} "
+                   f"(worst {worst:+.2f} at {r['factor']} = {r['level']})")
     margins = [(r["fire_over_unaligned_min"], r) for r in inside if "fire_over_unaligned_min" in r]
     if margins:
         worst, r = min(margins, key=lambda g: g[0])
@@ -85,8 +89,10 @@ def _cell(entry: dict | None) -> str:
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     methods = [m for m in METHODS if any(m in r for r in rows)]
-    header = ["factor", "level", "in training range", "pairs", *methods, "FIRE − ANTs-SyN", "FIRE − Unaligned, worst pair"]
-    body = [[r["factor"], str(r["level"]), "yes" if r["inside"] else "no", str(r["n"]), *(_cell(r.get(m)) for m in methods),
+    header = ["factor", "level", "in training range", "pairs", *methods, "FIRE − ANTs-SyN",
+              "FIRE − Unaligned, worst pair"]
+    body = [[r["factor"], str(r["level"]), "yes" if r["inside"] else "no", str(r["n"]),
+             *(_cell(r.get(m)) for m in methods),
              f"{r['fire_minus_syn']:+.2f}" if "fire_minus_syn" in r else "–",
              f"{r['fire_over_unaligned_min']:+.2f}" if "fire_over_unaligned_min" in r else "–"] for r in rows]
     return header, body

@@ -94,7 +94,8 @@ def half_extent(shape: Sequence[int], spacing: Sequence[float]) -> torch.Tensor:
 
 
 def to_mm(theta: torch.Tensor, shape: Sequence[int], spacing: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``theta (B, n, n+1)`` normalised → ``(M (B, n, n), t (B, n))`` with ``x -> M x + t`` in mm about the grid centre."""
+    """``theta (B, n, n+1)`` normalised → ``(M (B, n, n), t (B, n))`` with ``x -> M x + t`` in mm about the grid
+    centre."""
     n = theta.shape[1]
     h = half_extent(shape, spacing).to(theta.device)
     th = theta.double()

@@ -127,8 +127,10 @@ def method_panel(example: dict):
 GRADCAM_ROWS = (
     ("encoder G (Fig. 2)", [("G/AtoB/x_A", "G, A→B, on x^A"), ("G/BtoA/x_A", "G, B→A, on x^A"),
                             ("G/AtoB/x_B", "G, A→B, on x^B"), ("G/BtoA/x_B", "G, B→A, on x^B")]),
-    ("transformation T (Fig. 3)", [("T_af/AtoB/on_x_B", "T_af A→B (over x^B)"), ("T_nr/AtoB/on_x_B", "T_nr A→B (over x^B)"),
-                                   ("T_af/BtoA/on_x_A", "T_af B→A (over x^A)"), ("T_nr/BtoA/on_x_A", "T_nr B→A (over x^A)")]),
+    ("transformation T (Fig. 3)", [("T_af/AtoB/on_x_B", "T_af A→B (over x^B)"),
+                                   ("T_nr/AtoB/on_x_B", "T_nr A→B (over x^B)"),
+                                   ("T_af/BtoA/on_x_A", "T_af B→A (over x^A)"),
+                                   ("T_nr/BtoA/on_x_A", "T_nr B→A (over x^A)")]),
     ("discriminator D^A (Fig. 4)", [("D_A/real_rigid", "D^A real x^A∘φ_af"), ("D_A/real_nonrigid", "D^A real x^A∘φ"),
                                     ("D_A/synth", "D^A synth x̂^A")]),
     ("discriminator D^B (Fig. 4)", [("D_B/real", "D^B real x^B"), ("D_B/synth_rigid", "D^B synth, rigid"),

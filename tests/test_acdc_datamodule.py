@@ -39,8 +39,9 @@ def acdc(tmp_path_factory) -> Path:
 def make_cfg(root, cache, *extra, dims=2):
     size = "[24,24]" if dims == 2 else "[24,24,8]"
     return data_section(load_config(None, TINY + ["data.name=acdc", f"data.root={root}", f"data.cache_dir={cache}",
-                                                  f"data.spacing={SP}", f"data.spatial_dims={dims}", f"data.size={size}",
-                                                  "data.subject_split=[3,1,2]", "data.acdc.slice_spacing=20.0", *extra]))
+                                                  f"data.spacing={SP}", f"data.spatial_dims={dims}",
+                                                  f"data.size={size}", "data.subject_split=[3,1,2]",
+                                                  "data.acdc.slice_spacing=20.0", *extra]))
 
 
 def _patient(dm, pid):
@@ -77,7 +78,8 @@ def test_training_pairs_are_two_different_phases_of_one_slice_or_volume(acdc, tm
     seen = set()
     for _ in range(12):
         p = ds[0]
-        m = re.fullmatch(r"train-(patient\d{3})" + (r"-z(\d{2})" if dims == 2 else "()") + r"-t(\d{2})>t(\d{2})", p["id"])
+        m = re.fullmatch(r"train-(patient\d{3})" + (r"-z(\d{2})" if dims == 2 else "()") + r"-t(\d{2})>t(\d{2})",
+                         p["id"])
         assert m, p["id"]
         pid, z, t1, t2 = m.group(1), m.group(2), int(m.group(3)) - 1, int(m.group(4)) - 1
         assert pid in items and t1 != t2
@@ -160,8 +162,9 @@ def test_cache_hit_on_a_second_instance_and_invalidation(acdc, tmp_path, monkeyp
 def test_fast_dev_run_training_and_the_model_spacing(acdc, tmp_path, tiny_overrides, name, dims):
     size = "[24,24]" if dims == 2 else "[24,24,8]"
     cfg = load_config(ROOT / "experiments" / f"{name}.yaml",
-                      tiny_overrides + [f"data.root={acdc}", f"data.cache_dir={tmp_path / 'cache'}", f"data.size={size}",
-                                        "data.subject_split=[3,1,2]", "data.batch_size=2", "trainer.fast_dev_run=true"])
+                      tiny_overrides + [f"data.root={acdc}", f"data.cache_dir={tmp_path / 'cache'}",
+                                        f"data.size={size}", "data.subject_split=[3,1,2]", "data.batch_size=2",
+                                        "trainer.fast_dev_run=true"])
     result = train(cfg)
     split = json.loads((result["run_dir"] / "data_split.json").read_text())
     assert [len(split[k]) for k in ("train", "val", "test")] == [3, 1, 2]
@@ -183,7 +186,8 @@ def test_experiment_configs_are_the_paper_settings(name):
 
 
 def test_fire_data_check_reports_patients_or_one_error(acdc, tmp_path, capsys):
-    rc = main(["data", "check", str(acdc), "--dataset", "acdc", "data.subject_split=[3,1,2]", f"data.cache_dir={tmp_path}"])
+    rc = main(["data", "check", str(acdc), "--dataset", "acdc", "data.subject_split=[3,1,2]",
+               f"data.cache_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "ACDC: 7 patients" in out and "patient007 (training, DCM): 7 frames, ED 02, ES 05, shape (24, 20, 6)" in out

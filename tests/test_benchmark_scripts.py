@@ -32,7 +32,8 @@ def test_interleaved_times_every_variant_in_turns_and_restores_the_cost_volume_r
     assert list(rows) == ["model.channels_last=false", "model.channels_last=true cost_volume=shifted norm=instance"]
     for row in rows.values():
         assert row["rounds"] == 1 and row["register_calls"] == 4
-        assert 0 < row["step_ms_min"] <= row["step_ms_median"] and 0 < row["register_ms_min"] <= row["register_ms_median"]
+        assert (0 < row["step_ms_min"] <= row["step_ms_median"]
+                and 0 < row["register_ms_min"] <= row["register_ms_median"])
     with pytest.raises(SystemExit, match="cost_volume must be one of"):
         interleaved.main([str(PHANTOM2D), *tiny_overrides, "--variant", "cost_volume=fast"])
 

@@ -80,7 +80,8 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     # Table 4's CPU times: FIRE and FIRE+IO on each pair just before ANTs (one run of each), no pass afterwards
     events = []
     for module, name, tag in ((baselines, "register_pair", "ANTs"), (benchmark_timing, "seconds_to_register", "FIRE")):
-        def traced(*a, _f=getattr(module, name), _tag=tag, **k):
+        # the defaults bind this iteration's original function (read before monkeypatch replaces it) and tag
+        def traced(*a, _f=getattr(module, name), _tag=tag, **k):  # noqa: B008
             events.append(_tag + ("+IO" if k.get("refine") else ""))
             return _f(*a, **k)
         monkeypatch.setattr(module, name, traced)
@@ -116,7 +117,8 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
         assert ice[0] is not None and ice[0] >= 0 and ice[1] is None, method
     fire_ice = results["methods"]["FIRE"]["ice_mm"]["values"]
     assert all(v is not None for v in fire_ice)
-    note = next(line for line in (tmp_path / "bm" / "results.md").read_text().splitlines() if line.startswith("ICE of ANTs"))
+    note = next(line for line in (tmp_path / "bm" / "results.md").read_text().splitlines()
+                if line.startswith("ICE of ANTs"))
     assert "over the 1 of the 2 pairs" in note and f"FIRE {fire_ice[0]:.2f} (0.00)" in note
     # ANTs-Affine's affine, read off its field, is scored against the known transform like FIRE's
     ants_err = results["methods"]["ANTs-Affine"]["affine_err_mm"]
@@ -125,11 +127,13 @@ def test_benchmark_runs_ants_on_the_same_pairs_and_writes_tables_2_and_4(tiny_ov
     for method in ("ANTs-Affine", "ANTs-SyN", "FIRE"):
         assert all(v > 0 for v in results["methods"][method]["seconds_per_pair"]["values"])
     # ANTs registers these pairs (multi-modal, 20-50 % scalings) well: a weak baseline would not
-    assert results["methods"]["ANTs-SyN"]["dice_mean"]["mean"] > results["methods"]["Unaligned"]["dice_mean"]["mean"] + 0.2
+    assert (results["methods"]["ANTs-SyN"]["dice_mean"]["mean"]
+            > results["methods"]["Unaligned"]["dice_mean"]["mean"] + 0.2)
     assert "Table 2" in printed and "Table 4" in printed and "ANTs-SyN / method" in printed
     with open(tmp_path / "bm" / "table2.csv") as fh:
         rows = list(csv.reader(fh))
-    assert [r[0] for r in rows[1:]] == [*TRUE_METHODS, *METHODS, "FIRE+IO"] and rows[0][:2] == ["method", "Dice CSF (%)"]
+    assert ([r[0] for r in rows[1:]] == [*TRUE_METHODS, *METHODS, "FIRE+IO"]
+            and rows[0][:2] == ["method", "Dice CSF (%)"])
     for row in rows[1:]:  # the table shows the JSON's means and stds
         mean, std = row[rows[0].index("Dice mean (%)")].rstrip(")").split(" (")
         entry = results["methods"][row[0]]["dice_mean"]
@@ -326,9 +330,12 @@ def test_the_benchmark_targets_are_marked_met_or_missed():
     def entry(mean):
         return {"mean": mean, "std": 0.0, "values": [mean]}
 
-    results = {"methods": {"ANTs-SyN": {"dice_mean": entry(0.80), "seconds_per_pair": entry(0.5), "folding_pct": entry(0.0)},
-                           "FIRE": {"dice_mean": entry(0.795), "seconds_per_pair": entry(0.02), "folding_pct": entry(0.1)},
-                           "FIRE+IO": {"dice_mean": entry(0.805), "seconds_per_pair": entry(0.05), "folding_pct": entry(0.0)}},
+    results = {"methods": {"ANTs-SyN": {"dice_mean": entry(0.80), "seconds_per_pair": entry(0.5),
+                                        "folding_pct": entry(0.0)},
+                           "FIRE": {"dice_mean": entry(0.795), "seconds_per_pair": entry(0.02),
+                                    "folding_pct": entry(0.1)},
+                           "FIRE+IO": {"dice_mean": entry(0.805), "seconds_per_pair": entry(0.05),
+                                       "folding_pct": entry(0.0)}},
                "nonrigid_share": {"FIRE": {"share": 0.72}}}
     lines = check_targets(results)
     assert lines[0] == "FIRE non-rigid share ≥ 0.7: met (0.72)"
@@ -344,7 +351,8 @@ def test_the_report_splits_off_the_pairs_where_ants_affine_failed():
     def entry(values):
         return {"mean": float(np.mean(values)), "std": 0.0, "values": values}
 
-    results = {"methods": {"ANTs-Affine": {"dice_mean": entry([0.7, 0.3, 0.7]), "affine_err_mm": entry([1.0, 20.0, 2.0])},
+    results = {"methods": {"ANTs-Affine": {"dice_mean": entry([0.7, 0.3, 0.7]),
+                                           "affine_err_mm": entry([1.0, 20.0, 2.0])},
                            "ANTs-SyN": {"dice_mean": entry([0.8, 0.4, 0.8]), "seconds_per_pair": entry([0.5] * 3)},
                            "FIRE": {"dice_mean": entry([0.78, 0.75, 0.8]), "seconds_per_pair": entry([0.02] * 3),
                                     "folding_pct": entry([0.0] * 3)}},

@@ -147,7 +147,8 @@ def test_the_maps_of_one_pair_do_not_depend_on_the_other_pairs_in_the_batch():
     both = ex.explain_pair(net, x_a, x_b)
     alone = ex.explain_pair(net, x_a[1:], x_b[1:])
     for k in both:
-        torch.testing.assert_close(both[k].cam[1:], alone[k].cam, rtol=1e-4, atol=1e-12 + 1e-4 * float(alone[k].cam.max()))
+        torch.testing.assert_close(both[k].cam[1:], alone[k].cam, rtol=1e-4,
+                                   atol=1e-12 + 1e-4 * float(alone[k].cam.max()))
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -164,7 +165,8 @@ def test_grad_cam_weights_survive_on_the_chosen_layers_but_not_on_g(n):
         def fn(ga, gb, kind=kind):
             return ex.transform_scalar(net, "AtoB", ga, gb, kind, shape)
         ratio[comp] = ex.pooled_gradient_ratio(fn, ex.cam_layer(net, comp), (g_a, g_b))
-    ratio["D_B"] = ex.pooled_gradient_ratio(lambda x: ex.discriminator_scalar(net.D_b, x), ex.cam_layer(net, "D_B"), x_b)
+    ratio["D_B"] = ex.pooled_gradient_ratio(lambda x: ex.discriminator_scalar(net.D_b, x), ex.cam_layer(net, "D_B"),
+                                            x_b)
 
     def through_g(xa, xb):
         ga, gb = net.G(torch.cat([xa, xb])).split(xa.shape[0])
@@ -326,7 +328,8 @@ def test_pair_measures_name_every_measure():
     names = {1: "CSF", 2: "GM", 3: "WM"}
     m = ex.pair_measures(maps, u_ab, {"A": None, "B": labels}, names)
     assert {f"symmetry/{c}" for c in ("G", "T_af", "T_nr")} <= set(m)
-    assert {"divergence/D_A/nonrigid", "divergence/D_A/rigid", "divergence/D_B/nonrigid", "divergence/D_B/rigid"} <= set(m)
+    assert {"divergence/D_A/nonrigid", "divergence/D_A/rigid", "divergence/D_B/nonrigid",
+            "divergence/D_B/rigid"} <= set(m)
     assert "share/G/AtoB/x_B/GM" in m and "share/G/AtoB/x_A/GM" not in m  # x^A's labels not given
     assert "area/B/WM" in m and "area/A/WM" not in m
     assert all(v.shape == (2,) for v in m.values())

@@ -58,7 +58,8 @@ def test_hd95_of_an_erased_structure_is_the_largest_distance_not_a_gap():
     assert metrics.hd95_per_label(lab, erased, [2], (2.0, 1.0))[0, 0] == hd[0, 1]  # invented: the same
 
 
-@pytest.mark.parametrize("shape, spacing", [((40, 44), (3.0, 3.0)), ((40, 44), (2.0, 0.7)), ((14, 16, 12), (1.0, 1.5, 2.5))])
+@pytest.mark.parametrize("shape, spacing", [((40, 44), (3.0, 3.0)), ((40, 44), (2.0, 0.7)),
+                                            ((14, 16, 12), (1.0, 1.5, 2.5))])
 def test_hd95_equals_monais_hausdorff_distance(shape, spacing):
     # Smooth random label maps (3 structures; one map with a structure erased, one with a structure
     # touching the border): the scipy route must give MONAI's figures.
@@ -165,7 +166,8 @@ def test_the_nonaffine_part_of_an_affine_field_is_zero_and_of_a_sum_is_the_nonaf
 
 def test_field_errors_are_zero_for_the_true_field_and_the_true_magnitude_for_the_identity():
     spacing = (2.0, 3.0)
-    true = _smooth_field(1) + spatial.affine_to_displacement(torch.tensor([[[1.0, 0.1, 0.0], [0.0, 1.0, 0.05]]]), (24, 20))
+    true = _smooth_field(1) + spatial.affine_to_displacement(torch.tensor([[[1.0, 0.1, 0.0], [0.0, 1.0, 0.05]]]),
+                                                             (24, 20))
     region = torch.zeros(1, 1, 24, 20)
     region[..., 4:20, 3:17] = 1
     zero = metrics.field_errors(true, true, region, spacing)

@@ -39,8 +39,8 @@ def dataset(tmp_path_factory) -> Path:
 def make_cfg(root, cache, *extra, dims=2):
     size = "[24,24]" if dims == 2 else "[24,24,24]"
     return data_section(load_config(None, TINY + ["data.name=mrbrains", f"data.root={root}", f"data.cache_dir={cache}",
-                                                  f"data.spacing={SP}", f"data.spatial_dims={dims}", f"data.size={size}",
-                                                  *extra]))
+                                                  f"data.spacing={SP}", f"data.spatial_dims={dims}",
+                                                  f"data.size={size}", *extra]))
 
 
 # ------------------------------------------------------------------------- discovery, split
@@ -48,7 +48,8 @@ def test_finds_both_releases_and_splits_8_1_3_by_subject(dataset, tmp_path):
     dm = MRBrainSDataModule(make_cfg(dataset, tmp_path))
     d = dm.describe()
     assert len(d["found"]["mrbrains13"]["subjects"]) == 5 and len(d["found"]["mrbrains18"]["subjects"]) == 7
-    assert "mrbrains13-1" in d["found"]["mrbrains13"]["subjects"] and "mrbrains18-148" in d["found"]["mrbrains18"]["subjects"]
+    assert ("mrbrains13-1" in d["found"]["mrbrains13"]["subjects"]
+            and "mrbrains18-148" in d["found"]["mrbrains18"]["subjects"])
     assert [len(d[k]) for k in ("train", "val", "test")] == [8, 1, 3] and d["unused"] == []
     assert len(set(d["train"]) | set(d["val"]) | set(d["test"])) == 12
     assert dm.describe() == MRBrainSDataModule(make_cfg(dataset, tmp_path)).describe()  # deterministic
@@ -290,8 +291,9 @@ def _damage(case: str, subj: Path) -> Path:
 BAD_CASES = ["missing modality", "no labels", "labels all background", "shape mismatch", "spacing mismatch",
              "nan voxels", "constant image", "4D image", "truncated nifti", "orientation mismatch"]
 EXPECT = {"missing modality": "FLAIR", "no labels": "label map", "labels all background": "background",
-          "shape mismatch": "shape", "spacing mismatch": "voxel size", "nan voxels": "NaN", "constant image": "constant",
-          "4D image": "4D", "truncated nifti": "cannot be read", "orientation mismatch": "affine"}
+          "shape mismatch": "shape", "spacing mismatch": "voxel size", "nan voxels": "NaN",
+          "constant image": "constant", "4D image": "4D", "truncated nifti": "cannot be read",
+          "orientation mismatch": "affine"}
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -353,7 +355,8 @@ def test_fire_data_check_reports_subjects_and_split_or_one_error(dataset, tmp_pa
 
 def test_a_structure_absent_from_a_label_map_is_an_error_naming_it(tmp_path):
     fake.write_mrbrains18(tmp_path / "d", ids=(1, 2, 3))
-    cfg = make_cfg(tmp_path / "d", tmp_path / "c", "data.subject_split=[1,1,1]", "data.structures={WM: [3], lesion: [42]}")
+    cfg = make_cfg(tmp_path / "d", tmp_path / "c", "data.subject_split=[1,1,1]",
+                   "data.structures={WM: [3], lesion: [42]}")
     with pytest.raises(ValueError) as e:
         MRBrainSDataModule(cfg).setup()
     msg = str(e.value)

@@ -134,7 +134,8 @@ def test_the_match_head_finds_a_shift_and_fits_the_affine_through_its_matches(we
         torch.testing.assert_close(head(f, fb), spatial.fit_affine_to_field(u, w, ridge=head.ridge))
 
 
-@pytest.mark.parametrize("size, radii", [((5, 6), (2, 1)), ((16, 18), (2, 2)), ((32, 36), (2, 2)), ((4, 5, 3), (1, 2, 1))])
+@pytest.mark.parametrize("size, radii", [((5, 6), (2, 1)), ((16, 18), (2, 2)), ((32, 36), (2, 2)),
+                                         ((4, 5, 3), (1, 2, 1))])
 def test_both_cost_volume_routes_give_the_windowed_dot_products(size, radii, monkeypatch):
     """The cost volume against a point-by-point reference (the moving descriptor at p + offset, the
     border replicated), on the all-pairs route and on the shifted-product route, values and gradients."""
@@ -563,8 +564,8 @@ def test_checkpointed_g_and_f_give_the_same_loss_and_gradients_and_save_less():
         net = _tiny_net(3, width=4, affine={"head": "match", "init": "scale"}, synthesis=kw)
         net.train()
 
-        def step():
-            return fire_loss(fire_forward(net, x_a, x_b), x_a, x_b).total
+        def step():  # called only within this iteration, so `net` is this variant's
+            return fire_loss(fire_forward(net, x_a, x_b), x_a, x_b).total  # noqa: B023
 
         with LiveTensorMemory() as memory:
             loss, saved = _saved_bytes(step)
@@ -647,7 +648,8 @@ def test_channels_last_is_the_same_step_in_another_memory_layout(n):
                                    if p.shape[1] > 1 and max(p.shape[2:]) > 1)  # else both layouts are the same
         outputs = []
         first_conv = next(mod for mod in net.G.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Conv3d)))
-        first_conv.register_forward_hook(lambda mod, inp, out: outputs.append(out))
+        # the hook sits on this iteration's net, which only runs within this iteration: `outputs` is this one's
+        first_conv.register_forward_hook(lambda mod, inp, out: outputs.append(out))  # noqa: B023
         loss = fire_loss(fire_forward(net, x_a, x_b), x_a, x_b).total
         loss.backward()
         assert outputs[0].is_contiguous(memory_format=fmt) == layout
@@ -681,7 +683,8 @@ def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposit
         expected = 0.5 * (own + spatial.invert_affine(back))
         torch.testing.assert_close(t.theta, expected)
         assert not torch.allclose(t.theta, own, atol=1e-4)
-        torch.testing.assert_close(t.feat_affine, spatial.warp(g_a, spatial.affine_to_displacement(expected, g_a.shape[2:])))
+        torch.testing.assert_close(t.feat_affine,
+                                   spatial.warp(g_a, spatial.affine_to_displacement(expected, g_a.shape[2:])))
         net.affine_symmetric_passes_eval = 0
         torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine_features).theta, own)
         net.affine_symmetric_passes_eval = 2

@@ -24,7 +24,7 @@ def dm2d():
 def test_split_ranges_are_disjoint_with_gaps():
     r = split_ranges(10, 110, blocks=4, fractions={"train": 0.7, "val": 0.1, "test": 0.2}, gap=3)
     spans = sorted((a, b, k) for k, v in r.items() for a, b in v)
-    for (a1, b1, _), (a2, b2, _) in zip(spans, spans[1:]):
+    for (_a1, b1, _), (a2, _b2, _) in zip(spans, spans[1:]):
         assert b1 + 3 <= a2  # at least `gap` slices between any two ranges
     assert all(len(v) == 4 for v in r.values())
     assert spans[0][0] == 10 and spans[-1][1] == 110
@@ -191,7 +191,8 @@ def test_the_validation_loader_keeps_its_pairs_and_they_equal_the_unkept_ones():
     from data_modules.loading import Memoised
     from data_modules.phantom import FixedPairs
 
-    cfg = load_config(PHANTOM2D, TINY + ["data.num_workers=1", "data.n_val_images=2", "data.val_transforms_per_image=2"])
+    cfg = load_config(PHANTOM2D, TINY + ["data.num_workers=1", "data.n_val_images=2",
+                                         "data.val_transforms_per_image=2"])
     dm = PhantomDataModule(data_section(cfg))
     dm.setup()
     loader = dm.val_dataloader()

@@ -668,7 +668,8 @@ def test_exported_test_pairs_register_through_the_csv_and_are_scored(ckpts, tmp_
 def test_fixed_labels_without_out_labels_is_a_row_error(case2d, ckpts, tmp_path, capsys):
     pair = case2d["pair"]
     (tmp_path / "p.csv").write_text("moving,fixed,out,fixed_labels\n"
-                                    f"{pair['moving']},{pair['fixed']},{tmp_path / 'o.nii.gz'},{pair['moving_labels']}\n")
+                                    f"{pair['moving']},{pair['fixed']},{tmp_path / 'o.nii.gz'},"
+                                    f"{pair['moving_labels']}\n")
     assert main(["register", "--checkpoint", str(ckpts["2d"]), "--csv", str(tmp_path / "p.csv")]) == 2
     assert "fixed_labels needs moving_labels and out_labels" in capsys.readouterr().err
     assert not (tmp_path / "o.nii.gz").exists()

@@ -52,7 +52,8 @@ def test_a_rotation_level_is_the_rotation_of_the_known_transform(pairs, data_cfg
     for i, (factor, level) in enumerate(pairs.levels):
         if factor == "rotation_deg" and level in (0.0, 30.0):
             item = pairs[i]
-            angle = truth.affine_parameters(item["true_theta"][None], data_cfg.size, (data_cfg.spacing,) * 2)["rotation_deg"]
+            angle = truth.affine_parameters(item["true_theta"][None], data_cfg.size,
+                                            (data_cfg.spacing,) * 2)["rotation_deg"]
             assert abs(angle.abs().item() - level) < 0.5, (item["id"], angle)
 
 
@@ -90,9 +91,12 @@ def test_run_shift_scores_every_level_and_writes_its_reports(data_cfg, tmp_path)
 
 
 def test_the_shift_targets_name_the_worst_level():
-    rows = [{"factor": "rotation_deg", "level": 10.0, "inside": True, "fire_minus_syn": -1.0, "fire_over_unaligned_min": 30.0},
-            {"factor": "rotation_deg", "level": 20.0, "inside": True, "fire_minus_syn": -4.0, "fire_over_unaligned_min": 8.0},
-            {"factor": "rotation_deg", "level": 30.0, "inside": False, "fire_minus_syn": -20.0, "fire_over_unaligned_min": 1.0}]
+    rows = [{"factor": "rotation_deg", "level": 10.0, "inside": True, "fire_minus_syn": -1.0,
+             "fire_over_unaligned_min": 30.0},
+            {"factor": "rotation_deg", "level": 20.0, "inside": True, "fire_minus_syn": -4.0,
+             "fire_over_unaligned_min": 8.0},
+            {"factor": "rotation_deg", "level": 30.0, "inside": False, "fire_minus_syn": -20.0,
+             "fire_over_unaligned_min": 1.0}]
     met_syn, met_unaligned = check(rows)
     assert "MISSED (worst -4.00 at rotation_deg = 20.0)" in met_syn
     assert "MISSED (worst pair +8.00 at rotation_deg = 20.0)" in met_unaligned

@@ -72,7 +72,8 @@ def test_w_and_b_distributions_map_onto_optuna(tmp_path):
         assert v["model.affine.channels"] in ("[8,8,8]", "[16,16,16]")
         study.tell(t, 0.0)
     dists = study.trials[0].distributions
-    assert dists["optim.lr_affine"].log and isinstance(dists["model.synthesis.width"], optuna.distributions.IntDistribution)
+    assert dists["optim.lr_affine"].log and isinstance(dists["model.synthesis.width"],
+                                                       optuna.distributions.IntDistribution)
 
 
 def test_a_killed_sweep_resumes_its_trial_and_runs_no_trial_twice(tmp_path):

@@ -195,7 +195,8 @@ def test_bf16_mixed_precision_trains_with_the_manual_multi_optimiser_step(tiny_o
     """``trainer.precision=bf16-mixed`` (CPU autocast here, CUDA's on a GPU): every optimiser steps,
     the loss is finite, and the geometry stays float32 (spatial.float32)."""
     cfg = load_config(PHANTOM2D, [*tiny_overrides, "trainer.precision=bf16-mixed", "trainer.max_steps=3",
-                                  "trainer.val_every_n_steps=3", "model.affine.head=match", "model.affine.fine_passes=1"])
+                                  "trainer.val_every_n_steps=3", "model.affine.head=match",
+                                  "model.affine.fine_passes=1"])
     result = train(cfg)
     model = result["model"]
     assert result["iterations"] == 3 and model.skipped_steps.item() == 0
@@ -242,7 +243,7 @@ def test_an_interrupted_run_leaves_a_last_checkpoint_to_resume(tiny_overrides, m
     monkeypatch.setattr(train_mod, "build_trainer", build)
     cfg = load_config(PHANTOM2D, [*tiny_overrides, "trainer.max_steps=10", "trainer.checkpoint_every_n_steps=100",
                                   "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40"])
-    with pytest.raises(BaseException):  # Lightning turns the interrupt into SystemExit
+    with pytest.raises(SystemExit):  # Lightning turns the interrupt into SystemExit
         train(cfg)
     run = next(Path(cfg.run.root).iterdir())
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -257,7 +258,8 @@ def test_validation_logs_every_loss_part_the_registration_metrics_and_a_panel(ti
                  "r_syn", "r_reg"):
         assert f"val/loss_{part}" in logged and f"train/loss_{part}" in logged
     for key in ("dice_CSF", "dice_GM", "dice_WM", "dice_mean", "dice_affine_mean", "dice_unaligned_mean",
-                "folding_pct", "ice_mm", "dice1r_mean", "dice1r_affine_mean", "affine_err_mm", "affine_err_rotation_deg",
+                "folding_pct", "ice_mm", "dice1r_mean", "dice1r_affine_mean", "affine_err_mm",
+                "affine_err_rotation_deg",
                 "affine_err_scale_pct", "affine_err_translation_mm", "affine_rotation_slope", "affine_rotation_corr",
                 "affine_scale_slope", "affine_translation_corr"):
         assert f"val/{key}" in logged, key
@@ -266,7 +268,8 @@ def test_validation_logs_every_loss_part_the_registration_metrics_and_a_panel(ti
 
 
 def test_the_affine_warm_up_trains_g_and_t_af_only_and_keeps_counting_iterations(tiny_overrides):
-    cfg = load_config(PHANTOM2D, [*tiny_overrides, "optim.affine_warmup_steps=3", "trainer.max_steps=4", "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40",
+    cfg = load_config(PHANTOM2D, [*tiny_overrides, "optim.affine_warmup_steps=3", "trainer.max_steps=4",
+                                  "trainer.val_every_n_steps=1000", "data.samples_per_epoch=40",
                                   "model.affine.head=match", "model.affine.init=scale", "model.affine.passes=2"])
     torch.manual_seed(0)
     before = FIREModule(cfg).state_dict()
@@ -297,7 +300,8 @@ def test_a_small_model_with_a_closed_form_affine_stage_learns_a_transform(head):
     shape = (32, 32)
     fixed = _blob(shape, (0.0, 0.0), (0.45, 0.3))
     moving = _blob(shape, (0.15, -0.1), (0.35, 0.35))
-    cfg = load_config(None, ["model.synthesis.width=4", "model.synthesis.n_res=1", "model.affine.channels=[8,8,8]", "data.size=[32,32]",
+    cfg = load_config(None, ["model.synthesis.width=4", "model.synthesis.n_res=1", "model.affine.channels=[8,8,8]",
+                             "data.size=[32,32]",
                              "data.spacing=1.0", f"model.affine.head={head}", "model.affine.init=com",
                              "model.affine.passes=2", "model.affine.mi_weight=1.0", "optim.affine_warmup_steps=60",
                              "optim.lr_affine=3e-3", "optim.lr_synthesis=1e-3"])
@@ -349,7 +353,7 @@ def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny
                 raise KeyboardInterrupt
 
     cfg = load_config(PHANTOM2D, over)
-    with pytest.raises(BaseException):  # Lightning turns the interrupt into SystemExit
+    with pytest.raises(SystemExit):  # Lightning turns the interrupt into SystemExit
         train(cfg, callbacks=[_Interrupt()])
     run = next(Path(cfg.run.root).iterdir())
     r2 = train(load_run_config(run), resume_dir=run)

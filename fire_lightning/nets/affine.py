@@ -21,9 +21,9 @@ class AffineNet(nn.Module):
     """T_af: ``[G(x^A), G(x^B)] (B, 8w, *S/4) -> theta (B, n, n+1)``.
 
     Three strided conv blocks (conv + instance norm + LeakyReLU; the last without the norm, see
-    below), global average pooling, two fully connected layers. The paper's layer sizes ("1×8, 7", "8×10, 5", "16×20, 2") are
-    not self-consistent; we use kernels 7, 5, 3 with ``channels`` outputs (config). The last
-    layer is zero-initialised with an identity bias, so the output is exactly the identity.
+    below), global average pooling, two fully connected layers. The paper's layer sizes
+    ("1×8, 7", "8×10, 5", "16×20, 2") are not self-consistent; we use kernels 7, 5, 3 with ``channels``
+    outputs (config). The last layer is zero-initialised with an identity bias, so the output is exactly the identity.
     """
 
     def __init__(self, n: int, in_channels: int, channels: tuple[int, ...] = (32, 64, 64), hidden: int = 64):
@@ -37,7 +37,8 @@ class AffineNet(nn.Module):
                 # No instance norm before the global average pooling: normalising each channel
                 # over the few remaining points would make its pooled mean a constant (the norm's
                 # bias), whatever the input, and the affine parameters could not be regressed.
-                layers.append(nn.Sequential(conv(n, cin, c, k, stride=2, padding=k // 2), nn.LeakyReLU(0.2, inplace=True)))
+                layers.append(nn.Sequential(conv(n, cin, c, k, stride=2, padding=k // 2),
+                                            nn.LeakyReLU(0.2, inplace=True)))
             cin = c
         self.features = nn.Sequential(*layers)
         self.pool = getattr(nn, f"AdaptiveAvgPool{n}d")(1)

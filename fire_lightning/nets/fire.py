@@ -129,7 +129,8 @@ class FIRENet(nn.Module):
         images = (x_moving, x_fixed)
         if self.training or not self.affine_symmetric_passes_eval:
             return t(g_moving, g_fixed, theta0, fine, images=images)
-        theta = self.symmetric_affine(direction, t.affine_theta(g_moving, g_fixed, theta0, fine), g_moving, g_fixed, fine)
+        theta = self.symmetric_affine(direction, t.affine_theta(g_moving, g_fixed, theta0, fine), g_moving, g_fixed,
+                                      fine)
         return t(g_moving, g_fixed, fine=fine, theta=theta, images=images)
 
     def symmetric_affine(self, direction: str, theta: torch.Tensor, g_moving: torch.Tensor, g_fixed: torch.Tensor,

@@ -86,7 +86,8 @@ class UNetNonRigid(nn.Module):
         channels = tuple(int(c) for c in channels)
         self.n, self.out_level = n, int(out_level)
         self.passes, self.passes_eval = int(passes), int(passes_eval or passes)
-        self.down = nn.ModuleList([nn.Identity()] + [leaky_conv(n, a, b, stride=2) for a, b in zip(channels, channels[1:])])
+        self.down = nn.ModuleList([nn.Identity()]
+                                  + [leaky_conv(n, a, b, stride=2) for a, b in zip(channels, channels[1:])])
         self.merge = nn.ModuleList([leaky_conv(n, 2, channels[0])] + [leaky_conv(n, c, c) for c in channels[1:]])
         # decoder step i: input = [the level below (its decoder output, or the bottom), skip of level i]
         self.up = nn.ModuleList([leaky_conv(n, channels[i + 1] + channels[i], channels[i])

@@ -103,7 +103,8 @@ class Encoder(Checkpointed):
 
 
 class Decoder(Checkpointed):
-    """F: ``(B, 4w, *S/4) -> (B, 1, *S)`` in [-1, 1]; 4 ResBlocks → up+conv3 (2w) → up+conv3 (w) → conv7 → conv1 → tanh."""
+    """F: ``(B, 4w, *S/4) -> (B, 1, *S)`` in [-1, 1]; 4 ResBlocks → up+conv3 (2w) → up+conv3 (w) → conv7 → conv1
+    → tanh."""
 
     def __init__(self, n: int, width: int, out_channels: int = 1, n_res: int = 4):
         super().__init__()

@@ -147,7 +147,8 @@ class TransformationNet(nn.Module):
         ``fine``: one ``(moving, fixed)`` pair of G's finer features per finer level, coarse to fine
         (:meth:`Encoder.finer`: S/2, then S/1), needed when ``model.affine.fine_passes`` (``full_passes``).
         """
-        theta = self._cascade(self.affine, fa, fb, theta0, (self.passes if self.training else self.passes_eval)["affine"])
+        theta = self._cascade(self.affine, fa, fb, theta0,
+                              (self.passes if self.training else self.passes_eval)["affine"])
         for (head, passes), (f_moving, f_fixed) in self._finer_inputs(fine):
             theta = self._cascade(head, f_moving, f_fixed, theta, passes)
         return theta

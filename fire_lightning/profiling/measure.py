@@ -214,7 +214,8 @@ def profile(cfg: DictConfig, steps: int = 30, warmup_steps: int = 5, loader_batc
     infer_ms = 1000 * (time.perf_counter() - t0) / inference_pairs
 
     result = Profile(device=device_name(dev), config=config_name, batch_size=int(cfg.data.batch_size),
-                     shape=list(cfg.data.size), width=int(cfg.model.synthesis.width), precision=str(cfg.trainer.precision),
+                     shape=list(cfg.data.size), width=int(cfg.model.synthesis.width),
+                     precision=str(cfg.trainer.precision),
                      num_workers=int(cfg.data.num_workers), threads=torch.get_num_threads(),
                      loader_samples_per_s=rate, loader_first_batch_s=first, fire=fire, warmup=warm,
                      peak_memory_gib=peak, peak_memory_kind=kind, saved_for_backward_gib=saved,

@@ -60,7 +60,8 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{path}: metric.goal must be maximize or minimize, got {goal!r}")
     params = raw.get("parameters") or {}
     if not isinstance(params, dict) or not params:
-        raise ConfigError(f"{path}: parameters is empty; name config keys, e.g. model.synthesis.width: {{values: [8, 16]}}")
+        raise ConfigError(f"{path}: parameters is empty; name config keys, "
+                          "e.g. model.synthesis.width: {values: [8, 16]}")
     for key, spec in params.items():
         check_distribution(path, key, spec, method)
     command = [str(c) for c in raw.get("command") or []]
