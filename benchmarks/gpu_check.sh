@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU figure issue 12 asks for, prepared to run in two device calls: the device time is short.
+# Every GPU figure of docs/performance.md, prepared to run in two device calls: the device time is short.
 #
-#   ../shared/tools/offline-gpu-bundle.sh        # here, once: prepares .gpu/ (ignored)
+#   (a prepared .gpu/ folder with the dependencies: the GPU machine cannot install them; ignored by git)
 #   # then, on the GPU machine (the device tool: carry [".gpu"], timeout_s 600):
 #   source .gpu/activate.sh; bash benchmarks/gpu_check.sh profile memory     # one call, <= 400 s
 #   source .gpu/activate.sh; bash benchmarks/gpu_check.sh compile            # then, time allowing, <= 480 s

@@ -1,7 +1,7 @@
 """Wall time of ``fire register`` on one pair, process start included, against ``import torch`` alone.
 
-    fire export-pairs runs/demo-final --out /tmp/pairs --max-pairs 1
-    python benchmarks/register_startup.py --checkpoint runs/demo-final/checkpoints/last.ckpt \\
+    fire export-pairs runs/<run> --out /tmp/pairs --max-pairs 1
+    python benchmarks/register_startup.py --checkpoint runs/<run>/checkpoints/last.ckpt \\
         --moving /tmp/pairs/pair_000_moving.nii.gz --fixed /tmp/pairs/pair_000_fixed.nii.gz --rounds 10
     # and an older checkout in the same sitting (git worktree add /tmp/base <commit>):
     python benchmarks/register_startup.py ... --baseline /tmp/base

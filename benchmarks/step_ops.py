@@ -4,9 +4,9 @@
     python benchmarks/step_ops.py experiments/phantom2d.yaml data.batch_size=16 --top 15
 
 On a GPU every op that is not a view is at least one kernel launch, with PyTorch's per-op host
-overhead; a step of thousands of small ops is bound by that, not by arithmetic (README "Speed and
-memory"). This counts them (:class:`profiling.OpCounter`'s rule) for one forward + backward on
-random inputs of the config's batch and shape, on the CPU, and names for each op in the forward the
+overhead; a step of thousands of small ops is bound by that, not by arithmetic (docs/performance.md).
+This counts them (:class:`profiling.OpCounter`'s rule) for one forward + backward on random inputs
+of the config's batch and shape, on the CPU, and names for each op in the forward the
 innermost ``fire_lightning`` function it was called from; the backward's ops are counted as one
 group (autograd runs them). It also counts the step's copies between host and device
 (:func:`profiling.step_host_copies`, on the meta device). It prints the table and writes JSON (``--out``).

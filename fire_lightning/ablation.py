@@ -9,7 +9,8 @@ that has them.
 
 Example::
 
-    fire ablation runs/paper runs/scale-mi runs/dense --base experiments/phantom2d_paper.yaml --out ablation/
+    fire ablation runs/paper runs/scale-mi runs/dense --base experiments/phantom2d_paper.yaml \
+        --out docs/results/affine-ablation
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each pair is registered on exactly the grid the model sees (the data module's te
 their voxel size), and the result is returned as the project's normalised displacement field
 (``spatial`` conventions), so labels are warped and scored by the same code as FIRE's.
 
-Giving the baseline its best fair chance (measured on the phantom test pairs, see README):
+Giving the baseline its best fair chance (measured on the phantom test pairs, docs/benchmark.md):
 
 * intensities are passed in [0, 1], not the network's [-1, 1]: ANTs' centre-of-mass
   initialisation weighs voxels by intensity, and negative background breaks it;

@@ -7,7 +7,7 @@ Examples::
     fire train experiments/phantom2d.yaml --resume runs/phantom2d-20261121-101500
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
-    fire ablation runs/a runs/b --out ablation/               # one table of several benchmarked runs
+    fire ablation runs/a runs/b --out docs/results/affine-ablation              # one table of several benchmarked runs
     fire profile experiments/phantom2d.yaml                   # loader, training step, memory, inference
     fire sweep experiments/sweeps/phantom2d_small.yaml        # Optuna (or --backend wandb) sweep + leaderboard
     fire demo                                                 # train on the phantom + the benchmark
@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything else (out of memory, an ANTs failure, ...): one line too, unless -v
         if args.verbose:
             raise
-        print(f"fire: error: {type(e).__name__}: " + " ".join(str(e).split())[:500] + " (run with -v for the traceback)",
-              file=sys.stderr)
+        message = " ".join(str(e).split())[:500]
+        print(f"fire: error: {type(e).__name__}: {message} (run with -v for the traceback)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fire: interrupted (resume with --resume)", file=sys.stderr)

@@ -14,8 +14,10 @@ DEFAULT_EXPERIMENT = "phantom2d"  # a shipped experiment, found by name (config.
 def refine_options(parser) -> None:
     parser.add_argument("--refine", default=None, metavar="N", help="FIRE+IO: N steps of per-pair optimisation "
                         "(MI + smoothness) from the network's transform; 0 reproduces the network's output")
-    parser.add_argument("--refine-lr-affine", default=None, metavar="LR", help="Adam step of the affine part (default 1e-2)")
-    parser.add_argument("--refine-lr-field", default=None, metavar="LR", help="Adam step of the non-rigid field (default 2e-3)")
+    parser.add_argument("--refine-lr-affine", default=None, metavar="LR",
+                        help="Adam step of the affine part (default 1e-2)")
+    parser.add_argument("--refine-lr-field", default=None, metavar="LR",
+                        help="Adam step of the non-rigid field (default 2e-3)")
 
 
 def build_parser(commands: dict) -> argparse.ArgumentParser:
@@ -98,8 +100,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
                    "every pair, 0: none)")
     b.add_argument("--explain", action="store_true", help="add the Grad-CAM measures of every test pair: share per "
                    "structure, A→B/B→A symmetry, discriminator divergence and its correlation with registration "
-                   "error (explain.md, gradcam_example.png, and explain_correlation.png for adversarial models); explain.* "
-                   "overrides choose what is explained")
+                   "error (explain.md, gradcam_example.png, and explain_correlation.png for adversarial models); "
+                   "explain.* overrides choose what is explained")
     refine_options(b)
     b.add_argument("--shift", action="store_true", help="the shift benchmark instead: held-out pairs with one factor "
                    "at a time (elastic size and spacing, rotation, scale, translation, resolution, contrast, slice) "

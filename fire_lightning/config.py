@@ -127,8 +127,9 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> DictConfig:
     """``cfg`` (on the schema) ← ``key=value`` overrides; validated; returned as a new config."""
-    saved = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), rename_old_keys(saved))  # a saved config: old keys moved
+    if isinstance(cfg, DictConfig):  # a saved config: keys renamed since it was written at their new place
+        cfg = rename_old_keys(OmegaConf.to_container(cfg, resolve=False))
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -150,7 +151,8 @@ def validate(cfg: DictConfig) -> None:
     if d.spatial_dims not in (2, 3):
         raise ConfigError(f"data.spatial_dims must be 2 or 3, got {d.spatial_dims}")
     if len(d.size) != d.spatial_dims:
-        raise ConfigError(f"data.size needs {d.spatial_dims} values for spatial_dims={d.spatial_dims}, got {list(d.size)}")
+        raise ConfigError(f"data.size needs {d.spatial_dims} values for spatial_dims={d.spatial_dims}, "
+                          f"got {list(d.size)}")
     if any(s % 4 for s in d.size):
         raise ConfigError(f"data.size must be divisible by 4 (G downsamples twice), got {list(d.size)}")
     for key, seq, k in (("data.augment.change_range", d.augment.change_range, 2), ("optim.betas", cfg.optim.betas, 2),
@@ -202,7 +204,8 @@ def validate_model(m) -> None:
         if getattr(a, key) < 0:
             raise ConfigError(f"model.affine.{key} must be >= 0, got {getattr(a, key)}")
     if a.full_passes and not a.fine_passes:
-        raise ConfigError("model.affine.full_passes > 0 needs the S/2 level before it: set model.affine.fine_passes >= 1")
+        raise ConfigError("model.affine.full_passes > 0 needs the S/2 level before it: "
+                          "set model.affine.fine_passes >= 1")
     for key in ("passes_eval", "fine_passes_eval", "full_passes_eval"):
         if getattr(a, key) is not None and getattr(a, key) < 1:
             raise ConfigError(f"model.affine.{key} must be >= 1 (or null), got {getattr(a, key)}")
@@ -220,7 +223,8 @@ def validate_model(m) -> None:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"model.loss.similarity must be one of {SIMILARITIES}, got '{loss.similarity}'{hint}")
     if loss.similarity_input not in ("synthesised", "image"):
-        raise ConfigError(f"model.loss.similarity_input must be 'synthesised' or 'image', got '{loss.similarity_input}'")
+        raise ConfigError("model.loss.similarity_input must be 'synthesised' or 'image', "
+                          f"got '{loss.similarity_input}'")
     if loss.smooth_units not in ("voxel", "normalised"):
         raise ConfigError(f"model.loss.smooth_units must be 'voxel' or 'normalised', got '{loss.smooth_units}'")
     if m.adv_weight < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: FIRE+IO steps in the demo's benchmark (the trade-off measured in the README's refinement curve)
+#: FIRE+IO steps in the demo's benchmark (the trade-off measured in docs/benchmark.md's refinement curve)
 DEMO_REFINE_STEPS = 10
 #: the demo's ANTs registers one pair in 3 both ways for its inverse-consistency error: the other runs
 #: took half of the benchmark's ANTs time (about 70 s of a demo that must stay within 15 min on 2 cores)

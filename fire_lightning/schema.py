@@ -238,7 +238,7 @@ class TrainerConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     progress_bar: bool = True
     # torch.compile of the training forward + loss (FIREModule._forward_loss, one graph); validation
-    # stays eager. For GPUs, where the step's ~4 000 small ops bound it (README "Speed and memory");
+    # stays eager. For GPUs, where the step's ~4 000 small ops bound it (docs/performance.md);
     # not measured on one yet. compile_mode: default | reduce-overhead (CUDA graphs) | max-autotune;
     # compile_backend: inductor, or aot_eager (traces without generating code: a check on any machine)
     compile: bool = False

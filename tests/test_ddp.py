@@ -1,6 +1,6 @@
-"""Distributed data parallel on CPU (gloo), two processes, through ``fire train``'s own ``train(cfg)``
-(issue 13): the manual multi-optimiser steps (the affine warm-up, the generator step, ExFIRE's
-discriminator step) stay in lockstep on every rank, the NaN guard skips on every rank at once,
+"""Distributed data parallel on CPU (gloo), two processes, through ``fire train``'s own ``train(cfg)``:
+the manual multi-optimiser steps (the affine warm-up, the generator step, ExFIRE's discriminator step)
+stay in lockstep on every rank, the NaN guard skips on every rank at once,
 ranks train on different pairs, validation metrics are reduced over ranks, and the result matches a
 1-process run with the same global batch."""
 

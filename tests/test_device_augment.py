@@ -1,4 +1,4 @@
-"""Augmentation on the training device (issue 12): the same transforms as the TorchIO path, from the
+"""Augmentation on the training device: the same transforms as the TorchIO path, from the
 same draws, applied to a whole batch with one resampling; evaluation pairs untouched."""
 
 from __future__ import annotations

@@ -169,3 +169,22 @@ def test_no_module_is_too_long():
     long = {str(path.relative_to(ROOT)): n for path in MODULES.values()
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert set(long) <= ALLOWED_LONG, {k: v for k, v in long.items() if k not in ALLOWED_LONG}
+
+
+MAX_INIT_PARAMETERS = 8
+
+
+def test_no_constructor_takes_more_than_a_handful_of_parameters():
+    """A class takes its config section (or a small spec), not two dozen keywords: adding an option then
+    touches the schema, the module that uses it and a test, not every constructor on the way."""
+    wide = []
+    for name, path in project_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for f in node.body:
+                if isinstance(f, ast.FunctionDef) and f.name == "__init__":
+                    count = len(f.args.posonlyargs) + len(f.args.args) + len(f.args.kwonlyargs) - 1  # minus self
+                    if count > MAX_INIT_PARAMETERS:
+                        wide.append(f"{name}.{node.name}: {count}")
+    assert not wide, wide

@@ -3,7 +3,6 @@ package (``fire_lightning.experiments``), found by name from an installed packag
 
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from fire_lightning.config import ConfigError, experiment_path, load_config, shipped_experiments
 
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 

@@ -1,5 +1,5 @@
 """Runs that survive preemption: SIGTERM / SIGUSR1 save and exit 143, kill -9 loses at most one
-checkpoint interval, a corrupt last.ckpt is named and an earlier checkpoint offered (issue 13)."""
+checkpoint interval, a corrupt last.ckpt is named and an earlier checkpoint offered."""
 
 from __future__ import annotations
 

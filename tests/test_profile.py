@@ -209,7 +209,7 @@ def test_registering_a_pair_copies_nothing_between_host_and_device(tiny_override
 def test_the_fire_step_is_one_graph_for_torch_compile(tiny_overrides, extra):
     """The training forward and loss read no config object and no value back to the host, so dynamo
     (``torch.compile``'s tracer) captures them whole: the ground for capturing the step on a GPU,
-    where its ~4 000 ops' dispatch, not its arithmetic, bounds it (README "Speed and memory")."""
+    where its ~4 000 ops' dispatch, not its arithmetic, bounds it (docs/performance.md)."""
     import torch
     import torch._dynamo
 

@@ -1,4 +1,4 @@
-"""``fire sweep`` (issue 13): a W&B-format sweep file mapped onto an Optuna study, every trial an
+"""``fire sweep``: a W&B-format sweep file mapped onto an Optuna study, every trial an
 ordinary run folder, a leaderboard and a plot, and a sweep that is killed and started again goes on
 where it stopped without running a trial twice."""
 

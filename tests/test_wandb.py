@@ -1,4 +1,4 @@
-"""What a W&B user finds in a run (issue 13), read from the offline run files, so that a renamed key
+"""What a W&B user finds in a run, read from the offline run files, so that a renamed key
 cannot silently break a dashboard: the config, every loss part, each optimiser's learning rate,
 validation Dice per structure, folding and ICE, the image and Grad-CAM panels, Table 2 as a table,
 the benchmark figures, the final checkpoint as an artifact; one W&B run across resume and benchmark."""

@@ -17,7 +17,7 @@ def inorm(n: int, ch: int) -> nn.Module:
     state-dict keys of ``InstanceNorm{n}d(affine=True)``, so older checkpoints load), computed by one
     native op that keeps the channels-last layout; ``InstanceNorm`` reshapes, repeats its affine
     parameters and returns to the default layout on every call (``register`` 7 % faster on the
-    2-core CPU, README "Speed and memory")."""
+    2-core CPU, docs/performance.md)."""
     return nn.GroupNorm(ch, ch, eps=1e-5, affine=True)
 
 
