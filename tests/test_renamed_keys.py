@@ -28,7 +28,8 @@ def _flat(saved: dict) -> dict:
             continue
         _, section, leaf = new_key.split(".")
         model[old_key.split(".", 1)[1]] = model[section].pop(leaf)
-    old["model"] = {k: v for k, v in model.items() if v != {}}
+    # keys added to a section since (not renamed) were not in such a file: dropped, their defaults apply
+    old["model"] = {k: v for k, v in model.items() if k not in ("synthesis", "affine", "loss")}
     return old
 
 
