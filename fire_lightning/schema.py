@@ -147,6 +147,7 @@ class AffineConfig:
     head: str = "regress"  # regress (conv → global pooling → FC) | dense | keypoints | match (nets/affine.py)
     init: str = "identity"  # identity | com | scale | principal: the images' foreground moments first
     weighting: str = "peak"  # match head: peak (scalar confidence) | aperture (inverse match covariance)
+    radius: int = 2  # match head: the search radius of its cost volume, in S/4 feature points per axis
     channels: List[int] = field(default_factory=lambda: [32, 64, 64])  # the head's three layers
     hidden: int = 64  # regress head: its fully connected layer
     passes: int = 1  # recursive cascade: the head applied K times, each on the re-warped features

@@ -9,7 +9,7 @@ import torch
 
 from fire_lightning import spatial
 from fire_lightning.losses import fire_forward, fire_loss
-from fire_lightning.nets.affine import AffineNet, DenseAffineNet, MatchAffineNet
+from fire_lightning.nets.affine import AffineNet, DenseAffineNet, MatchAffineNet, build_affine_head
 from fire_lightning.nets.fire import FIRENet
 from fire_lightning.nets.nonrigid import NonRigidNet
 from fire_lightning.nets.synthesis import Decoder, Encoder
@@ -117,6 +117,22 @@ def _sharp_match_head(n: int, weighting: str) -> MatchAffineNet:
     with torch.no_grad():
         head.log_temperature.fill_(-5.0)  # a near-hard argmax
     return head
+
+
+@pytest.mark.parametrize("radius", [2, 3])
+def test_the_match_heads_search_radius_bounds_the_shift_it_finds(radius):
+    """``model.affine.radius``: a shift of 3 feature points is found with a radius of 3, not with 2."""
+    torch.manual_seed(0)
+    head = build_affine_head(2, 8, AffineConfig(head="match", channels=[16, 16, 16], radius=radius))
+    with torch.no_grad():
+        head.log_temperature.fill_(-5.0)  # a near-hard argmax
+    f = torch.randn(1, 8, 16, 20, generator=_gen(11))
+    u, _ = head.correspondences(f, torch.roll(f, shifts=-3, dims=2))
+    found = u[:, 0, 5:-5, 5:-5] * 16 / 2  # in feature points
+    if radius >= 3:
+        torch.testing.assert_close(found, torch.full_like(found, 3.0), atol=0.05, rtol=0)
+    else:  # out of reach: no point finds it
+        assert (found.abs() <= radius + 1e-3).all() and (found - 3).abs().min() > 0.9
 
 
 @pytest.mark.parametrize("weighting", ["peak", "aperture"])

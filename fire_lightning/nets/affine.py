@@ -296,4 +296,4 @@ def build_affine_head(n: int, feat_channels: int, cfg) -> nn.Module:
         return DenseAffineNet(n, 2 * feat_channels, channels)
     if cfg.head == "keypoints":
         return KeypointAffineNet(n, feat_channels, channels)
-    return MatchAffineNet(n, feat_channels, channels, weighting=cfg.weighting)
+    return MatchAffineNet(n, feat_channels, channels, radius=cfg.radius, weighting=cfg.weighting)
