@@ -69,7 +69,10 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
 
 def shipped_experiments() -> dict[str, Path]:
     """The experiment configs that ship with the package: ``{name: path}`` (``phantom2d``, ``sweeps/...``)."""
-    root = Path(str(resources.files("fire_lightning.experiments")))
+    try:
+        root = Path(str(resources.files("fire_lightning.experiments")))
+    except ModuleNotFoundError:  # a source tree not (re)installed since the configs became package data
+        root = Path(__file__).resolve().parent.parent / "experiments"
     return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
 
 
