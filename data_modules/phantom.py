@@ -39,6 +39,7 @@ from fire_lightning.schema import DataConfig
 from .crop import fit_tensor
 from .loading import DeviceAugmentation, Memoised, make_loader, spread, train_rng, trainer_rank
 from .pairs import EvalPairDataset, TrainPairDataset
+from .phantom_subjects import SubjectFixedPairs, SubjectTrainPairs
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
 
 log = logging.getLogger(__name__)
@@ -198,18 +199,26 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._prepared()
 
+    @property
+    def from_subjects(self) -> bool:
+        """Pairs from synthetic subjects (data.phantom.subjects.train > 0) instead of the one brain's split."""
+        return int(self.cfg.phantom.subjects.train) > 0
+
     def train_dataloader(self) -> DataLoader:
-        return make_loader(self.cfg, TrainPairs(self._prepared(), self.cfg).on_rank(trainer_rank(self)))
+        pairs = (SubjectTrainPairs if self.from_subjects else TrainPairs)(self._prepared(), self.cfg)
+        return make_loader(self.cfg, pairs.on_rank(trainer_rank(self)))
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg
-        return make_loader(self.cfg, Memoised(FixedPairs(self._prepared(), c, "val", c.n_val_images,
-                                                       c.val_transforms_per_image)))
+        pairs = SubjectFixedPairs if self.from_subjects else FixedPairs
+        return make_loader(self.cfg, Memoised(pairs(self._prepared(), c, "val", c.n_val_images,
+                                                    c.val_transforms_per_image)))
 
     def test_dataloader(self) -> DataLoader:
         return make_loader(self.cfg, self.test_dataset())
 
-    def test_dataset(self) -> FixedPairs:
+    def test_dataset(self) -> FixedPairs | SubjectFixedPairs:
         """The held-out test pairs (seeded, identical in every run)."""
         c = self.cfg
-        return FixedPairs(self._prepared(), c, "test", c.n_test_images, c.test_transforms_per_image)
+        pairs = SubjectFixedPairs if self.from_subjects else FixedPairs
+        return pairs(self._prepared(), c, "test", c.n_test_images, c.test_transforms_per_image)

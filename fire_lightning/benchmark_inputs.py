@@ -8,7 +8,7 @@ from pathlib import Path
 
 #: data keys that decide which anatomy is test anatomy: a benchmark must not move them
 SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "min_brain_fraction", "phantom.seed", "phantom.split",
-              "subject_split", "split_seed", "acdc.subsets", "mrbrains.releases")
+              "phantom.subjects", "subject_split", "split_seed", "acdc.subsets", "mrbrains.releases")
 
 
 #: model keys that a benchmark may change on a trained network (they act at inference only)

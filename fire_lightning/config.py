@@ -165,6 +165,10 @@ def validate(cfg: DictConfig) -> None:
     lo, hi = d.augment.change_range
     if not 0 <= lo <= hi < 1:
         raise ConfigError(f"data.augment.change_range must satisfy 0 <= lo <= hi < 1, got {[lo, hi]}")
+    sub = d.phantom.subjects
+    if sub.train > 0 and min(sub.val, sub.test) < 1:
+        raise ConfigError(f"data.phantom.subjects: with train > 0, val and test need >= 1 subject, "
+                          f"got {sub.val} and {sub.test}")
     validate_model(cfg.model)
     if cfg.optim.lr_decay not in LR_DECAYS:
         raise ConfigError(f"optim.lr_decay must be one of {LR_DECAYS}, got '{cfg.optim.lr_decay}'")

@@ -51,6 +51,19 @@ class AugmentConfig:
 
 
 @dataclass
+class SubjectsConfig:
+    """Synthetic subjects of the phantom (data_modules/subjects.py): the template warped by a seeded smooth
+    deformation and per-axis scale each. ``train`` 0: off (one brain, cut into slabs by ``split``)."""
+
+    train: int = 0  # training subjects (seeds 0 ..); val / test subjects come from disjoint seed ranges
+    val: int = 4
+    test: int = 10
+    control_points: int = 5  # the subject deformation's B-spline grid per axis
+    max_mm: float = 8.0  # its largest control-point displacement
+    scale: float = 0.08  # each axis scaled by 1 + U(-scale, scale)
+
+
+@dataclass
 class PhantomConfig:
     """The embedded phantom (data.name: phantom; data_modules/phantom.py): its build and its slab split."""
 
@@ -58,6 +71,7 @@ class PhantomConfig:
     noise_std: float = 0.02
     bias_strength: float = 0.15
     split: SplitConfig = field(default_factory=SplitConfig)  # train/val/test ranges along the superior axis
+    subjects: SubjectsConfig = field(default_factory=SubjectsConfig)  # many anatomies instead of the split
 
 
 def _mrbrains_files() -> Dict[str, Dict[str, List[str]]]:

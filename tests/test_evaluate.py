@@ -201,6 +201,9 @@ def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overri
     assert main(["benchmark", str(run), "data.phantom.split.gap_mm=0", "--no-ants"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.phantom.split" in err[0] and "last.ckpt" in err[0]
+    # synthetic subjects warp the whole template, the split's test slices too: not for a model of the split
+    assert main(["benchmark", str(run), "data.phantom.subjects.train=5", "--no-ants"]) == 2
+    assert "data.phantom.subjects" in capsys.readouterr().err
     assert not (run / "benchmark").exists()
 
 
