@@ -24,6 +24,7 @@ from .crop import fit
 from .loading import spread, train_rng
 from .pairs import EvalPairDataset, TrainPairDataset
 from .subjects import SubjectSettings, make_subject, subject_seed
+from .volumes import brain_slices
 
 #: subjects a dataset keeps in memory (per loader worker); beyond it a subject is made again (~0.3 s at 4 mm)
 MAX_CACHED_SUBJECTS = 64
@@ -71,12 +72,6 @@ def whole_volume(prep, cfg: DataConfig) -> tuple[dict, np.ndarray]:
     return {m: fit(v, size) for m, v in prep.images.items()}, fit(prep.labels, size)
 
 
-def brain_slices(labels: np.ndarray, min_fraction: float) -> list[int]:
-    """Axial slices whose brain area is at least ``min_fraction`` of the largest."""
-    area = (labels > 0).sum((0, 1))
-    return [int(z) for z in np.nonzero(area >= min_fraction * area.max())[0]]
-
-
 class SubjectTrainPairs(TrainPairDataset):
     """``samples_per_epoch`` fresh random pairs of the training subjects."""
 
@@ -86,7 +81,7 @@ class SubjectTrainPairs(TrainPairDataset):
         images, labels = whole_volume(prep, cfg)
         self.subjects = Subjects(images, labels, prep.spacing, "train", int(cfg.phantom.subjects.train),
                                  subject_settings(cfg))
-        self.slices = brain_slices(labels, cfg.min_brain_fraction) if two_d else [None]
+        self.slices = brain_slices(labels > 0, cfg.min_brain_fraction) if two_d else [None]
 
     def __getitem__(self, i: int) -> dict:
         rng = train_rng(self.rank)  # seeded from torch's RNG (seed_everything(workers=True))
@@ -107,7 +102,7 @@ class SubjectFixedPairs(EvalPairDataset):
         count = int(getattr(cfg.phantom.subjects, split))
         self.subjects = Subjects(images, labels, prep.spacing, split, count, subject_settings(cfg))
         if int(cfg.spatial_dims) == 2:
-            zs = spread(brain_slices(labels, cfg.min_brain_fraction), n_images)
+            zs = spread(brain_slices(labels > 0, cfg.min_brain_fraction), n_images)
             self.items = [(j % count, z) for j, z in enumerate(zs)]
         else:
             self.items = [(s, None) for s in range(count)]
