@@ -290,4 +290,5 @@ def _explain_batch(model: FIREModule, batch: dict, field: torch.Tensor, settings
 def _example(batch: dict, fields: dict) -> dict:
     """The first pair of a batch with every method's field, on the CPU."""
     return {"moving": batch["moving"][0], "fixed": batch["fixed"][0], "fixed_label": batch["fixed_label"][0],
-            "id": batch["id"][0], "fields": {m: (None if u is None else u[0].cpu()) for m, u in fields.items()}}
+            "moving_label": batch["moving_label"][0], "id": batch["id"][0],
+            "fields": {m: (None if u is None else u[0].cpu()) for m, u in fields.items()}}

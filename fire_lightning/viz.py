@@ -12,13 +12,14 @@ import torch  # noqa: E402
 from . import spatial  # noqa: E402
 
 
-def mid_slice(x: torch.Tensor) -> np.ndarray:
-    """``(C, *S)`` or ``(*S)`` → 2D array (middle slice of the last axis in 3D), first channel."""
+def mid_slice(x: torch.Tensor, axis: int = 2) -> np.ndarray:
+    """``(C, *S)`` or ``(*S)`` → 2D array, first channel; in 3D the middle slice across spatial ``axis``
+    (2, the last: axial for RAS arrays; 1: coronal; 0: sagittal)."""
     x = x.detach().float().cpu()
     if x.dim() in (3, 4) and x.shape[0] <= 3 and x.dim() - 1 in (2, 3):
         x = x[0]
     if x.dim() == 3:
-        x = x[:, :, x.shape[2] // 2]
+        x = x.select(axis, x.shape[axis] // 2)
     return x.numpy()
 
 
@@ -86,18 +87,55 @@ def registration_panel(rows: list[dict], titles: list[str] | None = None):
     return fig
 
 
-def _contours(ax, label: torch.Tensor) -> None:
-    lab = mid_slice(label).T
-    ax.contour(lab, levels=np.arange(0.5, lab.max() + 0.5), colors="tab:cyan", linewidths=0.5)
+#: the three orthogonal views of a 3D panel: (spatial axis sliced across, name for RAS arrays)
+VIEWS_3D = ((2, "axial"), (1, "coronal"), (0, "sagittal"))
+
+
+def method_panel_3d(example: dict):
+    """A 3D pair, every method: one row per orthogonal view (:data:`VIEWS_3D`, middle slices), columns
+    moving, fixed and each method's warped moving image, with the fixed labels (cyan) and, where
+    ``example`` holds ``moving_label`` ``(1, *S)``, that method's warped moving labels (orange) as contours:
+    where the two outlines part, the method left the anatomy misaligned.
+    """
+    methods = [m for m, u in example["fields"].items() if u is not None]
+    cols = 2 + len(methods)
+    warped = {}
+    for m in methods:
+        u = example["fields"][m][None].float()
+        warped[m] = (spatial.warp(example["moving"][None].float(), u)[0],
+                     spatial.warp_labels(example["moving_label"][None], u)[0] if "moving_label" in example else None)
+    columns = [("moving", example["moving"], example.get("moving_label")), ("fixed", example["fixed"], None),
+               *[(m, *warped[m]) for m in methods]]
+    fig, axes = plt.subplots(len(VIEWS_3D), cols, figsize=(2.1 * cols, 2.3 * len(VIEWS_3D)), squeeze=False)
+    for r, (axis, view) in enumerate(VIEWS_3D):
+        for c, (name, image, label) in enumerate(columns):
+            ax = axes[r, c]
+            show(ax, mid_slice(image, axis), name if r == 0 else "", vmin=-1, vmax=1)
+            _contours(ax, example["fixed_label"], axis)
+            if label is not None:
+                _contours(ax, label, axis, color="tab:orange")
+        axes[r, 0].text(-0.08, 0.5, view, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right",
+                        fontsize=9)
+    fig.suptitle(f"{example['id']} (cyan: fixed labels; orange: moving labels as each method warps them)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _contours(ax, label: torch.Tensor, axis: int = 2, color: str = "tab:cyan") -> None:
+    lab = mid_slice(label, axis).T
+    if lab.max() > 0:
+        ax.contour(lab, levels=np.arange(0.5, lab.max() + 0.5), colors=color, linewidths=0.5)
 
 
 def method_panel(example: dict):
     """One pair, every method: top row moving, fixed and each method's warped moving image (fixed-label
-    contours over them), bottom row each method's deformation grid.
+    contours over them), bottom row each method's deformation grid. 3D: :func:`method_panel_3d`.
 
     ``example``: ``moving``, ``fixed``, ``fixed_label`` ``(1, *S)``; ``fields``: method → normalised
     displacement ``(n, *S)`` (None for the unaligned pair, which is the moving image itself); ``id``.
     """
+    if example["moving"].dim() == 4:
+        return method_panel_3d(example)
     methods = [m for m, u in example["fields"].items() if u is not None]
     cols = 2 + len(methods)
     fig, axes = plt.subplots(2, cols, figsize=(2.3 * cols, 4.9), squeeze=False)
