@@ -347,6 +347,28 @@ def test_the_benchmark_targets_are_marked_met_or_missed():
     assert "FIRE+IO ≥ 5× faster than ANTs-SyN per pair on the CPU: met (10.0×)" in lines
 
 
+def test_3d_targets_compare_fire_with_ants_affine_and_check_the_rotation():
+    from fire_lightning.evaluate import check_targets
+
+    def entry(mean):
+        return {"mean": mean, "std": 0.0, "values": [mean]}
+
+    results = {"meta": {"data": {"spatial_dims": 3}},
+               "methods": {"ANTs-Affine": {"dice_mean": entry(0.66)},
+                           "ANTs-SyN": {"dice_mean": entry(0.69), "seconds_per_pair": entry(4.0),
+                                        "folding_pct": entry(0.0)},
+                           "FIRE-Affine": {"dice_mean": entry(0.62), "affine_err_rotation_deg": entry(2.5)},
+                           "FIRE": {"dice_mean": entry(0.67), "seconds_per_pair": entry(0.1), "folding_pct": entry(0.0)},
+                           "FIRE+IO": {"dice_mean": entry(0.705), "seconds_per_pair": entry(0.5),
+                                       "folding_pct": entry(0.0)}},
+               "nonrigid_share": {"FIRE": {"share": 0.45}}}
+    lines = check_targets(results)
+    assert lines[0] == "FIRE non-rigid share ≥ 0.5: MISSED (0.45)"
+    assert lines[1] == "FIRE mean Dice ≥ ANTs-Affine + 0: met (67.00 vs 66.00, +1.00 points)"
+    assert any(t.startswith("FIRE+IO mean Dice ≥ ANTs-SyN + 1: met") for t in lines)
+    assert lines[-1] == "FIRE rotation error ≤ 2°: MISSED (2.50°)"
+
+
 def test_the_report_splits_off_the_pairs_where_ants_affine_failed():
     from fire_lightning.evaluate import dice_table
 
