@@ -193,7 +193,12 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
     def _prepared(self) -> PreparedPhantom:
         if self.prep is None:
             self.prep = prepare_phantom(self.cfg)
-            log.info("phantom ranges (slice indices): %s", self.prep.ranges)
+            if self.from_subjects:
+                sub = self.cfg.phantom.subjects
+                log.info("phantom subjects: %d train, %d val, %d test (disjoint seed ranges)", sub.train, sub.val,
+                         sub.test)
+            else:
+                log.info("phantom ranges (slice indices): %s", self.prep.ranges)
         return self.prep
 
     def setup(self, stage: str | None = None) -> None:
