@@ -23,6 +23,16 @@ PROTOCOLS = {"mild": {"data.augment.elastic_control_points": 7, "data.augment.el
                       "data.augment.rotate_deg": 10.0}}
 
 
+def run_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    """The checkpoint ``--checkpoint`` names for a run folder: a path, a file in ``RUN/checkpoints`` with or
+    without ``.ckpt`` (``iter800``), or None for ``last.ckpt``. A name that matches nothing comes back as
+    given, for the loader's "checkpoint not found"."""
+    if not checkpoint:
+        return run_dir / "checkpoints" / "last.ckpt"
+    named = [Path(checkpoint), run_dir / "checkpoints" / checkpoint, run_dir / "checkpoints" / f"{checkpoint}.ckpt"]
+    return next((c for c in named if c.exists()), Path(checkpoint))
+
+
 def benchmark_inputs(target: str, checkpoint: str | None, data: str | None, overrides: list[str]):
     """``fire benchmark`` TARGET (run folder or checkpoint) → (model, config, data module, checkpoint, out folder)."""
     from omegaconf import OmegaConf
@@ -35,9 +45,7 @@ def benchmark_inputs(target: str, checkpoint: str | None, data: str | None, over
     target = Path(target)
     if target.is_dir():
         run_dir = target
-        ckpt = Path(checkpoint) if checkpoint else target / "checkpoints" / "last.ckpt"
-        if checkpoint and not ckpt.exists() and (target / "checkpoints" / checkpoint).exists():
-            ckpt = target / "checkpoints" / checkpoint  # `--checkpoint iter800.ckpt`
+        ckpt = run_checkpoint(target, checkpoint)
     else:
         ckpt = target
         run_dir = ckpt.parent.parent if (ckpt.parent.parent / CONFIG_NAME).is_file() else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,7 +359,8 @@ def test_3d_targets_compare_fire_with_ants_affine_and_check_the_rotation():
                            "ANTs-SyN": {"dice_mean": entry(0.69), "seconds_per_pair": entry(4.0),
                                         "folding_pct": entry(0.0)},
                            "FIRE-Affine": {"dice_mean": entry(0.62), "affine_err_rotation_deg": entry(2.5)},
-                           "FIRE": {"dice_mean": entry(0.67), "seconds_per_pair": entry(0.1), "folding_pct": entry(0.0)},
+                           "FIRE": {"dice_mean": entry(0.67), "seconds_per_pair": entry(0.1),
+                                    "folding_pct": entry(0.0)},
                            "FIRE+IO": {"dice_mean": entry(0.705), "seconds_per_pair": entry(0.5),
                                        "folding_pct": entry(0.0)}},
                "nonrigid_share": {"FIRE": {"share": 0.45}}}
@@ -385,3 +387,14 @@ def test_the_report_splits_off_the_pairs_where_ants_affine_failed():
     assert "exceeds 5 mm on 1 of 3 pairs" in text and "ANTs-SyN 80.00 (0.00), FIRE 79.00" in text
     results["methods"]["ANTs-Affine"]["affine_err_mm"] = entry([1.0, 2.0, 3.0])
     assert "exceeds" not in dice_table(results)
+
+
+def test_a_checkpoint_is_found_by_its_name_in_the_run_folder(tmp_path):
+    from fire_lightning.benchmark_inputs import run_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "iter750.ckpt").write_bytes(b"")
+    assert run_checkpoint(tmp_path, None) == tmp_path / "checkpoints" / "last.ckpt"
+    assert run_checkpoint(tmp_path, "iter750") == run_checkpoint(tmp_path, "iter750.ckpt") \
+        == tmp_path / "checkpoints" / "iter750.ckpt"
+    assert run_checkpoint(tmp_path, "iter9") == Path("iter9")  # left for "checkpoint not found"
