@@ -149,7 +149,7 @@ def test_a_short_micnn_training_raises_the_validation_dice_above_unaligned(tmp_p
                                 "trainer.checkpoint_every_n_steps=150", "data.samples_per_epoch=600"])
     result = train(cfg)
     m = result["metrics"]
-    assert m["val/dice_mean"] > m["val/dice_unaligned_mean"] + 0.02, m
+    assert m["val/dice_mean"] > m["val/dice_unaligned_mean"] + 0.05, m  # about +0.14 measured
     assert m["val/folding_pct"] < 1.0
 
 
