@@ -57,11 +57,12 @@ class ValidationImages(L.Callback):
         if ex is None or (self._count - 1) % self.every_n:
             return
         b, out = ex["batch"], ex["out"]
+        synth = getattr(out, "xhat_t_b", None)  # FIRE's synthesised image (the MI-CNN has none)
         rows = []
         for i in range(min(self.max_rows, b["moving"].shape[0])):
             rows.append({"moving": b["moving"][i], "fixed": b["fixed"][i], "warped": out.warped_a[i],
-                         "warped_affine": out.affine_a[i], "synth": out.xhat_t_b[i], "field": out.u_ab[i],
-                         "fixed_label": b["fixed_label"][i]})
-        fig = registration_panel(rows, titles=[str(t) for t in b["id"][: len(rows)]])
+                         "warped_affine": out.affine_a[i], "field": out.u_ab[i], "fixed_label": b["fixed_label"][i],
+                         **({"synth": synth[i]} if synth is not None else {})})
+        fig = registration_panel(rows, titles=[str(t) for t in b["id"][: len(rows)]], method=ex.get("name", "FIRE"))
         log_figure(trainer, fig, "val/registration", self.out_dir, step=getattr(pl_module, "iteration", None))
         pl_module.val_examples = None

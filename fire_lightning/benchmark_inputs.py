@@ -40,15 +40,9 @@ def benchmark_inputs(target: str, checkpoint: str | None, data: str | None, over
     from .config import apply_overrides, load_config
     from .module import load_module
     from .schema import rename_old_override
-    from .train import CONFIG_NAME, load_run_config, make_datamodule
+    from .train import load_run_config, make_datamodule
 
-    target = Path(target)
-    if target.is_dir():
-        run_dir = target
-        ckpt = run_checkpoint(target, checkpoint)
-    else:
-        ckpt = target
-        run_dir = ckpt.parent.parent if (ckpt.parent.parent / CONFIG_NAME).is_file() else None
+    run_dir, ckpt = run_and_checkpoint(target, checkpoint)
     overrides = [rename_old_override(o) for o in overrides]  # old key names: their new place, with a warning
     model_keys = [o.split("=", 1)[0] for o in overrides if o.startswith("model.")]
     fixed = [k for k in model_keys if k not in INFERENCE_KEYS]
@@ -62,16 +56,7 @@ def benchmark_inputs(target: str, checkpoint: str | None, data: str | None, over
         cfg = load_run_config(run_dir, overrides)
     else:  # a lone checkpoint: the data config it was trained with
         cfg = apply_overrides(model.cfg, overrides)
-    trained = model.cfg.data
-    if cfg.data.name == trained.name:  # same data: the test pairs must come from the same held-out anatomy
-        moved = [k for k in SPLIT_KEYS if OmegaConf.select(cfg.data, k) != OmegaConf.select(trained, k)]
-        if moved:
-            raise ValueError(f"{ckpt}: the data config changes {', '.join('data.' + k for k in moved)} from what the "
-                             "model was trained with; that moves the held-out test anatomy (and could test on "
-                             "training anatomy)")
-    elif cfg.data.spatial_dims != trained.spatial_dims or float(cfg.data.spacing) != float(trained.spacing):
-        raise ValueError(f"{ckpt}: the model is {trained.spatial_dims}D at {trained.spacing} mm, the data "
-                         f"config {cfg.data.spatial_dims}D at {cfg.data.spacing} mm")
+    check_same_anatomy(cfg.data, model.cfg.data, ckpt)
     for key in model_keys:  # inference-only keys (checked above)
         model.set_inference_key(key.split(".", 1)[1], OmegaConf.select(cfg, key))
     dm = make_datamodule(cfg)
@@ -81,6 +66,57 @@ def benchmark_inputs(target: str, checkpoint: str | None, data: str | None, over
         raise ValueError(f"{ckpt}: the model works at {tuple(model.spacing)} mm, the data at {tuple(dm.spacing)} mm")
     name = "benchmark" if ckpt.name == "last.ckpt" else f"benchmark-{ckpt.stem}"
     return model, cfg, dm, ckpt, (run_dir or ckpt.parent) / name
+
+
+def run_and_checkpoint(target: str | Path, checkpoint: str | None = None) -> tuple[Path | None, Path]:
+    """``(run folder or None, checkpoint)`` of a run folder (its ``checkpoints/last.ckpt``, or ``checkpoint``: a path
+    or a name in its ``checkpoints/``) or of a checkpoint file (its run folder when it sits in one)."""
+    from .config import CONFIG_NAME
+
+    target = Path(target)
+    if target.is_dir():
+        return target, run_checkpoint(target, checkpoint)
+    return (target.parent.parent if (target.parent.parent / CONFIG_NAME).is_file() else None), target
+
+
+def check_same_anatomy(data, trained, ckpt: Path) -> None:
+    """The data config ``data`` gives a model trained on ``trained`` (both ``data`` sections) test pairs from its
+    own held-out anatomy (same dataset: no key of :data:`SPLIT_KEYS` moved), or at least its dimensions and
+    voxel size (another dataset)."""
+    from omegaconf import OmegaConf
+
+    if data.name == trained.name:  # same data: the test pairs must come from the same held-out anatomy
+        moved = [k for k in SPLIT_KEYS if OmegaConf.select(data, k) != OmegaConf.select(trained, k)]
+        if moved:
+            raise ValueError(f"{ckpt}: the data config changes {', '.join('data.' + k for k in moved)} from what the "
+                             "model was trained with; that moves the held-out test anatomy (and could test on "
+                             "training anatomy)")
+    elif data.spatial_dims != trained.spatial_dims or float(data.spacing) != float(trained.spacing):
+        raise ValueError(f"{ckpt}: the model is {trained.spatial_dims}D at {trained.spacing} mm, the data "
+                         f"config {data.spatial_dims}D at {data.spacing} mm")
+
+
+def compared_models(runs, cfg, dm) -> tuple[dict, dict]:
+    """``fire benchmark --compare RUN ...``: each run's (or checkpoint's) trained model, ``({run name: model},
+    {run name: its checkpoint})``,
+    checked to be scorable on the test pairs of ``cfg`` / ``dm`` (the benchmarked run's) as the benchmarked
+    model is: its held-out anatomy, its voxel size, and (a real dataset) none of its training subjects."""
+    from .module import load_module
+
+    out, paths = {}, {}
+    for run in runs:
+        run_dir, ckpt = run_and_checkpoint(run)
+        model = load_module(ckpt)
+        check_same_anatomy(cfg.data, model.cfg.data, ckpt)
+        check_held_out(dm, run_dir, ckpt)
+        if tuple(float(v) for v in dm.spacing) != tuple(float(v) for v in model.spacing):
+            raise ValueError(f"{ckpt}: the model works at {tuple(model.spacing)} mm, the data at "
+                             f"{tuple(dm.spacing)} mm")
+        name = run_dir.name if run_dir is not None else ckpt.stem
+        if name in out:
+            raise ValueError(f"--compare {run}: a run named {name} is already compared")
+        out[name], paths[name] = model, str(ckpt)
+    return out, paths
 
 
 def check_held_out(dm, run_dir: Path | None, ckpt: Path) -> None:

@@ -9,6 +9,8 @@ the identity) and, for the inverse-consistency error, the field of the other dir
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from . import spatial
@@ -26,25 +28,55 @@ AFFINE_PARTS = {"True": "True-Affine", "FIRE": "FIRE-Affine", "ANTs-SyN": "ANTs-
 ANTS_METHODS = ("ANTs-Affine", "ANTs-SyN")
 
 
-def method_names(known: bool, ants: bool, io: bool) -> tuple:
-    """The methods scored: the ceiling (``known`` transforms), FIRE's (and ANTs' with ``ants``), FIRE+IO (``io``)."""
-    return (TRUE_METHODS if known else ()) + (METHODS if ants else FIRE_METHODS) + (IO_METHOD,) * io
+@dataclass(frozen=True)
+class ModelRows:
+    """A trained model's rows: ``net`` (its transform), ``affine`` (its affine part) and ``io`` (refined per
+    pair): ``FIRE``, ``FIRE-Affine``, ``FIRE+IO`` for FIRE, ``MI-CNN``, ``MI-CNN-Affine``, ``MI-CNN+IO`` for the
+    MI-CNN."""
+
+    net: str
+    affine: str
+    io: str
+
+    @classmethod
+    def of(cls, name: str, tag: str | None = None) -> ModelRows:
+        """The rows of a model named ``name`` (``net.NAME``); ``tag`` (a run's name) tells apart two models of
+        the same name: ``FIRE (run)``."""
+        suffix = f" ({tag})" if tag else ""
+        return cls(name + suffix, f"{name}-Affine{suffix}", f"{name}+IO{suffix}")
+
+    def methods(self, io: bool) -> tuple[str, ...]:
+        return (self.affine, self.net) + (self.io,) * io
 
 
-def fire_fields(model, mov: torch.Tensor, fix: torch.Tensor, refine=None) -> tuple[dict, dict, dict, dict]:
-    """FIRE's methods on a batch ``(B, 1, *S)``: ``(model.register's output, fields, inverse fields, thetas)``,
-    the fields on the CPU, with ``Unaligned`` (None); with ``refine`` also FIRE+IO, both directions refined
-    (as FIRE's T^{B→A} gives the inverse). ``thetas``: the affine parts ``(B, n, n+1)``, for the affine errors."""
+#: FIRE's rows
+FIRE_ROWS = ModelRows("FIRE", "FIRE-Affine", IO_METHOD)
+
+
+def method_names(known: bool, ants: bool, io: bool, rows: ModelRows = FIRE_ROWS) -> tuple:
+    """The methods scored: the ceiling (``known`` transforms), the model's (FIRE's unless ``rows`` says) and
+    ANTs' (with ``ants``), the model refined (``io``)."""
+    names = {"FIRE": rows.net, "FIRE-Affine": rows.affine}
+    return (TRUE_METHODS if known else ()) + tuple(names.get(m, m) for m in (METHODS if ants else FIRE_METHODS)) \
+        + (rows.io,) * io
+
+
+def fire_fields(model, mov: torch.Tensor, fix: torch.Tensor, refine=None, rows: ModelRows = FIRE_ROWS
+                ) -> tuple[dict, dict, dict, dict]:
+    """A model's methods on a batch ``(B, 1, *S)`` (FIRE's, or another model's under its ``rows``):
+    ``(model.register's output, fields, inverse fields, thetas)``, the fields on the CPU, with ``Unaligned``
+    (None); with ``refine`` also the refined row, both directions refined (as FIRE's T^{B→A} gives the
+    inverse). ``thetas``: the affine parts ``(B, n, n+1)``, for the affine errors."""
     reg = model.register(mov, fix)
     back = model.net.transform("BtoA", reg["g_fixed"], reg["g_moving"], fix, mov)
     shape = mov.shape[2:]
-    fields = {"Unaligned": None, "FIRE-Affine": reg["affine_field"].cpu(), "FIRE": reg["field"].cpu()}
-    inverse = {"FIRE-Affine": back.affine_field(shape).cpu(), "FIRE": back.field(shape).cpu()}
-    thetas = {"FIRE-Affine": reg["theta"].cpu()}
+    fields = {"Unaligned": None, rows.affine: reg["affine_field"].cpu(), rows.net: reg["field"].cpu()}
+    inverse = {rows.affine: back.affine_field(shape).cpu(), rows.net: back.field(shape).cpu()}
+    thetas = {rows.affine: reg["theta"].cpu()}
     if refine is not None:
         t_io = model.refined(reg["transform"], mov, fix, refine)
-        fields[IO_METHOD], thetas[IO_METHOD] = t_io.field(shape).cpu(), t_io.theta.cpu()
-        inverse[IO_METHOD] = model.refined(back, fix, mov, refine).field(shape).cpu()
+        fields[rows.io], thetas[rows.io] = t_io.field(shape).cpu(), t_io.theta.cpu()
+        inverse[rows.io] = model.refined(back, fix, mov, refine).field(shape).cpu()
     return reg, fields, inverse, thetas
 
 
@@ -87,7 +119,11 @@ def nonrigid_shares(summary: dict) -> dict:
     if "True" not in summary or abs(ceiling) < 1e-9:
         return {}
     out = {}
-    parts = {**AFFINE_PARTS, IO_METHOD: None}
+    parts = dict(AFFINE_PARTS)
+    for m in summary:  # other models' rows: "MI-CNN" and "MI-CNN-Affine", "FIRE (run)" and "FIRE-Affine (run)"
+        if "-Affine" in m and m not in AFFINE_PARTS.values():
+            parts.setdefault(m.replace("-Affine", "", 1), m)
+    parts.update({m: None for m in summary if "dice_affine_part_mean" in summary[m]})  # refined: their own affine
     for method, part in parts.items():
         dice = mean(method)
         affine = mean(part) if part else mean(method, "dice_affine_part_mean")

@@ -13,21 +13,25 @@ from pathlib import Path
 class BenchmarkOptions:
     """How the pairs are scored: ``ants`` (:class:`baselines.AntsParams`, or None: FIRE only), CPU
     ``threads`` (None: all), only the first ``max_pairs`` pairs, the Grad-CAM measures (``explain``),
-    FIRE+IO (``refine``: :class:`refine.RefineSettings` or None)."""
+    FIRE+IO (``refine``: :class:`refine.RefineSettings` or None), other trained runs scored alongside
+    (``compare``: run folders or checkpoints)."""
 
     ants: object = None
     threads: int | None = None
     max_pairs: int | None = None
     explain: bool = False
     refine: object = None
+    compare: tuple = ()
 
 
 def evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, cfg=None,
                  options: BenchmarkOptions | None = None, split: str = "test") -> dict:
     """Score ``model`` (or the run's checkpoint) on the test pairs of ``dm`` (or the run's data), or on its
-    validation pairs (``split="val"``: to choose inference settings without looking at the test pairs)."""
+    validation pairs (``split="val"``: to choose inference settings without looking at the test pairs); with
+    ``options.compare``, other runs' models on the same pairs, in the same tables."""
     from omegaconf import OmegaConf
 
+    from .benchmark_inputs import compared_models
     from .evaluate import dice_table, evaluate
     from .module import load_module
     from .train import load_run_config, make_datamodule
@@ -37,16 +41,22 @@ def evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, cf
     checkpoint = Path(checkpoint or run_dir / "checkpoints" / "last.ckpt")
     if model is None:
         model = load_module(checkpoint)
+    if o.explain and model.net.NAME != "FIRE":
+        raise ValueError(f"--explain: Grad-CAM explains FIRE's components; the {model.net.NAME} model has none")
     if dm is None:
         cfg = load_run_config(run_dir)
         dm = make_datamodule(cfg)
         dm.setup("test")
+    compare, compared = compared_models(o.compare, cfg if cfg is not None else model.cfg, dm) if o.compare \
+        else (None, None)
     if split == "val":
         dm.setup("fit")
         dataset = dm.val_dataloader().dataset
     else:
         dataset = dm.test_dataset()
     meta = {"checkpoint": str(checkpoint), "split": split, **model.inference_passes()}
+    if compared:
+        meta["compare"] = compared  # run name → checkpoint
     if cfg is not None:
         meta["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     out_dir = Path(out_dir or run_dir)
@@ -56,7 +66,7 @@ def evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, cf
 
         settings = ExplainSettings.from_config(cfg if cfg is not None else model.cfg)
     results = evaluate(model, dataset, out_dir, ants=o.ants, threads=o.threads, max_pairs=o.max_pairs, meta=meta,
-                       explain=settings, refine=o.refine)
+                       explain=settings, refine=o.refine, compare=compare)
     from .wandb_report import log_evaluation
 
     log_evaluation(run_dir, cfg if cfg is not None else model.cfg, results, out_dir, split)
@@ -100,8 +110,9 @@ def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool 
     if shift:
         from .shift import run_shift
 
-        if what.split == "val" or curve_steps is not None or options.explain:
-            raise ValueError("--shift scores its own held-out pairs; it takes no --split, --refine-curve or --explain")
+        if what.split == "val" or curve_steps is not None or options.explain or options.compare:
+            raise ValueError("--shift scores its own held-out pairs; it takes no --split, --refine-curve, --explain "
+                             "or --compare")
         ants = None if options.ants is None else dataclasses.replace(options.ants, ice_every=0)
         run_shift(model, cfg.data, Path(what.out or default_out.with_name("shift")), ants=ants, refine=options.refine,
                   threads=options.threads, max_per_level=options.max_pairs)

@@ -7,6 +7,7 @@ Examples::
     fire train experiments/phantom2d.yaml --resume runs/phantom2d-20261121-101500
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
+    fire benchmark runs/demo --compare runs/micnn --no-ants   # + another run (FIRE or MI-CNN) on the same pairs
     fire ablation runs/a runs/b --out docs/results/affine-ablation              # one table of several benchmarked runs
     fire profile experiments/phantom2d.yaml                   # loader, training step, memory, inference
     fire sweep experiments/sweeps/phantom2d_small.yaml        # Optuna (or --backend wandb) sweep + leaderboard
@@ -117,11 +118,13 @@ def _cmd_benchmark(args) -> int:
         from .refine_curve import parse_steps
 
         curve_steps = parse_steps(args.refine_curve)
-    what = BenchmarkTarget(args.target, args.checkpoint, args.data, tuple(args.overrides), args.protocol, args.split,
+    compare = [c for c in args.compare if "=" not in c]  # `--compare RUN k=v`: the override is an override
+    overrides = [*args.overrides, *(c for c in args.compare if "=" in c)]
+    what = BenchmarkTarget(args.target, args.checkpoint, args.data, tuple(overrides), args.protocol, args.split,
                            args.out)
     ants = None if args.no_ants else AntsParams.preset(args.ants_preset, ice_every=args.ants_ice_every)
-    run_benchmark(what, BenchmarkOptions(ants, args.threads, args.max_pairs, args.explain, refine), shift=args.shift,
-                  curve_steps=curve_steps)
+    run_benchmark(what, BenchmarkOptions(ants, args.threads, args.max_pairs, args.explain, refine, tuple(compare)),
+                  shift=args.shift, curve_steps=curve_steps)
     return 0
 
 

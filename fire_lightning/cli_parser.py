@@ -77,7 +77,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="JSON output (default: RUN_ROOT/profile/<experiment>-<cpu|cuda>.json)")
     pr.set_defaults(func=commands["profile"])
 
-    b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE against ANTs-Affine and ANTs-SyN on the test pairs")
+    b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE (or an MI-CNN run) against ANTs-Affine and ANTs-SyN "
+                                         "on the test pairs")
     b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2, "
                    "and of the inference-only model keys: model.affine.passes_eval=5, model.affine.fine_passes_eval=3, "
@@ -93,6 +94,9 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=None, help="CPU threads for FIRE and ANTs alike (default: all)")
     b.add_argument("--max-pairs", type=int, default=None, help="only the first N test pairs")
     b.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines")
+    b.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other trained runs (folders or "
+                   "checkpoints; FIRE or MI-CNN) scored on the same test pairs in the same tables, each row named "
+                   "by its model (MI-CNN, MI-CNN-Affine; FIRE (run) where the name is taken) and timed alike")
     b.add_argument("--ants-preset", default="fair", choices=["fair", "antspyx-default"],
                    help="ANTs settings: dense sampling and full-resolution SyN (fair, default), or antspyx's defaults")
     b.add_argument("--ants-ice-every", type=int, default=1, metavar="K", help="register one pair in K the other way "

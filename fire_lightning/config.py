@@ -37,6 +37,7 @@ from .schema import (  # noqa: F401  (re-exported: `from fire_lightning.config i
     rename_old_override,
 )
 
+MODEL_NAMES = ("fire", "micnn")  # model.name: FIRE (the default) or the MI-CNN (nets/micnn.py)
 LR_DECAYS = ("none", "cosine")  # optim.lr_decay
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # trainer.compile_mode
 EXPLAIN_SCALARS = ("displacement", "nonrigid", "affine")  # G, T_af, T_nr (fire_lightning/explain.py)
@@ -170,6 +171,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.phantom.subjects: with train > 0, val and test need >= 1 subject, "
                           f"got {sub.val} and {sub.test}")
     validate_model(cfg.model)
+    if cfg.model.name == "micnn" and cfg.optim.affine_warmup_steps:
+        raise ConfigError("optim.affine_warmup_steps warms up FIRE's learned affine stage; model.name=micnn has none "
+                          f"(its pre-alignment is model.micnn.affine_steps): set it to 0, got "
+                          f"{cfg.optim.affine_warmup_steps}")
     if cfg.optim.lr_decay not in LR_DECAYS:
         raise ConfigError(f"optim.lr_decay must be one of {LR_DECAYS}, got '{cfg.optim.lr_decay}'")
     if cfg.optim.affine_warmup_steps < 0 or cfg.optim.affine_warmup_steps >= cfg.trainer.max_steps:
@@ -194,6 +199,12 @@ def validate_model(m) -> None:
     from .nets.nonrigid import NONRIGID_HEADS
 
     s, a, nr, loss = m.synthesis, m.affine, m.nonrigid, m.loss
+    if m.name not in MODEL_NAMES:
+        close = difflib.get_close_matches(str(m.name), MODEL_NAMES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"model.name must be one of {MODEL_NAMES}, got '{m.name}'{hint}")
+    if m.name == "micnn":
+        validate_micnn(m)
     if s.width < 1:
         raise ConfigError(f"model.synthesis.width must be positive, got {s.width}")
     if s.down_kernel not in (3, 4):
@@ -236,6 +247,19 @@ def validate_model(m) -> None:
         raise ConfigError(f"model.loss.smooth_units must be 'voxel' or 'normalised', got '{loss.smooth_units}'")
     if m.adv_weight < 0:
         raise ConfigError(f"model.adv_weight must be >= 0, got {m.adv_weight}")
+
+
+def validate_micnn(m) -> None:
+    """``model.name=micnn``: its network is ``model.nonrigid``'s U-Net and it has no FIRE-only parts."""
+    mc = m.micnn
+    if m.nonrigid.head != "unet":
+        raise ConfigError("model.name=micnn is the U-Net of model.nonrigid on the image pair: set "
+                          f"model.nonrigid.head=unet, got '{m.nonrigid.head}'")
+    if m.adversarial:
+        raise ConfigError("model.adversarial adds ExFIRE's discriminators to FIRE; model.name=micnn has none")
+    if mc.smooth_weight < 0 or mc.affine_steps < 0 or not mc.affine_lr > 0:
+        raise ConfigError(f"model.micnn needs smooth_weight >= 0, affine_steps >= 0 and affine_lr > 0, got "
+                          f"{mc.smooth_weight}, {mc.affine_steps}, {mc.affine_lr}")
 
 
 def check_explain_settings(e) -> None:

@@ -14,7 +14,8 @@ DEMO_ANTS_ICE_EVERY = 3
 
 def run_demo(cfg, ants=None, refine=None) -> dict:
     """Train on the experiment ``cfg``, then benchmark the run (``ants``: :class:`baselines.AntsParams`
-    or None; ``refine``: FIRE+IO's settings or None). Returns the benchmark's results."""
+    or None; ``refine``: FIRE+IO's settings or None; the Grad-CAM measures for FIRE). Returns the benchmark's
+    results."""
     from .benchmark_run import BenchmarkOptions, evaluate_run
     from .train import train
 
@@ -22,4 +23,4 @@ def run_demo(cfg, ants=None, refine=None) -> dict:
     run_dir = Path(result["run_dir"])
     return evaluate_run(run_dir, result["model"], result["datamodule"], checkpoint=result["checkpoint"],
                         out_dir=run_dir / "benchmark", cfg=cfg,
-                        options=BenchmarkOptions(ants=ants, explain=True, refine=refine))
+                        options=BenchmarkOptions(ants=ants, explain=cfg.model.name == "fire", refine=refine))

@@ -31,6 +31,7 @@ from .benchmark_methods import (  # noqa: F401  (re-exported: the benchmark's AP
     IO_METHOD,
     METHODS,
     TRUE_METHODS,
+    ModelRows,
     ants_affine_theta,
     ants_fields,
     fire_fields,
@@ -58,7 +59,7 @@ from .tables import paired, summarise  # noqa: F401
 @torch.no_grad()
 def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads: int | None = None,
              batch_size: int = 16, device: str | None = None, max_pairs: int | None = None,
-             meta: dict | None = None, explain=None, refine=None) -> dict:
+             meta: dict | None = None, explain=None, refine=None, compare: dict | None = None) -> dict:
     """Score every pair of ``dataset`` (dicts as produced by the data modules) and write the reports.
 
     Args:
@@ -71,6 +72,9 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
             ``gradcam_example.png``); None to skip them.
         refine: :class:`refine.RefineSettings` with ``steps > 0`` to add the method ``FIRE+IO`` (the
             network's transform refined on each pair, timed end to end like the others).
+        compare: other trained models scored on the same pairs in the same tables, ``{run name: model}``;
+            each model's rows are named by it (``MI-CNN``, ``MI-CNN-Affine``; ``FIRE (run)`` where a name is
+            taken) and timed as ``model``'s are.
 
     Returns:
         the ``results.json`` content.
@@ -81,7 +85,7 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
     try:
         if max_pairs:
             dataset = Subset(dataset, range(min(int(max_pairs), len(dataset))))
-        bench = Benchmark(model, dataset, ants, threads, device, refine)
+        bench = Benchmark(model, dataset, ants, threads, device, refine, compare)
         bench.score_all(batch_size, explain)
         bench.time_all()
         results, example = bench.results(explain), bench.example
@@ -107,7 +111,7 @@ class Benchmark:
     exploratory repeats); else afterwards, one pair at a time.
     """
 
-    def __init__(self, model: FIREModule, dataset, ants, threads: int, device, refine):
+    def __init__(self, model: FIREModule, dataset, ants, threads: int, device, refine, compare: dict | None = None):
         if ants is not None:
             ants = dataclasses.replace(ants, threads=threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -117,16 +121,31 @@ class Benchmark:
         self.refine = refine
         # evaluation pairs with a known transform: the ceiling and affine errors
         self.known = "true_theta" in dataset[0]
-        self.methods = method_names(self.known, ants is not None, self.io)
+        #: every model's rows, the benchmarked one's first (FIRE's rows keep the names of the FIRE paper's tables)
+        self.models: list[tuple[ModelRows, object]] = [(ModelRows.of(model.net.NAME), model)]
+        for tag, other in (compare or {}).items():
+            rows = ModelRows.of(other.net.NAME)
+            if any(rows.net == r.net for r, _ in self.models):
+                rows = ModelRows.of(other.net.NAME, tag)
+            self.models.append((rows, other.to(self.device).eval()))
+        self.rows = self.models[0][0]
+        self.methods = method_names(self.known, ants is not None, self.io, self.rows) + tuple(
+            m for rows, _ in self.models[1:] for m in rows.methods(self.io))
         self.per: dict = {m: {} for m in self.methods}
         self.per_explain: dict[str, list] = {}
         self.ids: list[str] = []
         self.example: dict | None = None
         self.interleaved = ants is not None and self.device.type == "cpu"
-        self.cpu_seconds: dict[str, list[float]] = {"FIRE": [], IO_METHOD: []}
+        self.cpu_seconds: dict[str, list[float]] = {m: [] for m, _, _ in self.timed()}
         # the pairs' images for the timing passes (GPU, or CPU without ANTs)
         self.kept = KeptPairs(keep=not (self.interleaved and not torch.cuda.is_available()))
         self.gpu_name = None
+
+    def timed(self) -> list[tuple[str, object, object]]:
+        """The timed rows: ``(method, model, refine settings or None)``, each model's network and, with
+        refinement, its refined row."""
+        return [(m, model, r) for rows, model in self.models
+                for m, r in ((rows.net, None), (rows.io, self.refine))[:1 + self.io]]
 
     def score_all(self, batch_size: int, explain=None) -> None:
         """Every method on every pair, batch by batch."""
@@ -143,7 +162,12 @@ class Benchmark:
         self.kept.add(batch)
         model, names, spacing = self.model, self.model.label_names, self.model.spacing
         mov, fix = batch["moving"].to(self.device), batch["fixed"].to(self.device)
-        reg, fields, inverse, thetas = fire_fields(model, mov, fix, self.refine if self.io else None)
+        reg, fields, inverse, thetas = fire_fields(model, mov, fix, self.refine if self.io else None, self.rows)
+        for rows, other in self.models[1:]:
+            _, f, inv, th = fire_fields(other, mov, fix, self.refine if self.io else None, rows)
+            fields.update(f)
+            inverse.update(inv)
+            thetas.update(th)
         one_way = []  # pairs not registered the other way round (no ICE)
         if self.ants is not None:
             ants_f, ants_inv, one_way = self._ants_batch(batch, mov, fix, bar)
@@ -161,11 +185,11 @@ class Benchmark:
                                        inverse_fields=inverse, truth=truth, thetas=thetas if self.known else None)
         for name in ANTS_METHODS if one_way else ():
             scores[name]["ice_mm"][one_way] = float("nan")
-        if self.io:  # FIRE+IO's own affine part, for its non-rigid share
+        for rows, _ in self.models if self.io else ():  # FIRE+IO's own affine part, for its non-rigid share
             shape = mov.shape[2:]
-            scores[IO_METHOD]["dice_affine_part_mean"] = metrics.dice_by_method(
+            scores[rows.io]["dice_affine_part_mean"] = metrics.dice_by_method(
                 batch["moving_label"], batch["fixed_label"],
-                {"a": spatial.affine_to_displacement(thetas[IO_METHOD], shape)}, names)["a"]["dice_mean"]
+                {"a": spatial.affine_to_displacement(thetas[rows.io], shape)}, names)["a"]["dice_mean"]
         for method in self.methods:
             for key, vals in scores[method].items():
                 self.per[method].setdefault(key, []).extend(vals.numpy().tolist())
@@ -185,17 +209,16 @@ class Benchmark:
         inverse fields and the pairs registered one way only."""
         from .baselines import register_pair
 
-        model, refine, ants = self.model, self.refine, self.ants
-        if self.interleaved and not self.cpu_seconds["FIRE"]:  # warm-up: allocations, caches
-            for r in (None, refine) if self.io else (None,):
-                model.register(mov[:1], fix[:1], refine=r)
+        model, ants = self.model, self.ants
+        if self.interleaved and not self.cpu_seconds[self.rows.net]:  # warm-up: allocations, caches
+            for _, m, r in self.timed():
+                m.register(mov[:1], fix[:1], refine=r)
         ants_out, one_way = [], []
         for i in range(mov.shape[0]):
-            if self.interleaved:  # FIRE timed on the pair right before ANTs: the same minutes of the machine
-                self.cpu_seconds["FIRE"].append(timing.seconds_to_register(model, mov[i:i + 1], fix[i:i + 1]))
-                if self.io:
-                    self.cpu_seconds[IO_METHOD].append(timing.seconds_to_register(model, mov[i:i + 1], fix[i:i + 1],
-                                                                                  refine=refine))
+            if self.interleaved:  # the models timed on the pair right before ANTs: the same minutes of the machine
+                for method, m, r in self.timed():
+                    self.cpu_seconds[method].append(timing.seconds_to_register(m, mov[i:i + 1], fix[i:i + 1],
+                                                                               refine=r))
             both = ants.ice_every > 0 and (len(self.ids) + i) % ants.ice_every == 0
             try:
                 ants_out.append(register_pair(batch["moving"][i], batch["fixed"][i], model.spacing, ants, both))
@@ -211,33 +234,32 @@ class Benchmark:
 
     def time_all(self) -> None:
         """Table 4: one pair at a time, same threads as ANTs; the pairs kept while scoring, else made again."""
-        model, io, refine = self.model, self.io, self.refine
         dataset = self.kept.pairs if self.kept.pairs is not None else self.dataset
-        for method, r in (("FIRE", None), (IO_METHOD, refine)) if io else (("FIRE", None),):
+        for method, model, r in self.timed():
             self.per[method]["seconds_per_pair"] = (self.cpu_seconds[method] if self.interleaved else
                                                     timing.time_register(model, dataset, torch.device("cpu"), refine=r))
         if torch.cuda.is_available():
-            self.per["FIRE"]["seconds_per_pair_gpu"] = timing.time_register(model, dataset, torch.device("cuda"),
-                                                                            repeats=5)
-            if io:
-                self.per[IO_METHOD]["seconds_per_pair_gpu"] = timing.time_register(model, dataset, torch.device("cuda"),
-                                                                            refine=refine)
+            for method, model, r in self.timed():
+                self.per[method]["seconds_per_pair_gpu"] = timing.time_register(
+                    model, dataset, torch.device("cuda"), refine=r, **({} if r is not None else {"repeats": 5}))
             self.gpu_name = torch.cuda.get_device_name(0)
-        model.to(self.device)
+        for _, model in self.models:
+            model.to(self.device)
 
     def results(self, explain=None) -> dict:
         """The ``results.json`` content, without the caller's extra meta."""
-        methods, per, model = self.methods, self.per, self.model
+        methods, per, model, net = self.methods, self.per, self.model, self.rows.net
         summary = {m: {k: summarise(v) for k, v in per[m].items()} for m in methods}
         results = {
             "methods": summary,
             "nonrigid_share": nonrigid_shares(summary),
             "paired": {f"{a} vs {m}": paired(summary[a]["dice_mean"], summary[m]["dice_mean"])
-                       for a in ("FIRE", IO_METHOD) if a in summary for m in methods
-                       if m != a and (a == "FIRE" or m in ("FIRE", "ANTs-SyN", "ANTs-Affine"))},
+                       for a in (net, self.rows.io) if a in summary for m in methods
+                       if m != a and (a == net or m in (net, "ANTs-SyN", "ANTs-Affine"))},
             "pair_ids": self.ids,
             "structures": list(model.label_names.values()),
             "meta": {
+                "model": model.net.NAME, "compared": [rows.net for rows, _ in self.models[1:]],
                 "n_pairs": len(self.ids), "device": str(self.device), "spacing_mm": list(model.spacing),
                 "iterations": int(model.iteration), "threads": self.threads, "cpu": cpu_name(),
                 "cpu_count": os.cpu_count(), "gpu": self.gpu_name, "torch": torch.__version__,
@@ -253,7 +275,7 @@ class Benchmark:
             from .explain_report import correlations
             from .explain_report import summarise as summarise_explain
 
-            dice = {m: per[m]["dice_mean"] for m in ("FIRE", "FIRE-Affine")}
+            dice = {m: per[m]["dice_mean"] for m in ("FIRE", "FIRE-Affine")}  # Grad-CAM explains FIRE only
             example = self.example
             results["explain"] = {"settings": dataclasses.asdict(explain),
                                   "measures": summarise_explain(self.per_explain),

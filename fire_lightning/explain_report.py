@@ -189,6 +189,8 @@ def explain_files(checkpoint, moving, fixed, out_dir, moving_labels=None, fixed_
 
     reg = Registrar(checkpoint, device=device)
     module = reg.module
+    if module.net.NAME != "FIRE":
+        raise ValueError(f"{checkpoint}: Grad-CAM explains FIRE's components; the {module.net.NAME} model has none")
     settings = explain_settings(module.cfg, overrides)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

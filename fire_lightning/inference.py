@@ -20,6 +20,7 @@ from torch import nn
 from . import spatial
 from .io import describe_error
 from .nets.fire import FIRENet
+from .nets.micnn import MICNNNet
 from .nets.transformation import Transform
 from .refine import RefineSettings
 from .refine import refine as refine_pair
@@ -41,21 +42,28 @@ def model_spacing(cfg: Config | DictConfig, spacing=None) -> tuple[float, ...]:
     return spacing
 
 
-def build_net(cfg: Config | DictConfig, spacing=None) -> FIRENet:
-    """The networks of ``cfg.model``; ``spacing``: voxel size per axis (mm), for the moments initialisation.
-    With ``model.channels_last`` their weights are channels-last, and so are the convolutions' outputs
-    (oneDNN's preferred layout on a CPU; the values are the same within float rounding)."""
+#: ``model.name`` → the network class
+NETS = {"fire": FIRENet, "micnn": MICNNNet}
+
+
+def build_net(cfg: Config | DictConfig, spacing=None) -> FIRENet | MICNNNet:
+    """The networks of ``cfg.model`` (``model.name``: FIRE's or the MI-CNN's); ``spacing``: voxel size per
+    axis (mm), for the moments initialisation. With ``model.channels_last`` their weights are channels-last,
+    and so are the convolutions' outputs (oneDNN's preferred layout on a CPU; the values are the same within
+    float rounding)."""
     m = cfg.model
-    net = FIRENet(int(cfg.data.spatial_dims), m, spacing)
+    if m.name not in NETS:
+        raise ValueError(f"model.name must be one of {tuple(NETS)}, got {m.name!r}")
+    net = NETS[m.name](int(cfg.data.spatial_dims), m, spacing)
     if m.channels_last:
         net = net.to(memory_format=torch.channels_last if cfg.data.spatial_dims == 2 else torch.channels_last_3d)
     return net
 
 
 class Registers:
-    """Registration with ``self.net`` (:class:`FIRENet`) configured by ``self.cfg``."""
+    """Registration with ``self.net`` (:class:`FIRENet` or :class:`MICNNNet`) configured by ``self.cfg``."""
 
-    net: FIRENet
+    net: FIRENet | MICNNNet
     cfg: Config | DictConfig  # the training module's OmegaConf config; an InferenceModel's dataclasses
 
     #: inference-only passes (``model.<key>``) → (the level's head attribute, its training-passes key)
@@ -66,6 +74,9 @@ class Registers:
     def set_inference_key(self, key: str, value) -> None:
         """Change one inference-only key of ``model`` (:attr:`PASSES_EVAL`, ``affine.symmetric_passes_eval``,
         ``nonrigid.passes_eval``) on a trained model."""
+        if key != "nonrigid.passes_eval" and not isinstance(self.net, FIRENet):
+            raise ValueError(f"model.{key}: the {self.net.NAME} model has no learned affine stage; of the "
+                             "inference-only keys it takes model.nonrigid.passes_eval")
         if key in self.PASSES_EVAL:
             return self.set_passes_eval(key, value)
         if key == "nonrigid.passes_eval":
@@ -91,7 +102,9 @@ class Registers:
 
     def inference_passes(self) -> dict[str, int]:
         """The passes the affine stage runs at inference (a benchmark's ``meta``): each level's, 0 for a
-        level the model has not, and the symmetric passes."""
+        level the model has not, and the symmetric passes (the MI-CNN: its cascade's passes)."""
+        if not isinstance(self.net, FIRENet):
+            return {"nonrigid_passes_eval": self.net.unet.passes_eval}
         t = self.net.T_ab
         return {"affine_passes_eval": t.passes_eval["affine"], "affine_fine_passes_eval": t.passes_eval["affine_fine"],
                 "affine_full_passes_eval": t.passes_eval["affine_full"],
@@ -99,7 +112,7 @@ class Registers:
 
     def set_nonrigid_passes_eval(self, passes: int | None) -> None:
         """The U-Net T_nr's cascade passes at inference on a trained model (None: as in training)."""
-        heads = [t.nonrigid for t in (self.net.T_ab, self.net.T_ba)]
+        heads = self.net.nonrigid_heads()
         if not all(hasattr(h, "passes_eval") for h in heads):
             raise ValueError(f"nonrigid.passes_eval={passes}: this model's T_nr has no cascade (model.nonrigid.head "
                              f"= {self.cfg.model.nonrigid.head!r})")
@@ -145,7 +158,7 @@ class Registers:
 
     def with_parameters(self, t: Transform, theta: torch.Tensor, raw: torch.Tensor) -> Transform:
         """``t`` with its affine ``theta`` and raw non-rigid output ``raw`` replaced."""
-        return Transform(theta=theta, nr_feat=raw, disp_nr=self.net.T_ab.displacement(raw), feat_affine=t.feat_affine)
+        return Transform(theta=theta, nr_feat=raw, disp_nr=self.net.displacement(raw), feat_affine=t.feat_affine)
 
 
 class InferenceModel(Registers, nn.Module):

@@ -204,7 +204,19 @@ class LossConfig:
 
 
 @dataclass
+class MICNNConfig:
+    """The MI-CNN's own keys (``model.name: micnn``, :mod:`fire_lightning.nets.micnn`); its network is
+    ``model.nonrigid``'s U-Net, its similarity ``model.loss``'s, its moments start ``model.affine.init``."""
+
+    smooth_weight: float = 1.0  # λ of the smoothness term: mean over points of ||∇u||², u in voxels
+    affine_steps: int = 0  # pre-alignment after the moments start: steps of per-pair MI affine optimisation
+    affine_lr: float = 3e-2  # their Adam step on theta (normalised coordinates)
+
+
+@dataclass
 class ModelConfig:
+    name: str = "fire"  # fire | micnn (the MI-CNN: a U-Net on the pre-aligned pair, docs/micnn.md)
+    micnn: MICNNConfig = field(default_factory=MICNNConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     affine: AffineConfig = field(default_factory=AffineConfig)
     nonrigid: NonRigidConfig = field(default_factory=NonRigidConfig)

@@ -32,7 +32,7 @@ from .distributed import global_rank
 from .errors import Preempted
 from .explain import ExplainSettings
 from .io import describe_error
-from .module import FIREModule
+from .module import build_module
 from .wandb_report import finish_training, make_logger
 
 log = logging.getLogger(__name__)
@@ -129,16 +129,17 @@ def strategy_for(t: DictConfig):
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, n_optimizers: int, extra_callbacks=()) -> L.Trainer:
-    """A Trainer whose step counts are in training iterations (see :class:`FIREModule`)."""
+    """A Trainer whose step counts are in training iterations (see :class:`module_base.RegistrationModule`).
+    Grad-CAM explains FIRE's components: the MI-CNN's runs have no Grad-CAM callback."""
     t = cfg.trainer
     ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="iter{train/iteration:.0f}",
                            auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps * n_optimizers,
                            save_top_k=-1, save_last=True)
+    gradcam = [GradCAMCallback(ExplainSettings.from_config(cfg), cfg.explain.every_n_epochs, cfg.explain.n_pairs,
+                               out_dir=run_dir / "gradcam")] if cfg.model.name == "fire" else []
     callbacks = [ckpt, SaveOnInterrupt(run_dir / "checkpoints"),
-                 ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images"),
-                 GradCAMCallback(ExplainSettings.from_config(cfg), cfg.explain.every_n_epochs, cfg.explain.n_pairs,
-                                 out_dir=run_dir / "gradcam"), *extra_callbacks]
-    loggers = _loggers(cfg, run_dir)  # learning rates: FIREModule logs lr/<sub-network> itself
+                 ValidationImages(cfg.logger.image_every_n_val, out_dir=run_dir / "images"), *gradcam, *extra_callbacks]
+    loggers = _loggers(cfg, run_dir)  # learning rates: the module logs lr/<sub-network> itself
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     return L.Trainer(
@@ -212,7 +213,8 @@ def _save_after_fit(trainer: L.Trainer, path: Path) -> None:
 
 
 def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -> dict:
-    """Train FIRE for ``cfg``; returns ``{"run_dir", "checkpoint", "iterations", "metrics"}``.
+    """Train ``cfg``'s model (FIRE or the MI-CNN, ``model.name``); returns ``{"run_dir", "checkpoint",
+    "iterations", "metrics"}``.
 
     ``callbacks``: more Lightning callbacks (a sweep's pruning / reporting callback).
 
@@ -249,7 +251,7 @@ def train(cfg: DictConfig, resume_dir: str | Path | None = None, callbacks=()) -
         tmp = split_path.with_name(f".{split_path.name}.tmp")
         tmp.write_text(json.dumps(dm.describe(), indent=2))
         os.replace(tmp, split_path)
-    model = FIREModule(cfg, label_names=getattr(dm, "label_names", None), spacing=getattr(dm, "spacing", None))
+    model = build_module(cfg, label_names=getattr(dm, "label_names", None), spacing=getattr(dm, "spacing", None))
     trainer = build_trainer(cfg, run_dir, model.n_optimizers, callbacks)
     start = time.time()
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -52,8 +52,9 @@ def show(ax, img: np.ndarray, title: str, cmap: str = "gray", **kw) -> None:
     ax.axis("off")
 
 
-def registration_panel(rows: list[dict], titles: list[str] | None = None):
-    """One row per example: moving, fixed, FIRE-Affine warped, FIRE warped, synthesised, |warped - moving|, grid.
+def registration_panel(rows: list[dict], titles: list[str] | None = None, method: str = "FIRE"):
+    """One row per example: moving, fixed, FIRE-Affine warped, FIRE warped, synthesised, |warped - moving|, grid
+    (``method`` names the model's columns: FIRE, MI-CNN).
 
     Each row dict holds tensors ``moving``, ``fixed``, ``warped_affine``, ``warped`` ``(1, *S)``, optional
     ``synth`` ``(1, *S)`` and ``fixed_label`` ``(1, *S)`` (drawn as contours over the fixed and warped
@@ -62,7 +63,7 @@ def registration_panel(rows: list[dict], titles: list[str] | None = None):
     cols = ["moving", "fixed", "warped_affine", "warped", "synth", "diff", "grid"]
     if not any("synth" in row for row in rows):
         cols.remove("synth")
-    names = {"moving": "moving (A)", "fixed": "fixed (B)", "warped_affine": "FIRE-Affine", "warped": "FIRE",
+    names = {"moving": "moving (A)", "fixed": "fixed (B)", "warped_affine": f"{method}-Affine", "warped": method,
              "synth": "synthesised B", "diff": "|warped - moving| (change)", "grid": "deformation"}
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.2 * len(cols), 2.4 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):

@@ -21,8 +21,8 @@ from .adversarial import (
     lsgan_generator_loss,
 )
 from .graph import FIREOutputs, encode_both, fire_forward
-from .regularisers import smoothness, smoothness_weight
-from .similarity import SIMILARITIES, LocalNCC, MutualInformation, make_similarity, rms
+from .regularisers import gradient_smoothness, smoothness, smoothness_weight
+from .similarity import SIMILARITIES, LocalNCC, MutualInformation, make_similarity, mse, rms
 from .terms import (
     FIRELoss,
     affine_warmup_loss,
@@ -42,7 +42,7 @@ from .terms import (
 __all__ = [
     "SIMILARITIES", "FIRELoss", "FIREOutputs", "LocalNCC", "MutualInformation", "RealFake", "adversarial_images",
     "affine_warmup_loss", "discriminators", "encode_both", "fire_forward", "fire_loss", "generator_adversarial_loss",
-    "lsgan_discriminator_loss", "lsgan_generator_loss", "make_similarity", "r_affine_sim_loss", "r_reg_loss",
-    "r_smooth_loss", "r_syn_loss", "reg_acc_loss", "reg_ic_loss", "rms", "smoothness", "smoothness_weight",
-    "syn_acc_loss", "syn_align_loss", "syn_cyc_loss", "syn_fea_loss",
+    "gradient_smoothness", "lsgan_discriminator_loss", "lsgan_generator_loss", "make_similarity", "mse",
+    "r_affine_sim_loss", "r_reg_loss", "r_smooth_loss", "r_syn_loss", "reg_acc_loss", "reg_ic_loss", "rms",
+    "smoothness", "smoothness_weight", "syn_acc_loss", "syn_align_loss", "syn_cyc_loss", "syn_fea_loss",
 ]

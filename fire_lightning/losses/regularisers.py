@@ -1,4 +1,4 @@
-"""The smoothness regulariser of T_nr's field, (10), and its weight λ, (13)."""
+"""The smoothness regulariser of T_nr's field, (10), and its weight λ, (13); the MI-CNN's gradient term."""
 
 from __future__ import annotations
 
@@ -40,3 +40,26 @@ def smoothness_weight(n: int, image_shape) -> float:
     points, so λ·R_smooth is 0.1 × the mean squared Laplacian per feature point.
     """
     return 2 ** (2 * n) / (10 * math.prod([int(s) for s in image_shape]))
+
+
+def gradient_smoothness(disp: torch.Tensor, image_shape) -> torch.Tensor:
+    """The MI-CNN's smoothness term ``||∇u||²``: per sample the mean over points of the squared forward
+    differences of every component along every axis, batch-averaged (the paper sums over points; the mean
+    only rescales its λ and makes it independent of the image size).
+
+    Units: ``u`` in image voxels and differentiated per image voxel, so a field produced on a coarser grid
+    than the image's is penalised as the same deformation on the image.
+
+    Args:
+        disp: ``(B, n, *S_f)`` normalised displacement on the field's grid.
+        image_shape: the image's spatial shape ``S``.
+    """
+    n = disp.shape[1]
+    half = spatial.constant([s / 2 for s in image_shape], disp.device, disp.dtype)
+    u_vox = disp * half.view(1, n, *([1] * n))
+    total = disp.new_zeros(disp.shape[0])
+    for axis in range(n):
+        step = image_shape[axis] / disp.shape[2 + axis]  # field step in image voxels
+        d = torch.diff(u_vox, dim=2 + axis) / step
+        total = total + d.pow(2).sum(1).flatten(1).mean(1)
+    return total.mean()

@@ -34,6 +34,13 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (torch.sqrt(mse + eps) - torch.sqrt(eps)).mean()
 
 
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error ``(B, ...)`` → scalar (VoxelMorph's mono-modal similarity)."""
+    if a.shape != b.shape:
+        raise ValueError(f"mse: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    return (a.float() - b.float()).pow(2).mean()
+
+
 class MutualInformation(nn.Module):
     """Negative Parzen-window mutual information (MI-CNN paper, eqs 3–7), per sample, batch-averaged.
 
@@ -99,14 +106,17 @@ class LocalNCC(nn.Module):
         return self.ncc(a.float(), b.float())
 
 
-SIMILARITIES = ("rms", "mi", "lncc")
+SIMILARITIES = ("rms", "mi", "lncc", "mse")
 
 
 def make_similarity(name: str, spatial_dims: int, mi_bins: int = 32, mi_sigma_ratio: float = 0.5,
                     ncc_kernel: int = 7):
-    """The dissimilarity used in (7): ``"rms"`` (paper), ``"mi"`` (Parzen MI) or ``"lncc"``."""
+    """The dissimilarity used in (7) (and the MI-CNN's): ``"rms"`` (paper), ``"mi"`` (Parzen MI), ``"lncc"``
+    or ``"mse"``."""
     if name == "rms":
         return rms
+    if name == "mse":
+        return mse
     if name == "mi":
         return MutualInformation(mi_bins, mi_sigma_ratio)
     if name == "lncc":

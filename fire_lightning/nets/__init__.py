@@ -6,5 +6,7 @@
 * :mod:`.nonrigid`: T_nr's heads;
 * :mod:`.transformation`: T = T_af then T_nr, one direction's :class:`~.transformation.Transform`;
 * :mod:`.discriminator`: ExFIRE's D^A, D^B;
-* :mod:`.fire`: :class:`~.fire.FIRENet`, all of them built from the ``model`` section.
+* :mod:`.fire`: :class:`~.fire.FIRENet`, all of them built from the ``model`` section;
+* :mod:`.micnn`: :class:`~.micnn.MICNNNet`, the MI-CNN (``model.name: micnn``): the U-Net of
+  :mod:`.nonrigid` on an affinely pre-aligned pair.
 """

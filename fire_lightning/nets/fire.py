@@ -26,6 +26,9 @@ class FIRENet(nn.Module):
     :meth:`transform`, which adds the images' initial affine when ``model.affine.init`` asks for one.
     """
 
+    #: the benchmark's row name
+    NAME = "FIRE"
+
     def __init__(self, n: int, model: ModelConfig | None = None, spacing=None):
         """``n``: 2 or 3 spatial dimensions; ``model``: the ``model`` section (:class:`schema.ModelConfig`,
         or its OmegaConf config; None: the defaults); ``spacing``: voxel size per axis (mm), for the
@@ -58,6 +61,14 @@ class FIRENet(nn.Module):
             groups["D_A"] = list(self.D_a.parameters())
             groups["D_B"] = list(self.D_b.parameters())
         return groups
+
+    def nonrigid_heads(self) -> list[nn.Module]:
+        """T_nr of both directions (a U-Net's cascade: ``model.nonrigid.passes_eval``)."""
+        return [self.T_ab.nonrigid, self.T_ba.nonrigid]
+
+    def displacement(self, raw: torch.Tensor) -> torch.Tensor:
+        """phi_nr from T_nr's raw output (:meth:`TransformationNet.displacement`)."""
+        return self.T_ab.displacement(raw)
 
     def initial_affine(self, x_moving: torch.Tensor | None, x_fixed: torch.Tensor | None) -> torch.Tensor | None:
         """The affine T_af starts from: None (the identity, the paper) or the images' moments
