@@ -44,12 +44,14 @@ def _scores(out: dict, lab_m, lab_f, spacing, inverse: bool) -> dict:
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_a_peer_registers_a_tiny_multimodal_2d_pair_with_the_project_s_field_convention(tool):
+def test_a_peer_registers_a_tiny_multimodal_2d_pair_with_the_project_s_field_convention(tool, tmp_path,
+                                                                                          monkeypatch):
     moving, fixed, lab_m, lab_f = _pair()
     spacing = (2.0, 1.5)
     peer = PEERS[tool]
+    monkeypatch.chdir(tmp_path)
     out = peer.register(moving, fixed, spacing, peer.make_params(**FAST[tool]), True)
-    assert set(out) == set(peer.methods)
+    assert set(out) == set(peer.methods) and not list(tmp_path.iterdir())  # nothing written where it ran
     scores = _scores(out, lab_m, lab_f, spacing, inverse=True)
     assert scores["Unaligned"]["dice_mean"][0] < 0.75
     for name, r in out.items():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 import torch
@@ -121,9 +122,11 @@ def _register(f, m, p: ElastixParams, spacing) -> dict:
     bsp, t_bsp = twice(lambda attempt: run(attempt, 1, aff), "elastix-B-spline")
     out = {}
     for name, transform, secs in (("elastix-Affine", aff, t_aff), ("elastix-B-spline", bsp, t_aff + t_bsp)):
-        with quiet():
-            vec = itk.array_from_image(itk.transformix_deformation_field(f, transform, log_to_console=False))
-            warped = itk.array_from_image(itk.transformix_filter(m, transform, log_to_console=False))
+        # transformix writes the field into its output folder (else the working directory)
+        with quiet(), tempfile.TemporaryDirectory(prefix="fire-transformix-") as tmp:
+            kw = dict(log_to_console=False, output_directory=tmp)
+            vec = itk.array_from_image(itk.transformix_deformation_field(f, transform, **kw))
+            warped = itk.array_from_image(itk.transformix_filter(m, transform, **kw))
         check_finite(f"{name}'s deformation field", vec)
         out[name] = {"field": field_from_itk(vec, spacing), "seconds": secs, "warped": image_from_itk(warped)}
     return out
