@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,14 +78,23 @@ def quiet():
             os.close(fd)
 
 
-def twice(call: Callable[[int], object], tool: str) -> tuple[object, float]:
-    """``call(attempt)`` → (its result, seconds). A call that raises (a failure, or non-finite values found by
-    :func:`check_finite`) is tried once more (``attempt`` 2: a tool may change its random seed); the time is
-    that of the call that succeeded. A second failure raises :class:`PeerFailed`."""
+def twice(stages: Sequence[Callable[[int, object], object]], tool: str) -> tuple[list, list[float]]:
+    """Run a peer's ``stages`` (its affine, then its deformable registration) in turn, each called as
+    ``stage(attempt, the result of the stage before)`` → (their results, their seconds).
+
+    A stage that raises (a failure, or non-finite values found by :func:`check_finite`) starts the whole chain
+    once more (``attempt`` 2: the tools change their random seed), since a deformable stage may fail on what
+    its affine stage handed it; the times are those of the chain that succeeded. A second failure raises
+    :class:`PeerFailed`."""
     for attempt in (1, 2):
-        t0 = time.perf_counter()
+        results, seconds, previous = [], [], None
         try:
-            return call(attempt), time.perf_counter() - t0
+            for stage in stages:
+                t0 = time.perf_counter()
+                previous = stage(attempt, previous)
+                seconds.append(time.perf_counter() - t0)
+                results.append(previous)
+            return results, seconds
         except (RuntimeError, ValueError) as e:
             if attempt == 2:
                 raise PeerFailed(f"{tool} failed twice: {e}") from None

@@ -109,6 +109,7 @@ def _register(f, m, p: ElastixParams, spacing) -> dict:
     import itk
 
     def run(attempt: int, stage: int, initial=None):
+        """Stage 0 (affine) or 1 (B-spline, from ``initial``) → elastix's transform parameter object."""
         maps = p.maps(p.random_seed + attempt - 1)
         kw = {} if initial is None else {"initial_transform_parameter_object": initial}
         with quiet():
@@ -118,8 +119,8 @@ def _register(f, m, p: ElastixParams, spacing) -> dict:
         check_finite("elastix", [float(v) for t in maps for v in t["TransformParameters"]])
         return transform
 
-    aff, t_aff = twice(lambda attempt: run(attempt, 0), "elastix-Affine")
-    bsp, t_bsp = twice(lambda attempt: run(attempt, 1, aff), "elastix-B-spline")
+    (aff, bsp), (t_aff, t_bsp) = twice((lambda attempt, _: run(attempt, 0),
+                                        lambda attempt, affine: run(attempt, 1, affine)), "elastix")
     out = {}
     for name, transform, secs in (("elastix-Affine", aff, t_aff), ("elastix-B-spline", bsp, t_aff + t_bsp)):
         # transformix writes the field into its output folder (else the working directory)

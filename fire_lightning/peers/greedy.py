@@ -75,10 +75,10 @@ class GreedyParams:
             init = f"-ia {name}"
         return out
 
-    def deformable_command(self) -> str:
+    def deformable_command(self, seed: int) -> str:
         s0, s1 = self.sigmas
-        return (f"-threads {self.threads} -i fix mov -it aff -n {_levels(self.iterations)} -m {self.metric} "
-                f"-s {s0}vox {s1}vox -e {self.step} -o warp")
+        return (f"-threads {self.threads} -seed {seed} -i fix mov -it aff -n {_levels(self.iterations)} "
+                f"-m {self.metric} -s {s0}vox {s1}vox -e {self.step} -o warp")
 
     def record(self) -> dict:
         from importlib.metadata import version
@@ -86,7 +86,7 @@ class GreedyParams:
         out = dataclasses.asdict(self)
         out.update(picsl_greedy=version("picsl_greedy"), intensities="[0, 1]",
                    affine_calls=[c for c, _ in self.affine_commands(self.random_seed)],
-                   deformable_call=self.deformable_command())
+                   deformable_call=self.deformable_command(self.random_seed))
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
@@ -102,7 +102,7 @@ def _register(g, f, m, p: GreedyParams, spacing) -> dict:
     """Greedy-Affine then Greedy (started from it) of ``m`` onto ``f`` → method → field, seconds, warped."""
     import SimpleITK as sitk
 
-    def affine(attempt: int):
+    def affine(attempt: int, _):
         with quiet():
             if p.affine_init == "moments":
                 g.execute(f"-threads {p.threads} -i fix mov -moments 1 -o mom", fix=f, mov=m, mom=None)
@@ -110,13 +110,12 @@ def _register(g, f, m, p: GreedyParams, spacing) -> dict:
                 g.execute(command, fix=f, mov=m, **{name: None})
                 check_finite("Greedy's affine", g[name])
 
-    def deformable(attempt: int):
+    def deformable(attempt: int, _):
         with quiet():
-            g.execute(p.deformable_command(), warp=None)
+            g.execute(p.deformable_command(p.random_seed + attempt - 1), warp=None)
         check_finite("Greedy's deformable stage", sitk.GetArrayViewFromImage(g["warp"]))
 
-    _, t_aff = twice(affine, "Greedy-Affine")
-    _, t_def = twice(deformable, "Greedy")
+    _, (t_aff, t_def) = twice((affine, deformable), "Greedy")
     out = {}
     for name, spec, secs in (("Greedy-Affine", "aff", t_aff), ("Greedy", "warp aff", t_aff + t_def)):
         with quiet():
