@@ -109,8 +109,8 @@ class Benchmark:
     (:meth:`score_all`), then Table 4's timing (:meth:`time_all`), then :meth:`results`.
 
     Table 4 on the CPU: with peers, FIRE (and FIRE+IO) are timed on each pair just before the peers register
-    it, one after another, so that all are measured over the same minutes (this machine's speed moves by 15 % from one
-    minute to the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six
+    it, one after another, so that all are measured over the same minutes (this machine's speed moves by 15 %
+    from one minute to the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six
     exploratory repeats); else afterwards, one pair at a time.
     """
 
