@@ -1,10 +1,11 @@
 """The benchmark's methods and the fields each hands over for a batch of pairs.
 
-Methods, in the FIRE paper's order: ``Unaligned``, ``ANTs-Affine``, ``FIRE-Affine``, ``ANTs-SyN``,
-``FIRE`` (the ANTs ones only when asked: :mod:`.baselines`); ``True`` / ``True-Affine`` where the
-pairs' transform is known (:mod:`.truth`); ``FIRE+IO`` when refinement is asked (:mod:`.refine`).
-Every method hands over a normalised displacement field on the fixed grid ``(B, n, *S)`` (None:
-the identity) and, for the inverse-consistency error, the field of the other direction.
+Methods, in the FIRE paper's order: ``Unaligned``, the peers' affine methods (``ANTs-Affine``, ...),
+``FIRE-Affine``, the peers' deformable methods (``ANTs-SyN``, ...), ``FIRE`` (the peers only when asked:
+:mod:`.peers`, ANTs by default); ``True`` / ``True-Affine`` where the pairs' transform is known
+(:mod:`.truth`); ``FIRE+IO`` when refinement is asked (:mod:`.refine`). Every method hands over a
+normalised displacement field on the fixed grid ``(B, n, *S)`` (None: the identity) and, for the
+inverse-consistency error, the field of the other direction.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from . import spatial
+from .peers import PEERS
 from .truth import true_fields
 
+#: the methods with ANTs as the only peer (the default)
 METHODS = ("Unaligned", "ANTs-Affine", "FIRE-Affine", "ANTs-SyN", "FIRE")
 FIRE_METHODS = ("Unaligned", "FIRE-Affine", "FIRE")
 #: the ceiling, where the pairs' transform is known (:mod:`.truth`): its true inverse, affine part and full
@@ -23,9 +26,11 @@ TRUE_METHODS = ("True", "True-Affine")
 #: FIRE's transform refined on each pair (:mod:`.refine`), when the benchmark is asked for it
 IO_METHOD = "FIRE+IO"
 #: a method → the method holding its affine part, for the non-rigid share (FIRE+IO's affine part is its own
-#: refined affine, scored as ``dice_affine_part_mean``)
-AFFINE_PARTS = {"True": "True-Affine", "FIRE": "FIRE-Affine", "ANTs-SyN": "ANTs-Affine"}
-ANTS_METHODS = ("ANTs-Affine", "ANTs-SyN")
+#: refined affine, scored as ``dice_affine_part_mean``); each peer's deformable method starts from its affine one
+AFFINE_PARTS = {"True": "True-Affine", "FIRE": "FIRE-Affine", **{p.deformable: p.affine for p in PEERS.values()}}
+ANTS_METHODS = PEERS["ants"].methods
+#: every peer's methods
+PEER_METHODS = tuple(m for p in PEERS.values() for m in p.methods)
 
 
 @dataclass(frozen=True)
@@ -53,12 +58,14 @@ class ModelRows:
 FIRE_ROWS = ModelRows("FIRE", "FIRE-Affine", IO_METHOD)
 
 
-def method_names(known: bool, ants: bool, io: bool, rows: ModelRows = FIRE_ROWS) -> tuple:
-    """The methods scored: the ceiling (``known`` transforms), the model's (FIRE's unless ``rows`` says) and
-    ANTs' (with ``ants``), the model refined (``io``)."""
-    names = {"FIRE": rows.net, "FIRE-Affine": rows.affine}
-    return (TRUE_METHODS if known else ()) + tuple(names.get(m, m) for m in (METHODS if ants else FIRE_METHODS)) \
-        + (rows.io,) * io
+def method_names(known: bool, peers, io: bool, rows: ModelRows = FIRE_ROWS) -> tuple:
+    """The methods scored: the ceiling (``known`` transforms), the model's (FIRE's unless ``rows`` says) and the
+    ``peers``' (names in :data:`peers.PEERS`; True: ANTs alone, False / None: none), the model refined (``io``)."""
+    peers = ("ants",) if peers is True else tuple(peers or ())
+    affine = tuple(PEERS[p].affine for p in PEERS if p in peers)
+    deformable = tuple(PEERS[p].deformable for p in PEERS if p in peers)
+    return ((TRUE_METHODS if known else ()) + ("Unaligned", *affine, rows.affine, *deformable, rows.net)
+            + (rows.io,) * io)
 
 
 def fire_fields(model, mov: torch.Tensor, fix: torch.Tensor, refine=None, rows: ModelRows = FIRE_ROWS
@@ -80,15 +87,20 @@ def fire_fields(model, mov: torch.Tensor, fix: torch.Tensor, refine=None, rows: 
     return reg, fields, inverse, thetas
 
 
-def ants_fields(ants_out: list[dict]) -> tuple[dict, dict, dict]:
-    """ANTs' methods of a batch from :func:`baselines.register_pair`'s outputs, one per pair:
-    ``(fields, inverse fields (zeros where a pair was registered one way only), seconds per pair)``."""
+def peer_fields(outs: list[dict], methods) -> tuple[dict, dict, dict]:
+    """A peer's ``methods`` on a batch from its ``register_pair`` outputs, one per pair: ``(fields, inverse
+    fields (zeros where a pair was registered one way only), seconds per pair)``."""
     fields, inverse, seconds = {}, {}, {}
-    for name in ANTS_METHODS:
-        fields[name] = torch.stack([o[name]["field"] for o in ants_out])
-        inverse[name] = torch.stack([o[name].get("inverse", torch.zeros_like(o[name]["field"])) for o in ants_out])
-        seconds[name] = [o[name]["seconds"] for o in ants_out]
+    for name in methods:
+        fields[name] = torch.stack([o[name]["field"] for o in outs])
+        inverse[name] = torch.stack([o[name].get("inverse", torch.zeros_like(o[name]["field"])) for o in outs])
+        seconds[name] = [o[name]["seconds"] for o in outs]
     return fields, inverse, seconds
+
+
+def ants_fields(ants_out: list[dict]) -> tuple[dict, dict, dict]:
+    """ANTs' methods of a batch from :func:`baselines.register_pair`'s outputs (:func:`peer_fields`)."""
+    return peer_fields(ants_out, ANTS_METHODS)
 
 
 def known_truth(batch: dict) -> tuple[dict, dict]:
@@ -97,9 +109,12 @@ def known_truth(batch: dict) -> tuple[dict, dict]:
     return truth, true_fields(truth["true_theta"], truth["true_elastic"])
 
 
-def ants_affine_theta(field: torch.Tensor) -> torch.Tensor:
-    """ANTs-Affine's affine ``(B, n, n+1)``, fitted to its field, for the affine errors."""
+def affine_theta(field: torch.Tensor) -> torch.Tensor:
+    """A peer's affine method's affine ``(B, n, n+1)``, fitted to its field ``(B, n, *S)``, for the affine errors."""
     return spatial.fit_affine_to_field(field.double()).float()
+
+
+ants_affine_theta = affine_theta  # ANTs-Affine's
 
 
 def nonrigid_shares(summary: dict) -> dict:

@@ -1,7 +1,7 @@
 """The benchmark's reports (the FIRE paper's Tables 2 and 4), written into the output folder:
 
 * ``results.md``: Table 2 (mean (std) per structure and metric) and Table 4 (seconds per pair,
-  FIRE/ANTs-SyN speed-up), plus paired differences and the targets;
+  speed-up against ANTs-SyN), plus paired differences and the targets;
 * ``table2.csv``, ``table4.csv``, ``affine_error.csv``, ``per_pair.csv``;
 * ``dice_boxplot.png`` (per method and structure) and ``example.png`` (one pair: moving, fixed,
   each method's warped image and deformation grid); with Grad-CAM, ``explain.md``,
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .benchmark_methods import IO_METHOD, METHODS, TRUE_METHODS
+from .peers import PEERS, tool_names
 from .tables import markdown_table, summarise
 from .truth import ERROR_COLUMNS
 
@@ -69,57 +70,68 @@ def table4_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _ice_subset_note(results: dict) -> list[str]:
-    """A note when ANTs registered only some pairs both ways (``AntsParams.ice_every``): over which pairs
-    its ICE is, and FIRE's ICE on those same pairs."""
-    ice = results["methods"].get("ANTs-SyN", {}).get("ice_mm")
+    """A note when the peers registered only some pairs both ways (``ice_every``): over which pairs their ICE
+    is, and FIRE's ICE on those same pairs (one note per set of pairs)."""
     n = results["meta"]["n_pairs"]
-    if not ice:
-        return []
-    on = [i for i, v in enumerate(ice["values"]) if v is not None]
-    if len(on) == n:
-        return []
-    every = results["meta"].get("ants", {}).get("ice_every")
-    if not on:
-        return [f"ICE of ANTs-Affine and ANTs-SyN: not measured (ANTs registered no pair the other way round, "
-                f"`--ants-ice-every {every}`).", ""]
-    note = (f"ICE of ANTs-Affine and ANTs-SyN: over the {len(on)} of the {n} pairs that ANTs also registered the "
-            f"other way round (one pair in {every}, `--ants-ice-every`; the other runs are untimed and double ANTs' "
-            "time).")
-    same = []
-    for m in ("FIRE-Affine", "FIRE", IO_METHOD):
-        values = results["methods"].get(m, {}).get("ice_mm", {}).get("values")
-        if values:
-            sub = summarise([float("nan") if values[i] is None else values[i] for i in on])
-            same.append(f"{m} {sub['mean']:.2f} ({sub['std']:.2f})")
-    if same:
-        note += " On the same pairs, ICE (mm): " + ", ".join(same) + "."
-    return [note, ""]
+    groups: dict[tuple, list] = {}  # the pairs registered both ways → the peers
+    for peer in PEERS.values():
+        ice = results["methods"].get(peer.deformable, {}).get("ice_mm")
+        if ice:
+            groups.setdefault(tuple(i for i, v in enumerate(ice["values"]) if v is not None), []).append(peer)
+    out = []
+    for on, peers in groups.items():
+        if len(on) == n:
+            continue
+        meta = results["meta"].get(peers[0].name) or {}
+        every = meta.get("ice_every")
+        names = (f"{peers[0].affine} and {peers[0].deformable}" if len(peers) == 1
+                 else "the methods of " + tool_names(p.name for p in peers))
+        if not on:
+            out += [f"ICE of {names}: not measured (no pair registered the other way round, "
+                    f"`--ants-ice-every {every}`).", ""]
+            continue
+        note = (f"ICE of {names}: over the {len(on)} of the {n} pairs also registered the other way round "
+                f"(one pair in {every}, `--ants-ice-every`; the other runs are untimed and double the peers' time).")
+        same = []
+        for m in ("FIRE-Affine", "FIRE", IO_METHOD):
+            values = results["methods"].get(m, {}).get("ice_mm", {}).get("values")
+            if values:
+                sub = summarise([float("nan") if values[i] is None else values[i] for i in on])
+                same.append(f"{m} {sub['mean']:.2f} ({sub['std']:.2f})")
+        if same:
+            note += " On the same pairs, ICE (mm): " + ", ".join(same) + "."
+        out += [note, ""]
+    return out
 
 
 #: an affine error (mm) above which a method's affine stage counts as failed on a pair
 AFFINE_FAILURE_MM = 5.0
 
 
-def _ants_failure_note(results: dict) -> list[str]:
-    """Where ANTs-Affine failed on some pairs (affine error > :data:`AFFINE_FAILURE_MM`, known transforms
-    only): how many, and FIRE against ANTs-SyN on the other pairs, so that a mean difference can be told
-    apart from a few failures of ANTs' initialisation."""
+def _affine_failure_notes(results: dict) -> list[str]:
+    """Where a peer's affine method failed on some pairs (affine error > :data:`AFFINE_FAILURE_MM`, known
+    transforms only): how many, and FIRE against the peer's deformable method on the other pairs, so that a
+    mean difference can be told apart from a few failures of the peer's initialisation."""
     m = results["methods"]
-    errors = m.get("ANTs-Affine", {}).get("affine_err_mm", {}).get("values")
-    if not errors or "ANTs-SyN" not in m:
-        return []
-    ok = [i for i, e in enumerate(errors) if e is not None and e <= AFFINE_FAILURE_MM]
-    failed = len(errors) - len(ok)
-    if not failed or not ok:
-        return []
-    means = []
-    for method in ("ANTs-SyN", "FIRE", IO_METHOD):
-        values = m.get(method, {}).get("dice_mean", {}).get("values")
-        if values:
-            sub = summarise([float("nan") if values[i] is None else values[i] for i in ok])
-            means.append(f"{method} {100 * sub['mean']:.2f} ({100 * sub['std']:.2f})")
-    return [f"ANTs-Affine's affine error exceeds {AFFINE_FAILURE_MM:g} mm on {failed} of {len(errors)} pairs (ANTs-SyN "
-            f"starts from it). On the other {len(ok)} pairs, Dice mean (%): " + ", ".join(means) + ".", ""]
+    out = []
+    for peer in PEERS.values():
+        errors = m.get(peer.affine, {}).get("affine_err_mm", {}).get("values")
+        if not errors or peer.deformable not in m:
+            continue
+        ok = [i for i, e in enumerate(errors) if e is not None and e <= AFFINE_FAILURE_MM]
+        failed = len(errors) - len(ok)
+        if not failed or not ok:
+            continue
+        means = []
+        for method in (peer.deformable, "FIRE", IO_METHOD):
+            values = m.get(method, {}).get("dice_mean", {}).get("values")
+            if values:
+                sub = summarise([float("nan") if values[i] is None else values[i] for i in ok])
+                means.append(f"{method} {100 * sub['mean']:.2f} ({100 * sub['std']:.2f})")
+        out += [f"{peer.affine}'s affine error exceeds {AFFINE_FAILURE_MM:g} mm on {failed} of {len(errors)} pairs "
+                f"({peer.deformable} starts from it). On the other {len(ok)} pairs, Dice mean (%): "
+                + ", ".join(means) + ".", ""]
+    return out
 
 
 def dice_table(results: dict) -> str:
@@ -132,7 +144,7 @@ def dice_table(results: dict) -> str:
                   "transform, then by the method). Dice, 1 resampling: the untransformed labels sent once through the "
                   "test transform composed with the method's field (True scores 100 by construction).", ""]
     parts += _ice_subset_note(results)
-    parts += _ants_failure_note(results)
+    parts += _affine_failure_notes(results)
     shares = results.get("nonrigid_share") or {}
     if shares:
         parts += ["Non-rigid share: (method − its affine part) / (True − True-Affine), on the mean Dice: how much of "
@@ -150,7 +162,8 @@ def dice_table(results: dict) -> str:
     header, rows = table4_rows(results)
     if rows:
         parts += ["Table 4: seconds per pair, one pair at a time, same CPU threads for all (ANTs' times include "
-                  "antspyx writing its transforms to disk; FIRE's are the network and the warp).", "",
+                  "antspyx writing its transforms to disk, Greedy's and elastix's are their calls in memory; a "
+                  "peer's deformable method includes its affine stage; FIRE's are the network and the warp).", "",
                   markdown_table(header, rows), ""]
     for name, p in results.get("paired", {}).items():
         if p["n"]:

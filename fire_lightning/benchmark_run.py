@@ -11,10 +11,11 @@ from pathlib import Path
 
 @dataclass
 class BenchmarkOptions:
-    """How the pairs are scored: ``ants`` (:class:`baselines.AntsParams`, or None: FIRE only), CPU
+    """How the pairs are scored: ``ants`` (:class:`baselines.AntsParams`, or None: no ANTs), CPU
     ``threads`` (None: all), only the first ``max_pairs`` pairs, the Grad-CAM measures (``explain``),
     FIRE+IO (``refine``: :class:`refine.RefineSettings` or None), other trained runs scored alongside
-    (``compare``: run folders or checkpoints)."""
+    (``compare``: run folders or checkpoints), the other classical ``peers`` (name → parameters,
+    :mod:`.peers`: greedy, elastix)."""
 
     ants: object = None
     threads: int | None = None
@@ -22,6 +23,7 @@ class BenchmarkOptions:
     explain: bool = False
     refine: object = None
     compare: tuple = ()
+    peers: dict | None = None
 
 
 def evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, cfg=None,
@@ -66,7 +68,8 @@ def evaluate_run(run_dir, model=None, dm=None, checkpoint=None, out_dir=None, cf
 
         settings = ExplainSettings.from_config(cfg if cfg is not None else model.cfg)
     results = evaluate(model, dataset, out_dir, ants=o.ants, threads=o.threads, max_pairs=o.max_pairs, meta=meta,
-                       explain=settings, refine=o.refine, compare=compare)
+                       explain=settings, refine=o.refine, compare=compare,
+                       peers=o.peers)
     from .wandb_report import log_evaluation
 
     log_evaluation(run_dir, cfg if cfg is not None else model.cfg, results, out_dir, split)
@@ -103,6 +106,8 @@ def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool 
     from .benchmark_inputs import PROTOCOLS, benchmark_inputs
     from .refine import RefineSettings
 
+    if shift and options.peers:
+        raise ValueError(f"--shift compares FIRE with ANTs only; drop --peers {','.join(options.peers)}")
     overrides = list(what.overrides) + [f"{k}={v}" for k, v in PROTOCOLS.get(what.protocol or "", {}).items()]
     model, cfg, dm, ckpt, default_out = benchmark_inputs(what.target, what.checkpoint, what.data, overrides)
     if what.protocol:

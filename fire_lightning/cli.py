@@ -8,6 +8,7 @@ Examples::
     fire evaluate runs/phantom2d-20261121-101500              # uses checkpoints/last.ckpt
     fire benchmark runs/phantom2d-20261121-101500             # Tables 2 and 4 against ANTs, in RUN/benchmark
     fire benchmark runs/demo --compare runs/micnn --no-ants   # + another run (FIRE or MI-CNN) on the same pairs
+    fire benchmark runs/phantom2d-20261121-101500 --peers ants,greedy,elastix   # ... and Greedy, elastix
     fire ablation runs/a runs/b --out docs/results/affine-ablation              # one table of several benchmarked runs
     fire profile experiments/phantom2d.yaml                   # loader, training step, memory, inference
     fire sweep experiments/sweeps/phantom2d_small.yaml        # Optuna (or --backend wandb) sweep + leaderboard
@@ -111,6 +112,7 @@ def _cmd_profile(args) -> int:
 def _cmd_benchmark(args) -> int:
     from .baselines import AntsParams
     from .benchmark_run import BenchmarkOptions, BenchmarkTarget, run_benchmark
+    from .peers import PEERS
 
     refine = _refine(args)
     curve_steps = None
@@ -122,8 +124,11 @@ def _cmd_benchmark(args) -> int:
     overrides = [*args.overrides, *(c for c in args.compare if "=" in c)]
     what = BenchmarkTarget(args.target, args.checkpoint, args.data, tuple(overrides), args.protocol, args.split,
                            args.out)
-    ants = None if args.no_ants else AntsParams.preset(args.ants_preset, ice_every=args.ants_ice_every)
-    run_benchmark(what, BenchmarkOptions(ants, args.threads, args.max_pairs, args.explain, refine, tuple(compare)),
+    names = [n for n in args.peers if not (args.no_ants and n == "ants")]
+    ants = AntsParams.preset(args.ants_preset, ice_every=args.ants_ice_every) if "ants" in names else None
+    peers = {n: PEERS[n].make_params(ice_every=args.ants_ice_every) for n in names if n != "ants"}
+    run_benchmark(what, BenchmarkOptions(ants, args.threads, args.max_pairs, args.explain, refine,
+                                                tuple(compare), peers),
                   shift=args.shift, curve_steps=curve_steps)
     return 0
 

@@ -20,6 +20,16 @@ def refine_options(parser) -> None:
                         help="Adam step of the non-rigid field (default 2e-3)")
 
 
+def peer_names(text: str) -> tuple[str, ...]:
+    """``--peers ants,greedy,elastix`` → the peers' names; an unknown one is a usage error that lists them."""
+    from .peers import parse_peers
+
+    try:
+        return parse_peers(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--peers: ")) from None
+
+
 def build_parser(commands: dict) -> argparse.ArgumentParser:
     """The ``fire`` parser; ``commands``: sub-command name → the function that runs it (``func``)."""
     p = argparse.ArgumentParser(prog="fire", description="FIRE / ExFIRE multi-modal image registration")
@@ -77,8 +87,9 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     pr.add_argument("--out", default=None, help="JSON output (default: RUN_ROOT/profile/<experiment>-<cpu|cuda>.json)")
     pr.set_defaults(func=commands["profile"])
 
-    b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE (or an MI-CNN run) against ANTs-Affine and ANTs-SyN "
-                                         "on the test pairs")
+    b = sub.add_parser("benchmark", help="Tables 2 and 4: FIRE (or an MI-CNN run) against its classical peers "
+                                         "(ANTs-Affine and ANTs-SyN; with --peers also Greedy and elastix) on the "
+                                         "test pairs")
     b.add_argument("target", help="run folder (uses checkpoints/last.ckpt and its config) or a checkpoint file")
     b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2, "
                    "and of the inference-only model keys: model.affine.passes_eval=5, model.affine.fine_passes_eval=3, "
@@ -91,17 +102,20 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     b.add_argument("--data", default=None, help="experiment YAML whose data section gives the test pairs "
                    "(default: the run's own)")
     b.add_argument("--out", default=None, help="output folder (default: RUN/benchmark)")
-    b.add_argument("--threads", type=int, default=None, help="CPU threads for FIRE and ANTs alike (default: all)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for FIRE and the peers alike (default: all)")
     b.add_argument("--max-pairs", type=int, default=None, help="only the first N test pairs")
-    b.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines")
+    b.add_argument("--peers", type=peer_names, default=("ants",), metavar="NAMES", help="the classical peers, "
+                   "comma-separated: ants (ANTs-Affine, ANTs-SyN; the default), greedy (Greedy-Affine, Greedy), "
+                   "elastix (elastix-Affine, elastix-B-spline); each registers every pair with FIRE's threads")
+    b.add_argument("--no-ants", action="store_true", help="skip the ANTs baselines (the other --peers stay)")
     b.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other trained runs (folders or "
                    "checkpoints; FIRE or MI-CNN) scored on the same test pairs in the same tables, each row named "
                    "by its model (MI-CNN, MI-CNN-Affine; FIRE (run) where the name is taken) and timed alike")
     b.add_argument("--ants-preset", default="fair", choices=["fair", "antspyx-default"],
                    help="ANTs settings: dense sampling and full-resolution SyN (fair, default), or antspyx's defaults")
     b.add_argument("--ants-ice-every", type=int, default=1, metavar="K", help="register one pair in K the other way "
-                   "round too, for ANTs' inverse-consistency error (untimed runs that double ANTs' time; default 1: "
-                   "every pair, 0: none)")
+                   "round too, for the peers' inverse-consistency error (untimed runs that double the peers' time; "
+                   "default 1: every pair, 0: none)")
     b.add_argument("--explain", action="store_true", help="add the Grad-CAM measures of every test pair: share per "
                    "structure, A→B/B→A symmetry, discriminator divergence and its correlation with registration "
                    "error (explain.md, gradcam_example.png, and explain_correlation.png for adversarial models); "

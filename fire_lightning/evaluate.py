@@ -3,12 +3,12 @@
 Every method (:mod:`.benchmark_methods`) hands over a normalised displacement field on the fixed
 grid and is scored by :func:`metrics.score_methods` on exactly the same pairs: Dice and HD95 (mm)
 per structure, % det J ≤ 0, std of log det J, inverse-consistency error (mm), seconds per pair
-(:mod:`.benchmark_timing`: one pair at a time, the same CPU threads for FIRE and ANTs; FIRE on the
-GPU too when one is present).
+(:mod:`.benchmark_timing`: one pair at a time, the same CPU threads for FIRE and its classical peers,
+ANTs and optionally Greedy and elastix (:mod:`.peers`); FIRE on the GPU too when one is present).
 
 Writes into ``out_dir`` ``results.json``: ``{"methods": {method: {metric: {"mean", "std", "values"}}},
-"paired", "pair_ids", "structures", "meta"}`` (``meta`` records threads, devices and every ANTs
-parameter), and the reports of :mod:`.benchmark_reports`.
+"paired", "pair_ids", "structures", "meta"}`` (``meta`` records threads, devices and every parameter of
+each peer, under its name), and the reports of :mod:`.benchmark_reports`.
 """
 
 from __future__ import annotations
@@ -30,14 +30,17 @@ from .benchmark_methods import (  # noqa: F401  (re-exported: the benchmark's AP
     FIRE_METHODS,
     IO_METHOD,
     METHODS,
+    PEER_METHODS,
     TRUE_METHODS,
     ModelRows,
+    affine_theta,
     ants_affine_theta,
     ants_fields,
     fire_fields,
     known_truth,
     method_names,
     nonrigid_shares,
+    peer_fields,
 )
 from .benchmark_reports import (  # noqa: F401
     COLUMNS,
@@ -53,18 +56,20 @@ from .benchmark_reports import (  # noqa: F401
 )
 from .benchmark_timing import TIMING_KEEP_BYTES, KeptPairs, cpu_name, seconds_to_register, time_register  # noqa: F401
 from .module import FIREModule
+from .peers import PEERS, tool_names
 from .tables import paired, summarise  # noqa: F401
 
 
 @torch.no_grad()
 def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads: int | None = None,
              batch_size: int = 16, device: str | None = None, max_pairs: int | None = None,
-             meta: dict | None = None, explain=None, refine=None, compare: dict | None = None) -> dict:
+             meta: dict | None = None, explain=None, refine=None, compare: dict | None = None,
+             peers: dict | None = None) -> dict:
     """Score every pair of ``dataset`` (dicts as produced by the data modules) and write the reports.
 
     Args:
-        ants: :class:`baselines.AntsParams` to run ANTs-Affine and ANTs-SyN too; None for FIRE only.
-        threads: CPU threads for FIRE and ANTs alike (default: all cores).
+        ants: :class:`baselines.AntsParams` to run ANTs-Affine and ANTs-SyN too (as ``peers={"ants": ants}``).
+        threads: CPU threads for FIRE and the peers alike (default: all cores).
         max_pairs: score only the first ``max_pairs`` pairs (recorded in ``meta``).
         meta: more to record in ``results.json``'s ``meta`` (the checkpoint, the data config).
         explain: :class:`explain.ExplainSettings` to add the explainability measures of every
@@ -75,6 +80,8 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
         compare: other trained models scored on the same pairs in the same tables, ``{run name: model}``;
             each model's rows are named by it (``MI-CNN``, ``MI-CNN-Affine``; ``FIRE (run)`` where a name is
             taken) and timed as ``model``'s are.
+        peers: peer name (:data:`peers.PEERS`: ants, greedy, elastix) → its parameters, each peer's two
+            methods registering every pair; None with no ``ants``: FIRE only.
 
     Returns:
         the ``results.json`` content.
@@ -85,7 +92,8 @@ def evaluate(model: FIREModule, dataset, out_dir: str | Path, ants=None, threads
     try:
         if max_pairs:
             dataset = Subset(dataset, range(min(int(max_pairs), len(dataset))))
-        bench = Benchmark(model, dataset, ants, threads, device, refine, compare)
+        runs = {**({"ants": ants} if ants is not None else {}), **(peers or {})}
+        bench = Benchmark(model, dataset, runs, threads, device, refine, compare)
         bench.score_all(batch_size, explain)
         bench.time_all()
         results, example = bench.results(explain), bench.example
@@ -105,18 +113,22 @@ class Benchmark:
     """One benchmark run over ``dataset`` (see :func:`evaluate`): the methods' scores pair by pair
     (:meth:`score_all`), then Table 4's timing (:meth:`time_all`), then :meth:`results`.
 
-    Table 4 on the CPU: with ANTs, FIRE (and FIRE+IO) are timed on each pair just before ANTs registers
-    it, so that both are measured over the same minutes (this machine's speed moves by 15 % from one
-    minute to the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six
+    Table 4 on the CPU: with peers, FIRE (and FIRE+IO) are timed on each pair just before the peers register
+    it, one after another, so that all are measured over the same minutes (this machine's speed moves by 15 %
+    from one minute to the next: one 4-second pass over the 120 pairs measured 24-31 ms per pair in six
     exploratory repeats); else afterwards, one pair at a time.
     """
 
-    def __init__(self, model: FIREModule, dataset, ants, threads: int, device, refine, compare: dict | None = None):
-        if ants is not None:
-            ants = dataclasses.replace(ants, threads=threads)
+    def __init__(self, model: FIREModule, dataset, peers: dict, threads: int, device, refine,
+                 compare: dict | None = None):
+        unknown = set(peers) - set(PEERS)
+        if unknown:
+            raise ValueError(f"unknown peers {sorted(unknown)}; the peers are {', '.join(PEERS)}")
+        # each peer with the same thread count as FIRE, in the order of the tables' rows
+        self.peers = {name: dataclasses.replace(peers[name], threads=threads) for name in PEERS if name in peers}
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
-        self.dataset, self.ants, self.threads = dataset, ants, threads
+        self.dataset, self.threads = dataset, threads
         self.io = refine is not None and refine.steps > 0
         self.refine = refine
         # evaluation pairs with a known transform: the ceiling and affine errors
@@ -129,15 +141,15 @@ class Benchmark:
                 rows = ModelRows.of(other.net.NAME, tag)
             self.models.append((rows, other.to(self.device).eval()))
         self.rows = self.models[0][0]
-        self.methods = method_names(self.known, ants is not None, self.io, self.rows) + tuple(
+        self.methods = method_names(self.known, tuple(self.peers), self.io, self.rows) + tuple(
             m for rows, _ in self.models[1:] for m in rows.methods(self.io))
         self.per: dict = {m: {} for m in self.methods}
         self.per_explain: dict[str, list] = {}
         self.ids: list[str] = []
         self.example: dict | None = None
-        self.interleaved = ants is not None and self.device.type == "cpu"
+        self.interleaved = bool(self.peers) and self.device.type == "cpu"
         self.cpu_seconds: dict[str, list[float]] = {m: [] for m, _, _ in self.timed()}
-        # the pairs' images for the timing passes (GPU, or CPU without ANTs)
+        # the pairs' images for the timing passes (GPU, or CPU without peers)
         self.kept = KeptPairs(keep=not (self.interleaved and not torch.cuda.is_available()))
         self.gpu_name = None
 
@@ -150,7 +162,7 @@ class Benchmark:
     def score_all(self, batch_size: int, explain=None) -> None:
         """Every method on every pair, batch by batch."""
         loader = DataLoader(self.dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_pairs)
-        bar = tqdm(total=len(self.dataset), desc="benchmark" if self.ants is not None else "evaluate", unit="pair")
+        bar = tqdm(total=len(self.dataset), desc="benchmark" if self.peers else "evaluate", unit="pair")
         try:
             for batch in loader:
                 self.score_batch(batch, bar, explain)
@@ -168,24 +180,25 @@ class Benchmark:
             fields.update(f)
             inverse.update(inv)
             thetas.update(th)
-        one_way = []  # pairs not registered the other way round (no ICE)
-        if self.ants is not None:
-            ants_f, ants_inv, one_way = self._ants_batch(batch, mov, fix, bar)
-            fields.update(ants_f)
-            inverse.update(ants_inv)
+        one_way = {}  # peer → the pairs it did not register the other way round (no ICE)
+        if self.peers:
+            peer_f, peer_inv, one_way = self._peers_batch(batch, mov, fix, bar)
+            fields.update(peer_f)
+            inverse.update(peer_inv)
         else:
             bar.update(mov.shape[0])
         truth = None
         if self.known:
             truth, true = known_truth(batch)
             fields.update(true)
-            if self.ants is not None:
-                thetas["ANTs-Affine"] = ants_affine_theta(fields["ANTs-Affine"])
+            for name in self.peers:
+                thetas[PEERS[name].affine] = affine_theta(fields[PEERS[name].affine])
         scores = metrics.score_methods(batch["moving_label"], batch["fixed_label"], fields, names, spacing,
                                        inverse_fields=inverse, truth=truth, thetas=thetas if self.known else None)
-        for name in ANTS_METHODS if one_way else ():
-            scores[name]["ice_mm"][one_way] = float("nan")
-        for rows, _ in self.models if self.io else ():  # FIRE+IO's own affine part, for its non-rigid share
+        for name, pairs in one_way.items():
+            for method in PEERS[name].methods if pairs else ():
+                scores[method]["ice_mm"][pairs] = float("nan")
+        for rows, _ in self.models if self.io else ():  # each model's refined affine part, for its non-rigid share
             shape = mov.shape[2:]
             scores[rows.io]["dice_affine_part_mean"] = metrics.dice_by_method(
                 batch["moving_label"], batch["fixed_label"],
@@ -204,36 +217,41 @@ class Benchmark:
                                                                   background=m.background[:1].cpu(),
                                                                   scalar=m.scalar[:1].cpu()) for k, m in maps.items()}
 
-    def _ants_batch(self, batch: dict, mov: torch.Tensor, fix: torch.Tensor, bar) -> tuple[dict, dict, list]:
-        """ANTs on every pair of a batch (FIRE timed just before each, when interleaved): ANTs' fields,
-        inverse fields and the pairs registered one way only."""
-        from .baselines import register_pair
-
-        model, ants = self.model, self.ants
+    def _peers_batch(self, batch: dict, mov: torch.Tensor, fix: torch.Tensor, bar) -> tuple[dict, dict, dict]:
+        """Every peer on every pair of a batch (FIRE timed just before each pair, when interleaved): the
+        peers' fields, inverse fields and, per peer, the pairs it registered one way only."""
+        model = self.model
         if self.interleaved and not self.cpu_seconds[self.rows.net]:  # warm-up: allocations, caches
             for _, m, r in self.timed():
                 m.register(mov[:1], fix[:1], refine=r)
-        ants_out, one_way = [], []
+        outs = {name: [] for name in self.peers}
+        one_way = {name: [] for name in self.peers}
         for i in range(mov.shape[0]):
-            if self.interleaved:  # the models timed on the pair right before ANTs: the same minutes of the machine
+            if self.interleaved:  # the models timed on the pair right before the peers: the same minutes
                 for method, m, r in self.timed():
                     self.cpu_seconds[method].append(timing.seconds_to_register(m, mov[i:i + 1], fix[i:i + 1],
                                                                                refine=r))
-            both = ants.ice_every > 0 and (len(self.ids) + i) % ants.ice_every == 0
-            try:
-                ants_out.append(register_pair(batch["moving"][i], batch["fixed"][i], model.spacing, ants, both))
-            except RuntimeError as e:
-                raise RuntimeError(f"test pair {batch['id'][i]}: {e}") from None
-            if not both:
-                one_way.append(i)
+            for name, params in self.peers.items():
+                both = params.ice_every > 0 and (len(self.ids) + i) % params.ice_every == 0
+                try:
+                    outs[name].append(PEERS[name].register(batch["moving"][i], batch["fixed"][i], model.spacing,
+                                                           params, both))
+                except RuntimeError as e:
+                    raise RuntimeError(f"pair {batch['id'][i]}: {e}") from None
+                if not both:
+                    one_way[name].append(i)
             bar.update(1)
-        fields, inverse, seconds = ants_fields(ants_out)
-        for name in ANTS_METHODS:
-            self.per[name].setdefault("seconds_per_pair", []).extend(seconds[name])
+        fields, inverse = {}, {}
+        for name, out in outs.items():
+            f, inv, seconds = peer_fields(out, PEERS[name].methods)
+            fields.update(f)
+            inverse.update(inv)
+            for method, secs in seconds.items():
+                self.per[method].setdefault("seconds_per_pair", []).extend(secs)
         return fields, inverse, one_way
 
     def time_all(self) -> None:
-        """Table 4: one pair at a time, same threads as ANTs; the pairs kept while scoring, else made again."""
+        """Table 4: one pair at a time, same threads as the peers; the pairs kept while scoring, else made again."""
         dataset = self.kept.pairs if self.kept.pairs is not None else self.dataset
         for method, model, r in self.timed():
             self.per[method]["seconds_per_pair"] = (self.cpu_seconds[method] if self.interleaved else
@@ -255,7 +273,7 @@ class Benchmark:
             "nonrigid_share": nonrigid_shares(summary),
             "paired": {f"{a} vs {m}": paired(summary[a]["dice_mean"], summary[m]["dice_mean"])
                        for a in (net, self.rows.io) if a in summary for m in methods
-                       if m != a and (a == net or m in (net, "ANTs-SyN", "ANTs-Affine"))},
+                       if m != a and (a == net or m == net or m in PEER_METHODS)},
             "pair_ids": self.ids,
             "structures": list(model.label_names.values()),
             "meta": {
@@ -264,10 +282,13 @@ class Benchmark:
                 "iterations": int(model.iteration), "threads": self.threads, "cpu": cpu_name(),
                 "cpu_count": os.cpu_count(), "gpu": self.gpu_name, "torch": torch.__version__,
                 "timing": "seconds per pair, one pair at a time; FIRE = model.register (both fields, warped image) "
-                          "after one warm-up call; ANTs = ants.registration calls (ANTs-SyN includes its affine stage)"
-                          + ("; FIRE and FIRE+IO timed on each pair just before ANTs registers it"
+                          "after one warm-up call; a peer = its registration calls (ANTs: ants.registration; its "
+                          "deformable method includes its affine stage)"
+                          + (f"; FIRE and FIRE+IO timed on each pair just before {tool_names(self.peers)} register it"
                              if self.interleaved else ""),
-                "ants": self.ants.record() if self.ants is not None else None,
+                "peers": list(self.peers),
+                "ants": self.peers["ants"].record() if "ants" in self.peers else None,
+                **{name: p.record() for name, p in self.peers.items() if name != "ants"},
                 "refine": dataclasses.asdict(self.refine) if self.io else None,
             },
         }

@@ -1,0 +1,155 @@
+"""Greedy (PICSL's fast diffeomorphic registration, ``picsl_greedy``): Greedy-Affine and Greedy, with
+normalised mutual information (NMI).
+
+Greedy-Affine is a similarity (``-a -dof 7``) then a full affine (``-dof 12``) started from it, the first
+from the images' centres of mass (``-moments 1``, as ANTs starts from its centre of mass); Greedy is
+Greedy's deformable registration started from it (``-it``), its time per pair the affine stages' plus the
+deformable stage's. The images are handed over in memory as SimpleITK images on exactly the grid the
+model sees (its voxel size), and Greedy composes its own transforms into one dense field on the fixed grid
+(``-rc``), which comes back as the project's normalised field. (Greedy's affine matrices are in RAS
+coordinates, its fields in ITK's physical coordinates; the composed field avoids reading the matrix.)
+What Greedy prints from C++ is sent to /dev/null.
+
+The defaults were chosen on the first 16 validation pairs of the 2D demo (64 × 72 pixels of 3 mm;
+``benchmarks/tune_peers.py``, docs/benchmark.md, "Peers"; mean Dice of Greedy, the deformable method):
+
+* NMI: Greedy's MI scored 55.2 % against 73.2 %, its affine stage failing (> 5 mm) on 6 of 16 pairs;
+* the similarity stage before the affine one: a lone 12-parameter affine failed on one pair (69.8 %),
+  rigid first (``6,12``) scored 71.7; centres of mass rather than image centres (72.1);
+* affine iterations 200x200x100 (100x50x10: 4 pairs fail, 65.2);
+* the deformable stage at full resolution only, 100 iterations: a three-level pyramid (200x100x50, the
+  coarsest level 16 × 18 pixels) scored 70.7, two levels 72.4, 200 iterations 73.1;
+* Greedy's own smoothing, ``-s 1.732vox 0.7071vox`` (1.2 / 0.5: 72.5, 3 / 1: 71.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .common import check_finite, field_from_itk, image_from_itk, quiet, twice, unit_array
+
+METHODS = ("Greedy-Affine", "Greedy")
+
+
+def _levels(iterations) -> str:
+    """Iterations per level, coarsest first → Greedy's ``100x50x20`` (the shrink factors are 2^k ... 1)."""
+    return "x".join(str(int(i)) for i in (iterations if isinstance(iterations, (tuple, list)) else (iterations,)))
+
+
+@dataclass
+class GreedyParams:
+    """Every parameter of the Greedy calls (recorded in ``results.json``; the choices: the module's docstring).
+
+    ``affine_init``: ``moments`` (centres of mass, ``-moments 1``), ``centers`` (image centres) or
+    ``identity``. ``sigmas``: ``-s`` — the smoothing of each update (fluid) and of the field (elastic),
+    in voxels. Iterations per level, coarsest first: Greedy halves the resolution per level."""
+
+    metric: str = "NMI"
+    affine_init: str = "moments"
+    affine_dofs: tuple = (7, 12)  # the affine stages' degrees of freedom, each started from the one before
+    affine_iterations: tuple = (200, 200, 100)  # per level, coarsest first
+    iterations: tuple = (100,)  # the deformable stage's, per level: one, at full resolution
+    sigmas: tuple = (1.732, 0.7071)  # Greedy's defaults
+    step: float = 1.0  # -e: the deformable update's step (voxels)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    random_seed: int = 1
+    ice_every: int = 1  # as AntsParams.ice_every: every k-th pair is also registered the other way round
+
+    def __post_init__(self):
+        if not isinstance(self.affine_dofs, (tuple, list)):  # one stage: affine_dofs=12
+            self.affine_dofs = (int(self.affine_dofs),)
+
+    def affine_commands(self, seed: int) -> list[tuple[str, str]]:
+        """The affine stages' calls (``-a -dof N``) and their outputs, each stage started from the one before,
+        the last one writing ``aff``."""
+        init = {"moments": "-ia mom", "centers": "-ia-image-centers", "identity": ""}[self.affine_init]
+        out = []
+        for k, dof in enumerate(self.affine_dofs):
+            name = "aff" if k == len(self.affine_dofs) - 1 else f"aff{k}"
+            out.append((f"-threads {self.threads} -seed {seed} -i fix mov -a -dof {dof} {init} "
+                        f"-n {_levels(self.affine_iterations)} -m {self.metric} -o {name}", name))
+            init = f"-ia {name}"
+        return out
+
+    def deformable_command(self, seed: int) -> str:
+        s0, s1 = self.sigmas
+        return (f"-threads {self.threads} -seed {seed} -i fix mov -it aff -n {_levels(self.iterations)} "
+                f"-m {self.metric} -s {s0}vox {s1}vox -e {self.step} -o warp")
+
+    def record(self) -> dict:
+        from importlib.metadata import version
+
+        out = dataclasses.asdict(self)
+        out.update(picsl_greedy=version("picsl_greedy"), intensities="[0, 1]",
+                   affine_calls=[c for c, _ in self.affine_commands(self.random_seed)],
+                   deformable_call=self.deformable_command(self.random_seed))
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def _to_sitk(x: torch.Tensor, spacing):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(unit_array(x))
+    img.SetSpacing(tuple(float(s) for s in spacing))
+    return img
+
+
+def _register(g, f, m, p: GreedyParams, spacing) -> dict:
+    """Greedy-Affine then Greedy (started from it) of ``m`` onto ``f`` → method → field, seconds, warped."""
+    import SimpleITK as sitk
+
+    def affine(attempt: int, _):
+        with quiet():
+            if p.affine_init == "moments":
+                g.execute(f"-threads {p.threads} -i fix mov -moments 1 -o mom", fix=f, mov=m, mom=None)
+            for command, name in p.affine_commands(p.random_seed + attempt - 1):
+                g.execute(command, fix=f, mov=m, **{name: None})
+                check_finite("Greedy's affine", g[name])
+
+    def deformable(attempt: int, _):
+        with quiet():
+            g.execute(p.deformable_command(p.random_seed + attempt - 1), warp=None)
+        check_finite("Greedy's deformable stage", sitk.GetArrayViewFromImage(g["warp"]))
+
+    _, (t_aff, t_def) = twice((affine, deformable), "Greedy")
+    out = {}
+    for name, spec, secs in (("Greedy-Affine", "aff", t_aff), ("Greedy", "warp aff", t_aff + t_def)):
+        with quiet():
+            g.execute(f"-threads {p.threads} -rf fix -rm mov res -rc comp -r {spec}", res=None, comp=None)
+        vec = sitk.GetArrayFromImage(g["comp"])
+        check_finite(f"{name}'s composed field", vec)
+        out[name] = {"field": field_from_itk(vec, spacing), "seconds": secs,
+                     "warped": image_from_itk(sitk.GetArrayFromImage(g["res"]))}
+    return out
+
+
+def register_pair(moving: torch.Tensor, fixed: torch.Tensor, spacing, params: GreedyParams | None = None,
+                  inverse: bool = True) -> dict:
+    """Greedy-Affine and Greedy for one pair, and (``inverse``) for the swapped pair.
+
+    Args:
+        moving, fixed: ``(1, *S)`` images in [-1, 1] on the same grid (2D or 3D).
+        spacing: voxel size in mm per axis.
+        inverse: also register ``fixed`` onto ``moving``, for the inverse-consistency error (untimed).
+
+    Returns:
+        method → {``field`` ``(n, *S)`` normalised (fixed → moving), ``inverse`` ``(n, *S)`` (with
+        ``inverse``), ``seconds`` (Greedy includes its affine stage), ``warped`` ``(1, *S)`` Greedy's own
+        linearly resliced moving image in [-1, 1]}.
+    """
+    from picsl_greedy import Greedy2D, Greedy3D
+
+    p = params or GreedyParams()
+    cls = Greedy2D if moving.dim() == 3 else Greedy3D
+    f, m = _to_sitk(fixed, spacing), _to_sitk(moving, spacing)
+    out = _register(cls(), f, m, p, spacing)
+    if inverse:
+        back = _register(cls(), m, f, p, spacing)
+        for name in out:
+            out[name]["inverse"] = back[name]["field"]
+    return out
+

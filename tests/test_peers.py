@@ -1,0 +1,248 @@
+"""The classical peers beside ANTs (Greedy, elastix): they register tiny 2D and 3D pairs, their fields mean what
+ANTs' mean, a failed call is tried once more and then named, and ``fire benchmark --peers`` runs them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fire_lightning import metrics, spatial
+from fire_lightning.peers import PEERS, parse_peers
+from fire_lightning.peers.common import PeerFailed
+
+from .conftest import PHANTOM2D
+from .test_baselines import _pair
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+#: quick settings for tiny images (the defaults are tuned for the 64 x 72 demo)
+FAST = {"greedy": dict(threads=1, affine_iterations=(50, 20), iterations=(30, 10)),
+        "elastix": dict(threads=1, affine_resolutions=2, resolutions=2, affine_iterations=100, iterations=100,
+                        grid_spacing_mm=16.0)}
+TOOLS = ("greedy", "elastix")
+
+
+def _pair3d():
+    """A two-structure ellipsoid and a copy shifted by (2, -1, 1) voxels, with another contrast: ``(1, 24, 22, 18)``."""
+    shape = (24, 22, 18)
+    ii, jj, kk = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
+    r = ((ii - 12) / 8) ** 2 + ((jj - 11) / 7) ** 2 + ((kk - 9) / 5.5) ** 2
+    lab = torch.zeros(1, *shape, dtype=torch.long)
+    lab[0][r < 1] = 1
+    lab[0][(((ii - 13) / 4) ** 2 + ((jj - 10) / 3) ** 2 + ((kk - 9) / 3) ** 2) < 1] = 2
+    fixed = torch.tensor([-1.0, 0.6, -0.2])[lab]
+    lab_m = torch.roll(lab, (2, -1, 1), dims=(1, 2, 3))
+    moving = torch.tensor([-1.0, -0.3, 0.9])[lab_m]
+    return moving, fixed, lab_m, lab
+
+
+def _scores(out: dict, lab_m, lab_f, spacing, inverse: bool) -> dict:
+    fields = {name: r["field"][None] for name, r in out.items()}
+    fields["Unaligned"] = None
+    inv = {name: r["inverse"][None] for name, r in out.items()} if inverse else None
+    return metrics.score_methods(lab_m[None], lab_f[None], fields, {1: "ring", 2: "core"}, spacing, inverse_fields=inv)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_peer_registers_a_tiny_multimodal_2d_pair_with_the_project_s_field_convention(tool, tmp_path,
+                                                                                          monkeypatch):
+    moving, fixed, lab_m, lab_f = _pair()
+    spacing = (2.0, 1.5)
+    peer = PEERS[tool]
+    monkeypatch.chdir(tmp_path)
+    out = peer.register(moving, fixed, spacing, peer.make_params(**FAST[tool]), True)
+    assert set(out) == set(peer.methods) and not list(tmp_path.iterdir())  # nothing written where it ran
+    scores = _scores(out, lab_m, lab_f, spacing, inverse=True)
+    assert scores["Unaligned"]["dice_mean"][0] < 0.75
+    for name, r in out.items():
+        assert r["field"].shape == r["inverse"].shape == (2, 40, 36) and r["seconds"] > 0
+        assert scores[name]["dice_mean"][0] > 0.85, name
+        assert scores[name]["folding_pct"][0] == 0, name
+        assert scores[name]["ice_mm"][0] < 4.0, name  # a flipped convention: about 2 × 6.7 mm
+        # our warp with the converted field reproduces the tool's own warped image (the same convention)
+        ours = spatial.warp(moving[None], r["field"][None])[0]
+        diff = (ours - r["warped"]).abs()[..., 4:-4, 4:-4]
+        assert diff.mean() < 0.05, name
+    # as ANTs' (tests/test_baselines.py): fixed point p lies at p + (3, -2) voxels in the moving image
+    t_vox = spatial.normalised_to_voxel(out[peer.affine]["field"][None])[0].mean(dim=(1, 2))
+    assert torch.allclose(t_vox, torch.tensor([3.0, -2.0]), atol=0.5), t_vox
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_peer_registers_a_tiny_3d_pair(tool):
+    moving, fixed, lab_m, lab_f = _pair3d()
+    spacing = (2.0, 2.0, 2.5)
+    peer = PEERS[tool]
+    out = peer.register(moving, fixed, spacing, peer.make_params(**FAST[tool]), False)
+    scores = _scores(out, lab_m, lab_f, spacing, inverse=False)
+    for name, r in out.items():
+        assert r["field"].shape == (3, 24, 22, 18) and "inverse" not in r
+        assert scores[name]["dice_mean"][0] > scores["Unaligned"]["dice_mean"][0] + 0.2, name
+    t_vox = spatial.normalised_to_voxel(out[peer.affine]["field"][None])[0].mean(dim=(1, 2, 3))
+    assert torch.allclose(t_vox, torch.tensor([2.0, -1.0, 1.0]), atol=0.5), t_vox
+
+
+def _flaky_greedy(monkeypatch, fail: int, nan: bool = False) -> list:
+    """Greedy whose affine calls fail ``fail`` times (raise, or with ``nan`` hand back a NaN matrix)."""
+    import numpy as np
+    import picsl_greedy
+
+    calls, real = [], picsl_greedy.Greedy2D
+
+    class Flaky:
+        def __init__(self):
+            self.g, self.nan = real(), False
+
+        def execute(self, command, **kw):
+            if " -a " in command:
+                calls.append(command)
+                if len(calls) <= fail:
+                    if not nan:
+                        raise RuntimeError("greedy: a tool failure")
+                    self.nan = True
+                    return None
+                self.nan = False
+            return self.g.execute(command, **kw)
+
+        def __getitem__(self, key):
+            return np.full((3, 3), np.nan) if key.startswith("aff") and self.nan else self.g[key]
+
+    monkeypatch.setattr(picsl_greedy, "Greedy2D", Flaky)
+    return calls
+
+
+def _flaky_elastix(monkeypatch, fail) -> list:
+    """elastix whose first ``fail`` calls raise (or the calls numbered in ``fail``, a set)."""
+    import itk
+
+    calls, real = [], itk.elastix_registration_method
+    fail = set(range(1, fail + 1)) if isinstance(fail, int) else fail
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) in fail:
+            raise RuntimeError("elastix: too many samples map outside moving image buffer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(itk, "elastix_registration_method", flaky)
+    return calls
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_failed_peer_call_is_tried_once_more_and_a_second_failure_is_an_error(tool, monkeypatch):
+    moving, fixed, _, _ = _pair()
+    peer = PEERS[tool]
+    params = peer.make_params(**FAST[tool])
+    flaky = _flaky_greedy if tool == "greedy" else _flaky_elastix
+    calls = flaky(monkeypatch, fail=1)
+    out = peer.register(moving, fixed, (1.0, 1.0), params, False)
+    assert out[peer.deformable]["field"].shape == (2, 40, 36)
+    # the affine twice: Greedy's two stages (similarity, affine) the second time; then elastix's B-spline call
+    assert len(calls) == 3
+    monkeypatch.undo()
+    flaky(monkeypatch, fail=2)
+    with pytest.raises(PeerFailed, match=f"{peer.tool} failed twice"):
+        peer.register(moving, fixed, (1.0, 1.0), params, False)
+
+
+def test_a_failed_deformable_stage_starts_the_peer_again_from_its_affine_stage(monkeypatch):
+    moving, fixed, _, _ = _pair()
+    peer = PEERS["elastix"]
+    calls = _flaky_elastix(monkeypatch, fail={2})  # the B-spline call of the first attempt
+    out = peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**FAST["elastix"]), False)
+    assert len(calls) == 4 and out["elastix-B-spline"]["seconds"] > out["elastix-Affine"]["seconds"] > 0
+
+
+def test_a_nan_result_counts_as_a_failure(monkeypatch):
+    moving, fixed, _, _ = _pair()
+    peer = PEERS["greedy"]
+    calls = _flaky_greedy(monkeypatch, fail=2, nan=True)
+    with pytest.raises(PeerFailed, match="Greedy failed twice: Greedy's affine returned non-finite values"):
+        peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**FAST["greedy"]), False)
+    assert len(calls) == 2
+
+
+def test_elastix_refuses_its_bending_penalty_on_several_threads():
+    moving, fixed, _, _ = _pair()
+    with pytest.raises(ValueError, match="bending-energy penalty"):
+        PEERS["elastix"].register(moving, fixed, (1.0, 1.0), PEERS["elastix"].make_params(bending_weight=1.0,
+                                                                                          threads=2), False)
+
+
+def test_peers_parse_in_table_order_and_an_unknown_name_lists_the_known_ones(capsys):
+    from fire_lightning.cli import COMMANDS
+    from fire_lightning.cli_parser import build_parser
+
+    assert parse_peers("elastix, ants,greedy") == ("ants", "greedy", "elastix")
+    parser = build_parser(COMMANDS)
+    assert parser.parse_args(["benchmark", "RUN"]).peers == ("ants",)
+    assert parser.parse_args(["benchmark", "RUN", "--peers", "greedy,ANTs"]).peers == ("ants", "greedy")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["benchmark", "RUN", "--peers", "ants,simpleelastix"])
+    err = capsys.readouterr().err
+    assert "unknown peer 'simpleelastix'" in err and "ants, greedy, elastix" in err
+    with pytest.raises(ValueError, match="unknown peer ''"):
+        parse_peers("ants,")
+
+
+def test_the_methods_and_their_affine_parts_with_every_peer():
+    from fire_lightning.benchmark_methods import AFFINE_PARTS, METHODS, method_names
+
+    assert method_names(False, ("ants",), False) == METHODS
+    assert method_names(False, True, False) == METHODS and method_names(False, (), False)[1] == "FIRE-Affine"
+    assert method_names(True, ("elastix", "greedy", "ants"), True) == (
+        "True", "True-Affine", "Unaligned", "ANTs-Affine", "Greedy-Affine", "elastix-Affine", "FIRE-Affine",
+        "ANTs-SyN", "Greedy", "elastix-B-spline", "FIRE", "FIRE+IO")
+    assert AFFINE_PARTS["Greedy"] == "Greedy-Affine" and AFFINE_PARTS["elastix-B-spline"] == "elastix-Affine"
+
+
+def test_the_benchmark_scores_and_times_greedy_beside_fire_and_names_a_failing_pair(tiny_overrides, tmp_path,
+                                                                                     monkeypatch):
+    """``evaluate`` with ``peers``: Greedy's rows in the tables, timed on each pair right after FIRE, its
+    parameters recorded; a pair on which it fails twice stops the benchmark with the pair's name."""
+    from fire_lightning import benchmark_timing
+    from fire_lightning import evaluate as ev
+    from fire_lightning.config import load_config
+    from fire_lightning.module import FIREModule
+    from fire_lightning.train import make_datamodule
+
+    cfg = load_config(PHANTOM2D, tiny_overrides)
+    dm = make_datamodule(cfg)
+    pairs = dm.test_dataset()
+    model = FIREModule(cfg, label_names=dm.label_names, spacing=dm.spacing)
+    events = []
+    real = benchmark_timing.seconds_to_register
+    monkeypatch.setattr(benchmark_timing, "seconds_to_register", lambda *a, **k: events.append("FIRE") or real(*a, **k))
+    greedy = PEERS["greedy"]
+    real_register = greedy.register
+
+    def traced(self, *a, **k):
+        events.append(self.tool)
+        return real_register(*a, **k)
+
+    monkeypatch.setattr(type(greedy), "register", traced)
+    params = greedy.make_params(threads=4, ice_every=2, affine_iterations=(50, 20), iterations=(20, 10))
+    results = ev.evaluate(model, pairs, tmp_path / "bm", threads=1, peers={"greedy": params})
+    assert events == ["FIRE", "Greedy"] * len(pairs)
+    assert list(results["methods"]) == ["True", "True-Affine", "Unaligned", "Greedy-Affine", "FIRE-Affine", "Greedy",
+                                        "FIRE"]
+    meta = results["meta"]
+    assert meta["peers"] == ["greedy"] and meta["ants"] is None and meta["greedy"]["threads"] == 1  # FIRE's threads
+    assert "just before Greedy register" in meta["timing"] and "-threads 1" in meta["greedy"]["deformable_call"]
+    for method in ("Greedy-Affine", "Greedy"):
+        res = results["methods"][method]
+        assert all(v > 0 for v in res["seconds_per_pair"]["values"])
+        assert res["ice_mm"]["values"][0] is not None and res["ice_mm"]["values"][1] is None  # ice_every=2
+    assert "affine_err_mm" in results["methods"]["Greedy-Affine"] and "Greedy" in results["nonrigid_share"]
+    md = (tmp_path / "bm" / "results.md").read_text()
+    assert "| Greedy | CPU, 1 threads |" in md and "ICE of Greedy-Affine and Greedy: over the 1 of the 2 pairs" in md
+    _flaky_greedy(monkeypatch, fail=10)
+    with pytest.raises(RuntimeError, match=f"pair {pairs[0]['id']}: Greedy failed twice"):
+        ev.evaluate(model, pairs, tmp_path / "bm2", threads=1, peers={"greedy": params})
+
+
+def test_shift_refuses_the_other_peers(tmp_path, capsys):
+    from fire_lightning.benchmark_run import BenchmarkOptions, BenchmarkTarget, run_benchmark
+
+    with pytest.raises(ValueError, match="--shift compares FIRE with ANTs only"):
+        run_benchmark(BenchmarkTarget(str(tmp_path)), BenchmarkOptions(peers={"greedy": object()}), shift=True)
