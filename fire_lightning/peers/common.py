@@ -100,3 +100,14 @@ def twice(stages: Sequence[Callable[[int, object], object]], tool: str) -> tuple
                 raise PeerFailed(f"{tool} failed twice: {e}") from None
             log.warning("%s failed (%s); trying once more", tool, e)
     raise AssertionError("unreachable")
+
+
+def both_ways(register: Callable[[object, object], dict], fixed, moving, inverse: bool) -> dict:
+    """``register(fixed, moving)`` (method → its output, with ``field``) and, with ``inverse``, the swapped
+    pair's fields added as each method's ``inverse``, for the inverse-consistency error (untimed)."""
+    out = register(fixed, moving)
+    if inverse:
+        back = register(moving, fixed)
+        for name in out:
+            out[name]["inverse"] = back[name]["field"]
+    return out

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .common import check_finite, field_from_itk, image_from_itk, quiet, twice, unit_array
+from .common import both_ways, check_finite, field_from_itk, image_from_itk, quiet, twice, unit_array
 
 METHODS = ("elastix-Affine", "elastix-B-spline")
 
@@ -157,9 +157,4 @@ def register_pair(moving: torch.Tensor, fixed: torch.Tensor, spacing, params: El
                          "use bending_weight=0 or threads=1")
     itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(int(p.threads))  # transformix too
     f, m = _to_itk(fixed, spacing), _to_itk(moving, spacing)
-    out = _register(f, m, p, spacing)
-    if inverse:
-        back = _register(m, f, p, spacing)
-        for name in out:
-            out[name]["inverse"] = back[name]["field"]
-    return out
+    return both_ways(lambda a, b: _register(a, b, p, spacing), f, m, inverse)

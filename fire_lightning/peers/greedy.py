@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .common import check_finite, field_from_itk, image_from_itk, quiet, twice, unit_array
+from .common import both_ways, check_finite, field_from_itk, image_from_itk, quiet, twice, unit_array
 
 METHODS = ("Greedy-Affine", "Greedy")
 
@@ -146,10 +146,5 @@ def register_pair(moving: torch.Tensor, fixed: torch.Tensor, spacing, params: Gr
     p = params or GreedyParams()
     cls = Greedy2D if moving.dim() == 3 else Greedy3D
     f, m = _to_sitk(fixed, spacing), _to_sitk(moving, spacing)
-    out = _register(cls(), f, m, p, spacing)
-    if inverse:
-        back = _register(cls(), m, f, p, spacing)
-        for name in out:
-            out[name]["inverse"] = back[name]["field"]
-    return out
+    return both_ways(lambda a, b: _register(cls(), a, b, p, spacing), f, m, inverse)
 
