@@ -29,7 +29,7 @@ GRID = {
     "ants": [""],
     "greedy": ["", "affine_dofs=12", "affine_dofs=6,12", "affine_init=centers", "affine_iterations=100x50x10",
                "iterations=200x100x50", "iterations=100x50", "iterations=200", "sigmas=1.2,0.5", "sigmas=3,1",
-               "metric=MI"],
+               "metric=MI", "stationary_velocity=1", "step=0.5", "step=2"],
     "elastix": ["", "sampler=Full", "bins=16", "grid_spacing_mm=12", "grid_spacing_mm=24", "grid_spacing_mm=30",
                 "iterations=512", "affine_resolutions=4 resolutions=4", "bending_weight=1"],
 }

@@ -149,6 +149,7 @@ class SynthesisConfig:
     width: int = 64  # w (paper: 64): G's output has 4w channels, every network scales with it
     n_res: int = 4  # ResNet blocks in G and in each F (paper: 4)
     down_kernel: int = 3  # G's stride-2 convolutions: 3 (paper, features 1.5 px off the grid) | 4 (grid-aligned)
+    outer_kernel: int = 7  # G's first and each F's last full-resolution convolution (paper: 7; odd)
     checkpoint_activations: bool = False  # G and F recompute their activations in the backward (memory, 3D)
     checkpoint_chunk: int = 0  # with it: each run of that many samples of a G/F call checkpointed apart; 0: whole calls
 

@@ -73,6 +73,7 @@ def test_a_malformed_override_value_is_a_config_error():
     ("model.affine.fine_passes=0 model.affine.full_passes=1", "model.affine.fine_passes >= 1"),
     ("model.affine.channels=[4,4]", "model.affine.channels needs 3"),
     ("model.synthesis.down_kernel=5", "model.synthesis.down_kernel"),
+    ("model.synthesis.outer_kernel=4", "model.synthesis.outer_kernel"),
     ("model.nonrigid.out_level=4", "out_level"),
 ])
 def test_bad_model_settings_are_errors_naming_the_key(override, message):

@@ -441,6 +441,25 @@ def test_grid_aligned_downsampling_puts_features_where_the_grid_says(kernel, cen
     assert out[0, 0, 3, 1].item() == pytest.approx(centre)  # interior point o = 1
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_outer_kernel_changes_the_full_resolution_convolutions_not_the_shapes(n):
+    """``model.synthesis.outer_kernel``: G's first and F's conv7 take that kernel; G(x) and F(G(x)) keep
+    their shapes, and the default is the paper's 7."""
+    from fire_lightning.nets.synthesis import Decoder
+
+    x = torch.randn(1, 1, *(16,) * n)
+    shapes = []
+    for k in (7, 3):
+        enc, dec = Encoder(n, 2, n_res=1, outer_kernel=k), Decoder(n, 2, n_res=1, outer_kernel=k)
+        full_res = [m for m in (*enc.modules(), *dec.modules()) if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))
+                    and m.kernel_size[0] not in (1, 3)]
+        assert [m.kernel_size for m in full_res] == ([(7,) * n] * 2 if k == 7 else [])
+        z = enc(x)
+        shapes.append((tuple(z.shape), tuple(dec(z).shape)))
+    assert shapes[0] == shapes[1] == ((1, 8, *(4,) * n), (1, 1, *(16,) * n))
+    assert Encoder(n, 2).net[0][0].kernel_size == (7,) * n
+
+
 # ---------------------------------------------------------------- forward + backward
 
 

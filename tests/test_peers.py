@@ -169,6 +169,14 @@ def test_elastix_refuses_its_bending_penalty_on_several_threads():
                                                                                           threads=2), False)
 
 
+def test_greedy_s_stationary_velocity_mode_is_one_flag_of_its_deformable_call_only():
+    params = PEERS["greedy"].make_params
+    plain, sv = params(), params(stationary_velocity=True)
+    assert " -sv" not in plain.deformable_command(1)
+    assert sv.deformable_command(1) == plain.deformable_command(1).replace(" -o warp", " -sv -o warp")
+    assert sv.affine_commands(1) == plain.affine_commands(1)
+
+
 def test_peers_parse_in_table_order_and_an_unknown_name_lists_the_known_ones(capsys):
     from fire_lightning.cli import COMMANDS
     from fire_lightning.cli_parser import build_parser

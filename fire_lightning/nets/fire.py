@@ -40,9 +40,9 @@ class FIRENet(nn.Module):
         self.affine_init = str(a.init)
         self.affine_symmetric_passes_eval = int(a.symmetric_passes_eval)
         self.spacing = tuple(float(v) for v in spacing) if spacing is not None else (1.0,) * n
-        self.G = Encoder(n, s.width, n_res=s.n_res, down_kernel=s.down_kernel)
-        self.F_ab = Decoder(n, s.width, n_res=s.n_res)
-        self.F_ba = Decoder(n, s.width, n_res=s.n_res)
+        self.G = Encoder(n, s.width, n_res=s.n_res, down_kernel=s.down_kernel, outer_kernel=s.outer_kernel)
+        self.F_ab = Decoder(n, s.width, n_res=s.n_res, outer_kernel=s.outer_kernel)
+        self.F_ba = Decoder(n, s.width, n_res=s.n_res, outer_kernel=s.outer_kernel)
         for net in (self.G, self.F_ab, self.F_ba):
             net.checkpoint, net.chunk = bool(s.checkpoint_activations), int(s.checkpoint_chunk)
         self.T_ab = TransformationNet(n, self.G.level_channels, a, m.nonrigid)

@@ -46,6 +46,9 @@ class Checkpointed(nn.Module):
 class Encoder(Checkpointed):
     """G: ``(B, 1, *S) -> (B, 4w, *S/4)``; conv7(w) → conv3 s2 (2w) → conv3 s2 (4w) → 4 ResBlocks.
 
+    ``outer_kernel``: the first convolution's kernel (7, the paper's; in 3D a 7³ kernel at full
+    resolution is most of a CPU iteration's time, so the 3D CPU config uses 3).
+
     ``down_kernel``: the stride-2 convolutions' kernel. 3 (the paper's) centres feature point ``o`` on
     image pixel ``4o`` after two levels, while every warp of G's features (``align_corners=False``)
     assumes ``4o + 1.5``: a 1.5-pixel offset, which an affine warp of the features turns into an
@@ -53,11 +56,12 @@ class Encoder(Checkpointed):
     convention does.
     """
 
-    def __init__(self, n: int, width: int, in_channels: int = 1, n_res: int = 4, down_kernel: int = 3):
+    def __init__(self, n: int, width: int, in_channels: int = 1, n_res: int = 4, down_kernel: int = 3,
+                 outer_kernel: int = 7):
         super().__init__()
         w = width
         self.net = nn.Sequential(
-            ConvBlock(n, in_channels, w, 7),
+            ConvBlock(n, in_channels, w, outer_kernel),
             ConvBlock(n, w, 2 * w, down_kernel, stride=2),
             ConvBlock(n, 2 * w, 4 * w, down_kernel, stride=2),
             *[ResBlock(n, 4 * w) for _ in range(n_res)],
@@ -104,9 +108,9 @@ class Encoder(Checkpointed):
 
 class Decoder(Checkpointed):
     """F: ``(B, 4w, *S/4) -> (B, 1, *S)`` in [-1, 1]; 4 ResBlocks → up+conv3 (2w) → up+conv3 (w) → conv7 → conv1
-    → tanh."""
+    → tanh. ``outer_kernel``: that conv7's kernel (as G's)."""
 
-    def __init__(self, n: int, width: int, out_channels: int = 1, n_res: int = 4):
+    def __init__(self, n: int, width: int, out_channels: int = 1, n_res: int = 4, outer_kernel: int = 7):
         super().__init__()
         w = width
         mode = "bilinear" if n == 2 else "trilinear"
@@ -116,7 +120,7 @@ class Decoder(Checkpointed):
             ConvBlock(n, 4 * w, 2 * w, 3),
             nn.Upsample(scale_factor=2, mode=mode, align_corners=False),
             ConvBlock(n, 2 * w, w, 3),
-            ConvBlock(n, w, w, 7),
+            ConvBlock(n, w, w, outer_kernel),
             conv(n, w, out_channels, 1),
             nn.Tanh(),
         )
