@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: help venv demo lint test test-all clean
+.PHONY: help venv demo peers lint test test-all clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,12 @@ venv: $(STAMP)  ## create .venv and install the package with its dev extras
 
 demo: $(STAMP)  ## the main job: train FIRE on the embedded 2D phantom, benchmark it against ANTs, report (CPU, < 20 min)
 	$(VENV)/bin/fire demo $(ARGS)
+
+peers: $(STAMP)  ## the full peer table on the demo's test pairs: FIRE and the MI-CNN (demo budget; runs kept and reused), ANTs, Greedy, elastix (CPU, ~45 min)
+	test -f runs/peers-fire/training.json || $(VENV)/bin/fire train phantom2d run.name=peers-fire
+	test -f runs/peers-micnn/training.json || $(VENV)/bin/fire train phantom2d_micnn run.name=peers-micnn
+	$(VENV)/bin/fire benchmark runs/peers-fire --compare runs/peers-micnn --peers ants,greedy,elastix --refine 10 \
+		--out runs/peers-fire/benchmark-peers $(ARGS)
 
 lint: $(STAMP)  ## ruff over the tree (rules in pyproject.toml; the default test run includes it, tests/test_lint.py)
 	$(VENV)/bin/ruff check .

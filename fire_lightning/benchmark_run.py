@@ -99,15 +99,13 @@ class BenchmarkTarget:
 def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool = False,
                   curve_steps: list[int] | None = None) -> None:
     """``fire benchmark``: every method scored on the test (or validation) pairs, or on the shift
-    benchmark's pairs (``shift``: ANTs registers them one way only); with ``curve_steps`` also FIRE+IO's
+    benchmark's pairs (``shift``: the peers register them one way only); with ``curve_steps`` also FIRE+IO's
     refinement curve over those numbers of steps."""
     import dataclasses
 
     from .benchmark_inputs import PROTOCOLS, benchmark_inputs
     from .refine import RefineSettings
 
-    if shift and options.peers:
-        raise ValueError(f"--shift compares FIRE with ANTs only; drop --peers {','.join(options.peers)}")
     overrides = list(what.overrides) + [f"{k}={v}" for k, v in PROTOCOLS.get(what.protocol or "", {}).items()]
     model, cfg, dm, ckpt, default_out = benchmark_inputs(what.target, what.checkpoint, what.data, overrides)
     if what.protocol:
@@ -120,7 +118,7 @@ def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool 
                              "or --compare")
         ants = None if options.ants is None else dataclasses.replace(options.ants, ice_every=0)
         run_shift(model, cfg.data, Path(what.out or default_out.with_name("shift")), ants=ants, refine=options.refine,
-                  threads=options.threads, max_per_level=options.max_pairs)
+                  threads=options.threads, max_per_level=options.max_pairs, peers=options.peers)
         return
     if what.split == "val" and (curve_steps is not None or options.explain):
         raise ValueError("--split val scores the validation pairs only; "

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .peers import PEERS
 from .tables import markdown_table
 
-#: the methods plotted and tabulated, when present
-METHODS = ("Unaligned", "ANTs-Affine", "ANTs-SyN", "FIRE-Affine", "FIRE", "FIRE+IO")
+#: the methods plotted and tabulated, when present: the classical peers' (``--peers``) after the unaligned pairs
+METHODS = ("Unaligned", *(m for p in PEERS.values() for m in p.methods), "FIRE-Affine", "FIRE", "FIRE+IO")
 #: targets inside the training range: FIRE within this many points of ANTs-SyN at every level, and no
 #: FIRE pair below its unaligned Dice + this many points
 SYN_MARGIN, UNALIGNED_MARGIN = 3.0, 10.0
@@ -148,9 +149,13 @@ def figure(rows: list[dict], factors, path: Path) -> None:
 
 
 def run_shift(model, data_cfg, out_dir: str | Path, ants=None, refine=None, threads: int | None = None,
-              factors=None, max_per_level: int | None = None) -> dict:
+              factors=None, max_per_level: int | None = None, peers: dict | None = None) -> dict:
     """Build the shift pairs for ``data_cfg`` (the run's ``data`` section), score every method on them in
-    one benchmark run and write the shift reports into ``out_dir``. Returns ``shift.json``'s content."""
+    one benchmark run and write the shift reports into ``out_dir``. ``peers``: the classical peers beside
+    ANTs (name → parameters, as :func:`evaluate.evaluate`'s), each registering every pair one way (no ICE).
+    Returns ``shift.json``'s content."""
+    import dataclasses
+
     from torch.utils.data import Subset
 
     from .config import data_section
@@ -167,8 +172,9 @@ def run_shift(model, data_cfg, out_dir: str | Path, ants=None, refine=None, thre
     dataset = Subset(pairs, keep) if len(keep) < len(pairs) else pairs
     levels = [pairs.levels[i] for i in keep]
     out_dir = Path(out_dir)
+    peers = {name: dataclasses.replace(p, ice_every=0) for name, p in (peers or {}).items()}
     results = evaluate(model, dataset, out_dir / "pairs", ants=ants, threads=threads, refine=refine,
-                       meta={"shift": True})
+                       meta={"shift": True}, peers=peers or None)
     rows = summarise(group(results, levels), factors, pairs.cfg)
     meta = {"n_pairs": len(levels), "threads": results["meta"]["threads"], "iterations": results["meta"]["iterations"]}
     text = write_reports(rows, factors, out_dir, meta)

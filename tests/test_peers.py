@@ -3,6 +3,8 @@ ANTs' mean, a failed call is tried once more and then named, and ``fire benchmar
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -249,8 +251,26 @@ def test_the_benchmark_scores_and_times_greedy_beside_fire_and_names_a_failing_p
         ev.evaluate(model, pairs, tmp_path / "bm2", threads=1, peers={"greedy": params})
 
 
-def test_shift_refuses_the_other_peers(tmp_path, capsys):
-    from fire_lightning.benchmark_run import BenchmarkOptions, BenchmarkTarget, run_benchmark
+def test_the_shift_benchmark_scores_a_peer_one_way_at_every_level(tmp_path):
+    """``fire benchmark --shift --peers greedy``: Greedy's rows at each level, beside FIRE's, with no
+    swapped registrations (the shift benchmark reports no ICE)."""
+    from omegaconf import OmegaConf
 
-    with pytest.raises(ValueError, match="--shift compares FIRE with ANTs only"):
-        run_benchmark(BenchmarkTarget(str(tmp_path)), BenchmarkOptions(peers={"greedy": object()}), shift=True)
+    from data_modules.shift import FACTORS
+    from fire_lightning.config import data_section, load_config
+    from fire_lightning.inference import InferenceModel
+    from fire_lightning.shift import run_shift
+
+    from .conftest import TINY
+
+    model = InferenceModel(OmegaConf.to_container(load_config(PHANTOM2D, TINY), resolve=True)).eval()
+    rotation = next(f for f in FACTORS if f.name == "rotation_deg")
+    params = PEERS["greedy"].make_params(**FAST["greedy"], ice_every=1)
+    out = run_shift(model, data_section(load_config(PHANTOM2D)), tmp_path / "shift", threads=1, factors=(rotation,),
+                    max_per_level=1, peers={"greedy": params})
+    assert [r["level"] for r in out["rows"]] == list(rotation.levels)
+    assert all("Greedy" in r and "Greedy-Affine" in r and "FIRE" in r for r in out["rows"])
+    assert all(r["Greedy"]["mean"] > r["Unaligned"]["mean"] for r in out["rows"])
+    assert "| Greedy-Affine | Greedy |" in (tmp_path / "shift" / "shift.md").read_text()
+    pairs = json.loads((tmp_path / "shift" / "pairs" / "results.json").read_text())
+    assert all(v is None for v in pairs["methods"]["Greedy"]["ice_mm"]["values"])
