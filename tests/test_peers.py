@@ -179,6 +179,14 @@ def test_greedy_s_stationary_velocity_mode_is_one_flag_of_its_deformable_call_on
     assert sv.affine_commands(1) == plain.affine_commands(1)
 
 
+def test_elastix_s_b_spline_grid_follows_the_images_dimension_unless_set():
+    params = PEERS["elastix"].make_params
+    grids = {n: params().maps(1, n)[1]["FinalGridSpacingInPhysicalUnits"] for n in (2, 3)}
+    assert float(grids[2][0]) == 18.0 and float(grids[3][0]) == 42.0
+    assert params(grid_spacing_mm=30.0).grid_spacing(2) == params(grid_spacing_mm=30.0).grid_spacing(3) == 30.0
+    assert set(params().record()["bspline_maps"]) == {"2D", "3D"}
+
+
 def test_peers_parse_in_table_order_and_an_unknown_name_lists_the_known_ones(capsys):
     from fire_lightning.cli import COMMANDS
     from fire_lightning.cli_parser import build_parser
