@@ -179,6 +179,17 @@ def test_greedy_s_stationary_velocity_mode_is_one_flag_of_its_deformable_call_on
     assert sv.affine_commands(1) == plain.affine_commands(1)
 
 
+def test_greedy_leaves_out_affine_levels_coarser_than_its_minimum():
+    """A 3D volume of 48 voxels would reach 12 at Greedy's third level, where its affine diverged on a test
+    pair; the 2D demo's 64 × 72 keeps all three."""
+    p = PEERS["greedy"].make_params()
+    assert p.affine_levels((64, 72)) == (200, 200, 100) and p.affine_levels(None) == (200, 200, 100)
+    assert p.affine_levels((48, 56, 48)) == (200, 100) and p.affine_levels((10, 12)) == (100,)
+    assert "-n 200x100 " in p.affine_commands(1, (48, 56, 48))[-1][0]
+    searched = PEERS["greedy"].make_params(search=(1000, 20, 10)).affine_commands(1)
+    assert "-search 1000 20 10" in searched[0][0] and "-search" not in searched[1][0]  # the first stage only
+
+
 def test_elastix_s_b_spline_grid_follows_the_images_dimension_unless_set():
     params = PEERS["elastix"].make_params
     grids = {n: params().maps(1, n)[1]["FinalGridSpacingInPhysicalUnits"] for n in (2, 3)}
