@@ -210,7 +210,8 @@ def validate_model(m) -> None:
     if s.down_kernel not in (3, 4):
         raise ConfigError(f"model.synthesis.down_kernel must be 3 (paper) or 4 (grid-aligned), got {s.down_kernel}")
     if s.outer_kernel < 1 or s.outer_kernel % 2 == 0:
-        raise ConfigError(f"model.synthesis.outer_kernel must be a positive odd number (paper: 7), got {s.outer_kernel}")
+        raise ConfigError(f"model.synthesis.outer_kernel must be a positive odd number (paper: 7), "
+                          f"got {s.outer_kernel}")
     if s.checkpoint_chunk < 0:
         raise ConfigError(f"model.synthesis.checkpoint_chunk must be >= 0, got {s.checkpoint_chunk}")
     for key, allowed in (("head", AFFINE_HEADS), ("init", AFFINE_INITS), ("weighting", WEIGHTINGS)):

@@ -102,8 +102,9 @@ class GreedyParams:
 
     def deformable_command(self, seed: int) -> str:
         s0, s1 = self.sigmas
+        sv = " -sv" if self.stationary_velocity else ""
         return (f"-threads {self.threads} -seed {seed} -i fix mov -it aff -n {_levels(self.iterations)} "
-                f"-m {self.metric} -s {s0}vox {s1}vox -e {self.step}{' -sv' if self.stationary_velocity else ''} -o warp")
+                f"-m {self.metric} -s {s0}vox {s1}vox -e {self.step}{sv} -o warp")
 
     def record(self) -> dict:
         from importlib.metadata import version
