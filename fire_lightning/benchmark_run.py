@@ -101,7 +101,6 @@ def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool 
     """``fire benchmark``: every method scored on the test (or validation) pairs, or on the shift
     benchmark's pairs (``shift``: the peers register them one way only); with ``curve_steps`` also FIRE+IO's
     refinement curve over those numbers of steps."""
-    import dataclasses
 
     from .benchmark_inputs import PROTOCOLS, benchmark_inputs
     from .refine import RefineSettings
@@ -116,9 +115,8 @@ def run_benchmark(what: BenchmarkTarget, options: BenchmarkOptions, shift: bool 
         if what.split == "val" or curve_steps is not None or options.explain or options.compare:
             raise ValueError("--shift scores its own held-out pairs; it takes no --split, --refine-curve, --explain "
                              "or --compare")
-        ants = None if options.ants is None else dataclasses.replace(options.ants, ice_every=0)
-        run_shift(model, cfg.data, Path(what.out or default_out.with_name("shift")), ants=ants, refine=options.refine,
-                  threads=options.threads, max_per_level=options.max_pairs, peers=options.peers)
+        run_shift(model, cfg.data, Path(what.out or default_out.with_name("shift")), ants=options.ants,
+                  refine=options.refine, threads=options.threads, max_per_level=options.max_pairs, peers=options.peers)
         return
     if what.split == "val" and (curve_steps is not None or options.explain):
         raise ValueError("--split val scores the validation pairs only; "

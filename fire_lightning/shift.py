@@ -151,8 +151,8 @@ def figure(rows: list[dict], factors, path: Path) -> None:
 def run_shift(model, data_cfg, out_dir: str | Path, ants=None, refine=None, threads: int | None = None,
               factors=None, max_per_level: int | None = None, peers: dict | None = None) -> dict:
     """Build the shift pairs for ``data_cfg`` (the run's ``data`` section), score every method on them in
-    one benchmark run and write the shift reports into ``out_dir``. ``peers``: the classical peers beside
-    ANTs (name → parameters, as :func:`evaluate.evaluate`'s), each registering every pair one way (no ICE).
+    one benchmark run and write the shift reports into ``out_dir``. ``ants`` and ``peers`` (the classical peers
+    beside ANTs, name → parameters, as :func:`evaluate.evaluate`'s) register every pair one way only (no ICE).
     Returns ``shift.json``'s content."""
     import dataclasses
 
@@ -172,9 +172,10 @@ def run_shift(model, data_cfg, out_dir: str | Path, ants=None, refine=None, thre
     dataset = Subset(pairs, keep) if len(keep) < len(pairs) else pairs
     levels = [pairs.levels[i] for i in keep]
     out_dir = Path(out_dir)
-    peers = {name: dataclasses.replace(p, ice_every=0) for name, p in (peers or {}).items()}
-    results = evaluate(model, dataset, out_dir / "pairs", ants=ants, threads=threads, refine=refine,
-                       meta={"shift": True}, peers=peers or None)
+    one_way = {name: dataclasses.replace(p, ice_every=0)
+               for name, p in {**({"ants": ants} if ants is not None else {}), **(peers or {})}.items()}
+    results = evaluate(model, dataset, out_dir / "pairs", threads=threads, refine=refine, meta={"shift": True},
+                       peers=one_way or None)
     rows = summarise(group(results, levels), factors, pairs.cfg)
     meta = {"n_pairs": len(levels), "threads": results["meta"]["threads"], "iterations": results["meta"]["iterations"]}
     text = write_reports(rows, factors, out_dir, meta)
