@@ -180,6 +180,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optim.affine_warmup_steps < 0 or cfg.optim.affine_warmup_steps >= cfg.trainer.max_steps:
         raise ConfigError(f"optim.affine_warmup_steps must be in [0, trainer.max_steps), got "
                           f"{cfg.optim.affine_warmup_steps} (max_steps {cfg.trainer.max_steps}); set both")
+    ramp = cfg.optim.lr_ramp_steps
+    if ramp < 0 or cfg.optim.affine_warmup_steps + ramp >= cfg.trainer.max_steps:
+        raise ConfigError(f"optim.lr_ramp_steps must be >= 0 and end before trainer.max_steps, got {ramp} "
+                          f"(affine_warmup_steps {cfg.optim.affine_warmup_steps}, max_steps {cfg.trainer.max_steps})")
     check_explain_settings(cfg.explain)
     if cfg.explain.every_n_epochs < 0 or cfg.explain.n_pairs < 1:
         raise ConfigError(f"explain.every_n_epochs must be >= 0 and explain.n_pairs >= 1, got "

@@ -25,16 +25,20 @@ log = logging.getLogger(__name__)
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
-def lr_factor(iteration: int, warmup: int, max_steps: int, decay: str = "none") -> float:
-    """The factor on every learning rate at ``iteration`` (0-based): 1 during the affine warm-up and
-    for ``decay="none"``; for ``"cosine"``, ``(1 + cos(pi t)) / 2`` with ``t`` the fraction of the
+def lr_factor(iteration: int, warmup: int, max_steps: int, decay: str = "none", ramp: int = 0) -> float:
+    """The factor on every learning rate at ``iteration`` (0-based): 1 during the affine warm-up; after it,
+    ``ramp`` iterations climbing linearly to 1 (``k / ramp`` at the k-th, 1-based; 0 = no ramp) times the
+    decay: 1 for ``decay="none"``, ``(1 + cos(pi t)) / 2`` for ``"cosine"`` with ``t`` the fraction of the
     iterations after the warm-up done (1 at the first, 0 after the last)."""
-    if decay == "none" or iteration < warmup:
+    if iteration < warmup:
         return 1.0
-    if decay != "cosine":
+    if decay not in ("none", "cosine"):
         raise ValueError(f"lr_decay must be 'none' or 'cosine', got {decay!r}")
+    factor = min(1.0, (iteration - warmup + 1) / ramp) if ramp > 0 else 1.0
+    if decay == "none":
+        return factor
     t = min(1.0, (iteration - warmup) / max(1, max_steps - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * t))
+    return factor * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class RegistrationModule(Registers, L.LightningModule):
@@ -118,7 +122,8 @@ class RegistrationModule(Registers, L.LightningModule):
         """Set this iteration's rates (``optim.lr_decay``): a function of the iteration alone, so a
         resumed run continues the schedule where it stopped."""
         o = self.cfg.optim
-        factor = lr_factor(self.iteration, o.affine_warmup_steps, self.cfg.trainer.max_steps, o.lr_decay)
+        factor = lr_factor(self.iteration, o.affine_warmup_steps, self.cfg.trainer.max_steps, o.lr_decay,
+                           o.lr_ramp_steps)
         base = self.base_lrs()
         for name, opt in opts.items():
             for group in opt.param_groups:

@@ -245,6 +245,10 @@ class OptimConfig:
     # Beyond the paper (constant rates): "cosine" takes every optimiser's rate from its lr_* down to 0
     # along half a cosine over the iterations after the warm-up (the warm-up keeps its rates).
     lr_decay: str = "none"  # none | cosine
+    # Beyond the paper: the first N iterations after the warm-up (from the start without one) take every
+    # rate linearly from lr/N up to lr, so that Adam's first, gradient-size-blind steps of a fresh T_nr
+    # are small; 0 = off.
+    lr_ramp_steps: int = 0
 
 
 @dataclass

@@ -339,12 +339,27 @@ def test_lr_factor_is_flat_in_the_warm_up_then_a_half_cosine_to_zero():
         load_config(PHANTOM2D, ["optim.lr_decay=linear"])
 
 
+def test_lr_ramp_climbs_linearly_after_the_warm_up_then_hands_over_to_the_decay():
+    assert [lr_factor(i, 2, 10, "none", ramp=4) for i in range(8)] == [1.0, 1.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    ramped = [lr_factor(i, 2, 10, "cosine", ramp=4) for i in range(11)]
+    plain = [lr_factor(i, 2, 10, "cosine") for i in range(11)]
+    assert ramped[:2] == [1.0, 1.0]
+    assert ramped[2:6] == pytest.approx([p * k / 4 for p, k in zip(plain[2:6], range(1, 5))])
+    assert ramped[6:] == pytest.approx(plain[6:])
+    assert lr_factor(0, 0, 10, "none", ramp=2) == 0.5  # no warm-up: the ramp starts at the first iteration
+    for bad in (["optim.lr_ramp_steps=-1"], ["optim.lr_ramp_steps=8", "optim.affine_warmup_steps=2",
+                                             "trainer.max_steps=10"]):
+        with pytest.raises(ConfigError, match="optim.lr_ramp_steps"):
+            load_config(PHANTOM2D, bad)
+
+
 def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny_overrides):
     import csv
 
     from fire_lightning.train import load_run_config
 
-    over = [*tiny_overrides, "optim.lr_decay=cosine", "optim.affine_warmup_steps=1", "trainer.max_steps=5",
+    over = [*tiny_overrides, "optim.lr_decay=cosine", "optim.affine_warmup_steps=1", "optim.lr_ramp_steps=2",
+            "trainer.max_steps=5",
             "trainer.checkpoint_every_n_steps=3", "trainer.val_every_n_steps=1000", "trainer.log_every_n_steps=1",
             "data.samples_per_epoch=40", "explain.every_n_epochs=0", "model.affine.fine_passes=0"]
     class _Interrupt(L.Callback):  # Ctrl+C after 3 of the 5 iterations; then `--resume`
@@ -367,5 +382,6 @@ def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny
     assert sorted(logged) == [0, 1, 2, 3, 4]
     for it, lrs in logged.items():
         for name, lr in lrs.items():  # the schedule of a 5-iteration run, across the resume
-            assert lr == pytest.approx(base[name] * lr_factor(it, 1, 5, "cosine")), (it, name)
-    assert logged[4]["T_af"] < logged[2]["T_af"] < logged[1]["T_af"] == logged[0]["T_af"]  # float32 of base
+            assert lr == pytest.approx(base[name] * lr_factor(it, 1, 5, "cosine", ramp=2)), (it, name)
+    # the warm-up at the full rate, half of it at the ramp's first step, then the decay
+    assert logged[4]["T_af"] < logged[1]["T_af"] < logged[2]["T_af"] < logged[0]["T_af"]
