@@ -109,6 +109,7 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, nr: t
     losses = []
     from tqdm.auto import tqdm  # here: ``fire register`` without --refine does not import it
 
+    fixed = mi.windows(fixed)  # the same in every step
     with torch.enable_grad():
         for k in tqdm(range(1, settings.steps + 1), desc="refine", unit="step", disable=not progress, leave=False):
             loss = objective(moving, fixed, th, v, mi, lam, diffeomorphic, integration_steps)
@@ -123,7 +124,8 @@ def refine(moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor, nr: t
 
 def objective(moving, fixed, theta, nr, mi: MutualInformation, lam: float, diffeomorphic: bool = False,
               integration_steps: int = 7) -> torch.Tensor:
-    """The refinement loss, summed over the batch: ``sum_pairs -MI(x_m ∘ phi, x_f) + lam ||∇² phi_nr||²``."""
+    """The refinement loss, summed over the batch: ``sum_pairs -MI(x_m ∘ phi, x_f) + lam ||∇² phi_nr||²``
+    (``fixed`` the image or its :meth:`MutualInformation.windows`)."""
     disp = spatial.integrate_velocity(nr, integration_steps) if diffeomorphic else nr
     shape = moving.shape[2:]
     u = spatial.compose_affine_displacement(theta, spatial.resize_field(disp, shape))
@@ -145,7 +147,7 @@ def optimise_affine(moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tens
     if shrink > 1 and min(moving.shape[2:]) >= 16 * shrink:
         pool = getattr(torch.nn.functional, f"avg_pool{n}d")
         moving, fixed = pool(moving, shrink), pool(fixed, shrink)
-    moving, fixed = moving.detach().float(), fixed.detach().float()
+    moving, fixed = moving.detach().float(), mi.windows(fixed.detach())
     th = theta.detach().float().clone().requires_grad_(True)
     opt = torch.optim.Adam([th], lr=lr)
     with torch.enable_grad():

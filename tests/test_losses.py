@@ -205,6 +205,20 @@ def test_mi_equals_monais_dense_parzen_mi_in_value_and_gradient(bins, sigma):
     assert per.shape == (3,) and per.mean().item() == pytest.approx(ours.item(), abs=1e-6)
 
 
+def test_mi_against_precomputed_windows_of_the_fixed_image_is_the_same_value_and_gradient():
+    g = _gen(3)
+    x = torch.rand(2, 1, 10, 12, 8, generator=g) * 2 - 1
+    y = (x.pow(2) + 0.1 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    mi = MutualInformation()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    direct, cached = mi.per_sample(a, y), mi.per_sample(b, mi.windows(y))
+    direct.sum().backward()
+    cached.sum().backward()
+    assert torch.equal(direct, cached) and torch.equal(a.grad, b.grad)
+    with pytest.raises(ValueError, match="shapes differ"):
+        mi.per_sample(x[:, :, :-1], mi.windows(y))
+
+
 # ------------------------------------------------------------------- make_similarity
 
 

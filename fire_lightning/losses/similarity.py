@@ -4,6 +4,7 @@ cross-correlation, and :func:`make_similarity`, which picks the one used in (7).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -41,6 +42,17 @@ def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).pow(2).mean()
 
 
+class ParzenWindows(NamedTuple):
+    """One image's Parzen windows (:meth:`MutualInformation.windows`): for each voxel the nearest bins
+    ``idx`` and their normalised weights ``weight``, both ``(B, P, 2 support)``, the marginal histogram
+    ``hist`` ``(B, bins)``, and the image's shape."""
+
+    idx: torch.Tensor
+    weight: torch.Tensor
+    hist: torch.Tensor
+    shape: tuple
+
+
 class MutualInformation(nn.Module):
     """Negative Parzen-window mutual information (MI-CNN paper, eqs 3–7), per sample, batch-averaged.
 
@@ -72,18 +84,26 @@ class MutualInformation(nn.Module):
         w = torch.exp(-(pos[..., None] - idx.to(pos.dtype)).pow(2) / (2 * self.sigma**2)) * valid
         return idx.clamp(0, k - 1), w / w.sum(-1, keepdim=True)
 
-    def per_sample(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``-MI`` of each sample ``(B,)``; ``a``, ``b`` ``(B, ...)`` in [-1, 1]."""
-        if a.shape != b.shape:
-            raise ValueError(f"MI: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-        to01 = lambda x: ((x.float() + 1) / 2).clamp(0, 1).flatten(1)  # noqa: E731
-        (ia, wa), (ib, wb) = self._windows(to01(a)), self._windows(to01(b))
+    def windows(self, x: torch.Tensor) -> "ParzenWindows":
+        """An image's Parzen windows and marginal histogram, ``x`` ``(B, ...)`` in [-1, 1]: what
+        :meth:`per_sample` computes of ``b``, to pass instead of it when one image is compared many times
+        (each step of per-pair refinement compares a new warped image with the same fixed one)."""
+        idx, w = self._windows(((x.float() + 1) / 2).clamp(0, 1).flatten(1))
+        hist = torch.zeros(idx.shape[0], self.num_bins, dtype=w.dtype, device=w.device)
+        hist = hist.scatter_add(1, idx.flatten(1), w.flatten(1)) / idx.shape[1]
+        return ParzenWindows(idx, w, hist, tuple(x.shape))
+
+    def per_sample(self, a: torch.Tensor, b: "torch.Tensor | ParzenWindows") -> torch.Tensor:
+        """``-MI`` of each sample ``(B,)``; ``a``, ``b`` ``(B, ...)`` in [-1, 1], or ``b`` its :meth:`windows`."""
+        wb_ = b if isinstance(b, ParzenWindows) else None
+        if tuple(a.shape) != (wb_.shape if wb_ else tuple(b.shape)):
+            raise ValueError(f"MI: shapes differ, {tuple(a.shape)} vs {wb_.shape if wb_ else tuple(b.shape)}")
+        ia, wa, pa, _ = self.windows(a)
+        ib, wb, pb, _ = wb_ if wb_ else self.windows(b)
         bsz, p, k = ia.shape[0], ia.shape[1], self.num_bins
         joint_idx = (ia[..., :, None] * k + ib[..., None, :]).flatten(1)
         joint_w = (wa[..., :, None] * wb[..., None, :]).flatten(1)
         pab = torch.zeros(bsz, k * k, dtype=wa.dtype, device=wa.device).scatter_add(1, joint_idx, joint_w) / p
-        pa = torch.zeros(bsz, k, dtype=wa.dtype, device=wa.device).scatter_add(1, ia.flatten(1), wa.flatten(1)) / p
-        pb = torch.zeros(bsz, k, dtype=wb.dtype, device=wb.device).scatter_add(1, ib.flatten(1), wb.flatten(1)) / p
         papb = (pa[:, :, None] * pb[:, None, :]).flatten(1)
         eps = 1e-7  # MONAI's smooth_nr / smooth_dr
         return -(pab * torch.log((pab + eps) / (papb + eps) + eps)).sum(1)
