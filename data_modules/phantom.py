@@ -193,11 +193,14 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
     def _prepared(self) -> PreparedPhantom:
         if self.prep is None:
             self.prep = prepare_phantom(self.cfg)
-            if self.from_subjects:
-                sub = self.cfg.phantom.subjects
+            sub = self.cfg.phantom.subjects
+            if self.held_out_subjects:
                 log.info("phantom subjects: %d train, %d val, %d test (disjoint seed ranges)", sub.train, sub.val,
                          sub.test)
             else:
+                if self.from_subjects:
+                    log.info("phantom subjects: %d train (deformed in-plane, the split's training slices only)",
+                             sub.train)
                 log.info("phantom ranges (slice indices): %s", self.prep.ranges)
         return self.prep
 
@@ -206,8 +209,14 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
 
     @property
     def from_subjects(self) -> bool:
-        """Pairs from synthetic subjects (data.phantom.subjects.train > 0) instead of the one brain's split."""
+        """Training pairs from synthetic subjects (data.phantom.subjects.train > 0) instead of the one brain's
+        split."""
         return int(self.cfg.phantom.subjects.train) > 0
+
+    @property
+    def held_out_subjects(self) -> bool:
+        """Validation and test pairs from held-out subjects (not the split's: ``subjects.held_out``)."""
+        return self.from_subjects and self.cfg.phantom.subjects.held_out == "subjects"
 
     def train_dataloader(self) -> DataLoader:
         pairs = (SubjectTrainPairs if self.from_subjects else TrainPairs)(self._prepared(), self.cfg)
@@ -215,7 +224,7 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         c = self.cfg
-        pairs = SubjectFixedPairs if self.from_subjects else FixedPairs
+        pairs = SubjectFixedPairs if self.held_out_subjects else FixedPairs
         return make_loader(self.cfg, Memoised(pairs(self._prepared(), c, "val", c.n_val_images,
                                                     c.val_transforms_per_image)))
 
@@ -225,5 +234,5 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
     def test_dataset(self) -> FixedPairs | SubjectFixedPairs:
         """The held-out test pairs (seeded, identical in every run)."""
         c = self.cfg
-        pairs = SubjectFixedPairs if self.from_subjects else FixedPairs
+        pairs = SubjectFixedPairs if self.held_out_subjects else FixedPairs
         return pairs(self._prepared(), c, "test", c.n_test_images, c.test_transforms_per_image)

@@ -6,7 +6,9 @@ validation and test come from disjoint seed ranges. An item is a whole volume (3
 ``data.size``) or an axial slice inside the brain (2D). Pairs are intra-subject: modality A of a
 subject → modality B of the same subject, with the pair transforms of :mod:`data_modules.augment`.
 
-* Training: a random training subject (and, in 2D, a random brain slice of it), fresh transforms.
+* Training: a random training subject (and, in 2D, a random brain slice of it), fresh transforms. With
+  ``subjects.held_out=split`` (2D): subjects deformed in-plane only, slices of the split's training ranges
+  only; validation and test pairs are then the split's (:mod:`data_modules.phantom`), not subjects.
 * Val / test: ``n`` held-out subjects (``subjects.val`` / ``subjects.test``); in 2D each evaluation
   item is a (subject, slice) pair, the ``n_*_images`` slices spread over the brain and dealt to the
   subjects in turn; each item paired ``*_transforms_per_image`` times with a seeded transform.
@@ -61,7 +63,7 @@ class Subjects:
 
 def subject_settings(cfg: DataConfig) -> SubjectSettings:
     s = cfg.phantom.subjects
-    return SubjectSettings(int(s.control_points), float(s.max_mm), float(s.scale))
+    return SubjectSettings(int(s.control_points), float(s.max_mm), float(s.scale), s.held_out == "split")
 
 
 def whole_volume(prep, cfg: DataConfig) -> tuple[dict, np.ndarray]:
@@ -82,6 +84,9 @@ class SubjectTrainPairs(TrainPairDataset):
         self.subjects = Subjects(images, labels, prep.spacing, "train", int(cfg.phantom.subjects.train),
                                  subject_settings(cfg))
         self.slices = brain_slices(labels > 0, cfg.min_brain_fraction) if two_d else [None]
+        if cfg.phantom.subjects.held_out == "split":  # the split's training slices only (in-plane subjects)
+            allowed = {z for a, b in prep.ranges["train"] for z in range(a, b)}
+            self.slices = [z for z in self.slices if z in allowed]
 
     def __getitem__(self, i: int) -> dict:
         rng = train_rng(self.rank)  # seeded from torch's RNG (seed_everything(workers=True))

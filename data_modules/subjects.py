@@ -36,11 +36,14 @@ SPLIT_SIZE = 1_000_000
 @dataclass(frozen=True)
 class SubjectSettings:
     """How different the subjects are: the B-spline's ``control_points`` per axis and its largest
-    displacement ``max_mm``; each axis scaled by ``1 + U(-scale, scale)``."""
+    displacement ``max_mm``; each axis scaled by ``1 + U(-scale, scale)``; ``in_plane``: only along the
+    first two axes, so that each axial slice of a subject is the same slice of the template, deformed in its
+    plane (what 2D training on subjects needs to keep the one brain's test slices out of training)."""
 
     control_points: int = 5
     max_mm: float = 8.0
     scale: float = 0.08
+    in_plane: bool = False  # no displacement or scale along the last (superior) axis: slice z stays slice z
 
 
 def subject_seed(split: str, index: int) -> int:
@@ -63,6 +66,9 @@ def subject_params(seed: int, settings: SubjectSettings = SubjectSettings()) -> 
         idx[ax] = [0, k - 1]
         cp[tuple(idx)] = 0
     scales = tuple(1.0 + rng.uniform(-settings.scale, settings.scale) for _ in range(3))
+    if settings.in_plane:
+        cp[..., 2] = 0
+        scales = (*scales[:2], 1.0)
     return AugmentParams(scales, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), cp, (settings.max_mm,) * 3)
 
 

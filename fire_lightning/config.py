@@ -167,7 +167,11 @@ def validate(cfg: DictConfig) -> None:
     if not 0 <= lo <= hi < 1:
         raise ConfigError(f"data.augment.change_range must satisfy 0 <= lo <= hi < 1, got {[lo, hi]}")
     sub = d.phantom.subjects
-    if sub.train > 0 and min(sub.val, sub.test) < 1:
+    if sub.held_out not in ("subjects", "split"):
+        raise ConfigError(f"data.phantom.subjects.held_out must be 'subjects' or 'split', got '{sub.held_out}'")
+    if sub.held_out == "split" and int(d.spatial_dims) != 2:
+        raise ConfigError("data.phantom.subjects.held_out=split is for 2D: a 3D item spans the split's ranges")
+    if sub.train > 0 and sub.held_out == "subjects" and min(sub.val, sub.test) < 1:
         raise ConfigError(f"data.phantom.subjects: with train > 0, val and test need >= 1 subject, "
                           f"got {sub.val} and {sub.test}")
     validate_model(cfg.model)

@@ -61,6 +61,10 @@ class SubjectsConfig:
     control_points: int = 5  # the subject deformation's B-spline grid per axis
     max_mm: float = 8.0  # its largest control-point displacement
     scale: float = 0.08  # each axis scaled by 1 + U(-scale, scale)
+    # where validation and test pairs come from: "subjects" (held-out subjects), or "split" (2D only): the one
+    # brain's split, as without subjects; the training subjects are then deformed in-plane only and sampled
+    # at the split's training slices alone, so the split's test slices stay out of training
+    held_out: str = "subjects"
 
 
 @dataclass

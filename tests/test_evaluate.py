@@ -206,6 +206,9 @@ def test_benchmark_refuses_a_data_config_that_moves_the_test_anatomy(tiny_overri
     assert main(["benchmark", str(run), "data.phantom.subjects.train=5", "--no-ants"]) == 2
     assert "data.phantom.subjects" in capsys.readouterr().err
     assert not (run / "benchmark").exists()
+    # training subjects held out by the split (in-plane, its training slices): the split's test pairs, allowed
+    assert main(["benchmark", str(run), "data.phantom.subjects.train=5", "data.phantom.subjects.held_out=split",
+                 "--no-ants"]) == 0
 
 
 def test_benchmark_scores_validation_pairs_with_other_inference_passes_and_refuses_other_model_keys(

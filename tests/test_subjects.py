@@ -57,6 +57,18 @@ def test_no_deformation_and_no_scale_give_the_phantom_back():
     assert np.array_equal(same_labels, labels)
 
 
+def test_an_in_plane_subject_keeps_every_axial_slice_on_its_own_slice():
+    images, _ = _phantom()
+    slice_of = np.broadcast_to(np.arange(1, 21), (24, 28, 20)).astype(np.int64)  # label = the slice, 1-based,
+    slice_of = np.pad(slice_of[2:-2, 2:-2], ((2, 2), (2, 2), (0, 0)))  # background 0 around it in-plane
+    _, moved = make_subject(images, slice_of, SPACING, seed=7, settings=SubjectSettings(max_mm=12.0))
+    _, flat = make_subject(images, slice_of, SPACING, seed=7, settings=SubjectSettings(max_mm=12.0, in_plane=True))
+    for z in range(20):  # in-plane: slice z shows template slice z only (0 where the warp leaves the grid)
+        assert set(np.unique(flat[..., z])) <= {0, z + 1}
+    assert any(set(np.unique(moved[..., z])) - {0, z + 1} for z in range(20))  # the 3D warp mixes slices
+    assert (flat[..., 10] != slice_of[..., 10]).mean() > 0.02  # and in-plane it still deforms
+
+
 # ---------------------------------------------------------------------------------- the data module
 SUBJECTS = ["data.phantom.subjects.train=6", "data.phantom.subjects.val=2", "data.phantom.subjects.test=3"]
 
@@ -98,6 +110,27 @@ def test_2d_pairs_are_slices_dealt_to_the_held_out_subjects():
     assert test[0]["moving"].shape == (1, *cfg.data.size)
     batch = next(iter(dm.train_dataloader()))
     assert batch["moving"].shape[2:] == tuple(cfg.data.size) and batch["id"][0].startswith("train-s")
+
+
+def test_2d_subjects_held_out_by_the_split_train_on_its_training_slices_and_test_on_its_pairs():
+    split = PhantomDataModule(data_section(load_config(PHANTOM2D, [*TINY, "data.n_test_images=3"])))
+    cfg = load_config(PHANTOM2D, [*TINY, "data.n_test_images=3", "data.phantom.subjects.train=4",
+                                  "data.phantom.subjects.held_out=split"])
+    dm = PhantomDataModule(data_section(cfg))
+    test, reference = dm.test_dataset(), split.test_dataset()
+    assert [test[i]["id"] for i in range(len(test))] == [reference[i]["id"] for i in range(len(reference))]
+    assert torch.equal(test[0]["moving"], reference[0]["moving"])  # the split's own test pairs
+    train = set(range(*dm.prep.ranges["train"][0])).union(*(range(a, b) for a, b in dm.prep.ranges["train"]))
+    ds = dm.train_dataloader().dataset
+    assert ds.slices and set(ds.slices) <= train and ds.subjects.settings.in_plane
+    ids = [ds[i]["id"] for i in range(6)]
+    assert all(i.startswith("train-s") and int(i.split("-z")[1]) in train for i in ids)
+    from fire_lightning.config import ConfigError
+
+    with pytest.raises(ConfigError, match="held_out=split is for 2D"):
+        load_config(ROOT / "experiments" / "phantom3d.yaml", [*SUBJECTS, "data.phantom.subjects.held_out=split"])
+    with pytest.raises(ConfigError, match="held_out must be"):
+        load_config(PHANTOM2D, ["data.phantom.subjects.held_out=test"])
 
 
 def test_subjects_without_held_out_ones_are_refused():
