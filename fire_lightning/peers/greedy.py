@@ -34,16 +34,12 @@ levels narrower than 16 voxels (the 2D demo keeps its three).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .common import both_ways, check_finite, field_from_itk, image_from_itk, quiet, twice, unit_array
-
-log = logging.getLogger(__name__)
 
 METHODS = ("Greedy-Affine", "Greedy")
 
@@ -66,10 +62,6 @@ class GreedyParams:
     affine_dofs: tuple = (7, 12)  # the affine stages' degrees of freedom, each started from the one before
     affine_iterations: tuple = (200, 200, 100)  # per level, coarsest first
     search: tuple = ()  # -search N rot tran: N random rigid starts (rotation sd in degrees, offset sd in mm) first
-    # an affine result that changes the area (2D) or volume (3D) by more than this factor, either way, is a
-    # diverged optimisation: the affine stages run once more with ``retry_search`` (0: never)
-    plausible_scale: float = 1.5
-    retry_search: tuple = (1000, 20, 10)
     min_level_voxels: int = 16  # a level whose shortest axis would have fewer voxels is left out (coarsest first)
     iterations: tuple = (100,)  # the deformable stage's, per level: one, at full resolution
     sigmas: tuple = (1.732, 0.7071)  # Greedy's defaults
@@ -94,14 +86,12 @@ class GreedyParams:
             its = its[1:]
         return its
 
-    def affine_commands(self, seed: int, shape=None, search=None) -> list[tuple[str, str]]:
+    def affine_commands(self, seed: int, shape=None) -> list[tuple[str, str]]:
         """The affine stages' calls (``-a -dof N``) for images of ``shape`` (:meth:`affine_levels`) and their
-        outputs, each stage started from the one before, the last one writing ``aff``; ``search``: the first
-        stage's random search instead of :attr:`search`."""
+        outputs, each stage started from the one before, the last one writing ``aff``."""
         init = {"moments": "-ia mom", "centers": "-ia-image-centers", "identity": ""}[self.affine_init]
-        search = self.search if search is None else search
-        if search:
-            init += " -search " + " ".join(str(v) for v in search)
+        if self.search:
+            init += " -search " + " ".join(str(v) for v in self.search)
         out = []
         for k, dof in enumerate(self.affine_dofs):
             name = "aff" if k == len(self.affine_dofs) - 1 else f"aff{k}"
@@ -126,14 +116,6 @@ class GreedyParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def scale_factor(matrix) -> float:
-    """The factor by which an affine matrix ``(n+1, n+1)`` changes area (2D) or volume (3D): ``|det|`` of its
-    linear part (the same in RAS and LPS coordinates)."""
-    m = np.asarray(matrix, dtype=float)
-    n = m.shape[0] - 1
-    return float(abs(np.linalg.det(m[:n, :n])))
-
-
 def _to_sitk(x: torch.Tensor, spacing):
     import SimpleITK as sitk
 
@@ -146,23 +128,13 @@ def _register(g, f, m, p: GreedyParams, spacing) -> dict:
     """Greedy-Affine then Greedy (started from it) of ``m`` onto ``f`` → method → field, seconds, warped."""
     import SimpleITK as sitk
 
-    def affine_stages(seed: int, search=None):
+    def affine(attempt: int, _):
         with quiet():
-            for command, name in p.affine_commands(seed, f.GetSize(), search):
+            if p.affine_init == "moments":
+                g.execute(f"-threads {p.threads} -i fix mov -moments 1 -o mom", fix=f, mov=m, mom=None)
+            for command, name in p.affine_commands(p.random_seed + attempt - 1, f.GetSize()):
                 g.execute(command, fix=f, mov=m, **{name: None})
                 check_finite("Greedy's affine", g[name])
-
-    def affine(attempt: int, _):
-        if p.affine_init == "moments":
-            with quiet():
-                g.execute(f"-threads {p.threads} -i fix mov -moments 1 -o mom", fix=f, mov=m, mom=None)
-        seed = p.random_seed + attempt - 1
-        affine_stages(seed)
-        factor = scale_factor(g["aff"])
-        if p.plausible_scale and not 1 / p.plausible_scale <= factor <= p.plausible_scale and p.retry_search:
-            log.info("Greedy's affine changed the %s by a factor %.2f (diverged); once more with -search %s",
-                     "area" if len(f.GetSize()) == 2 else "volume", factor, " ".join(map(str, p.retry_search)))
-            affine_stages(seed, p.retry_search)  # timed with the first: a user would run both
 
     def deformable(attempt: int, _):
         with quiet():
