@@ -61,9 +61,8 @@ class SubjectsConfig:
     control_points: int = 5  # the subject deformation's B-spline grid per axis
     max_mm: float = 8.0  # its largest control-point displacement
     scale: float = 0.08  # each axis scaled by 1 + U(-scale, scale)
-    # where validation and test pairs come from: "subjects" (held-out subjects), or "split" (2D only): the one
-    # brain's split, as without subjects; the training subjects are then deformed in-plane only and sampled
-    # at the split's training slices alone, so the split's test slices stay out of training
+    # val / test pairs: "subjects" (held-out ones) or "split" (2D: the split's; training on in-plane subjects
+    # at the split's training slices only, docs/3d.md)
     held_out: str = "subjects"
 
 
@@ -240,19 +239,10 @@ class OptimConfig:
     lr_discriminator: float = 1e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0  # max gradient norm per optimiser; 0 = off
-    # Adam's fused kernels where torch has them for the device (CPU, CUDA): the same update, a few ops
-    # per optimiser step instead of ~9 per parameter tensor; false = torch's default implementation.
-    fused: bool = True
-    # Beyond the paper: the first N iterations train G and T_af on MI of the affinely warped image
-    # alone (no decoders: a fraction of an iteration's cost); 0 = the paper's training from the start.
-    affine_warmup_steps: int = 0
-    # Beyond the paper (constant rates): "cosine" takes every optimiser's rate from its lr_* down to 0
-    # along half a cosine over the iterations after the warm-up (the warm-up keeps its rates).
-    lr_decay: str = "none"  # none | cosine
-    # Beyond the paper: the first N iterations after the warm-up (from the start without one) take every
-    # rate linearly from lr/N up to lr, so that Adam's first, gradient-size-blind steps of a fresh T_nr
-    # are small; 0 = off.
-    lr_ramp_steps: int = 0
+    fused: bool = True  # Adam's fused kernels where torch has them (CPU, CUDA): the same update, fewer ops
+    affine_warmup_steps: int = 0  # beyond the paper: the first N iterations train G, T_af on the affine MI alone
+    lr_decay: str = "none"  # beyond the paper: "cosine", every rate to 0 along half a cosine after the warm-up
+    lr_ramp_steps: int = 0  # beyond the paper: every rate climbs linearly over N iterations after the warm-up
 
 
 @dataclass

@@ -28,9 +28,11 @@ fails (> 5 mm) on 14 (deformable Dice 63.4); two pyramid levels (``min_level_vox
 search first (``search=(1000, 20, 10)``) fail on 11 (68.4); second-order moments (``-moments 2``) on 34.
 On the 120 test pairs its failures are divergences (scale errors of 24 to 500 %, or rotations 16-44° off),
 but rerunning an affine that changes the area by more than 1.5× with a random search fixed 1 of 14 (63.9)
-for 65 % more time. None of them is a fix, so the defaults stay. In 3D a third affine level would be 12 voxels wide, where
-Greedy's affine diverged (a deformable stage of NaN twice on a test pair): ``min_level_voxels`` leaves out
-levels narrower than 16 voxels (the 2D demo keeps its three).
+for 65 % more time. None of them is a fix, so the defaults stay.
+
+In 3D a third affine level would be 12 voxels wide, where Greedy's affine diverged (a deformable stage of
+NaN twice on a test pair): ``min_level_voxels`` leaves out levels narrower than 16 voxels (the 2D demo keeps
+its three).
 """
 
 from __future__ import annotations
