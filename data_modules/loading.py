@@ -9,6 +9,11 @@ from torch.utils.data import DataLoader, Dataset
 from fire_lightning.batches import AUG_KEYS, PAIR_KEYS, TRUTH_KEYS, collate_pairs  # noqa: F401  (re-exported)
 
 
+def items_in(ranges, thickness: int) -> list[int]:
+    """All item start indices ``z`` with ``[z, z + thickness)`` inside one of ``ranges`` (``[(start, stop)]``)."""
+    return [z for a, b in ranges for z in range(a, b - thickness + 1)]
+
+
 def spread(items: list[int], count: int) -> list[int]:
     """``count`` items evenly spread over ``items`` (all of them if fewer)."""
     if count <= 0 or count >= len(items):

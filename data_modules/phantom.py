@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from fire_lightning.config import held_out_by_subject
 from fire_lightning.schema import DataConfig
 
 from .crop import fit_tensor
-from .loading import DeviceAugmentation, Memoised, make_loader, spread, train_rng, trainer_rank
+from .loading import DeviceAugmentation, Memoised, items_in, make_loader, spread, train_rng, trainer_rank
 from .pairs import EvalPairDataset, TrainPairDataset
 from .phantom_subjects import SubjectFixedPairs, SubjectTrainPairs
 from .phantom_volume import LABEL_NAMES, MODALITIES, build_phantom
@@ -115,11 +116,6 @@ def prepare_phantom(cfg: DataConfig) -> PreparedPhantom:
     fr = split.fractions
     ranges = split_ranges(z_lo, z_hi, split.blocks, {"train": fr.train, "val": fr.val, "test": fr.test}, gap)
     return PreparedPhantom({m: v.numpy() for m, v in images.items()}, labels.numpy(), spacing, ranges)
-
-
-def items_in(ranges, thickness: int) -> list[int]:
-    """All item start indices ``z`` with ``[z, z + thickness)`` inside one range."""
-    return [z for a, b in ranges for z in range(a, b - thickness + 1)]
 
 
 def item_thickness(cfg: DataConfig) -> int | None:
@@ -216,7 +212,7 @@ class PhantomDataModule(DeviceAugmentation, L.LightningDataModule):
     @property
     def held_out_subjects(self) -> bool:
         """Validation and test pairs from held-out subjects (not the split's: ``subjects.held_out``)."""
-        return self.from_subjects and self.cfg.phantom.subjects.held_out == "subjects"
+        return held_out_by_subject(self.cfg)
 
     def train_dataloader(self) -> DataLoader:
         pairs = (SubjectTrainPairs if self.from_subjects else TrainPairs)(self._prepared(), self.cfg)

@@ -23,7 +23,7 @@ import numpy as np
 from fire_lightning.schema import DataConfig
 
 from .crop import fit
-from .loading import spread, train_rng
+from .loading import items_in, spread, train_rng
 from .pairs import EvalPairDataset, TrainPairDataset
 from .subjects import SubjectSettings, make_subject, subject_seed
 from .volumes import brain_slices
@@ -85,7 +85,7 @@ class SubjectTrainPairs(TrainPairDataset):
                                  subject_settings(cfg))
         self.slices = brain_slices(labels > 0, cfg.min_brain_fraction) if two_d else [None]
         if cfg.phantom.subjects.held_out == "split":  # the split's training slices only (in-plane subjects)
-            allowed = {z for a, b in prep.ranges["train"] for z in range(a, b)}
+            allowed = set(items_in(prep.ranges["train"], 1))
             self.slices = [z for z in self.slices if z in allowed]
 
     def __getitem__(self, i: int) -> dict:

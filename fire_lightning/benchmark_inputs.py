@@ -85,10 +85,12 @@ def check_same_anatomy(data, trained, ckpt: Path) -> None:
     voxel size (another dataset)."""
     from omegaconf import OmegaConf
 
+    from .config import held_out_by_subject
+
     if data.name == trained.name:  # same data: the test pairs must come from the same held-out anatomy
         # the subjects decide the test anatomy when either side is held out by subject; when both hold out the
         # one brain's split (no subjects, or training subjects of the split's training slices), the split does
-        keys = SPLIT_KEYS if held_out_subjects(data) or held_out_subjects(trained) else \
+        keys = SPLIT_KEYS if held_out_by_subject(data) or held_out_by_subject(trained) else \
             tuple(k for k in SPLIT_KEYS if k != "phantom.subjects")
         moved = [k for k in keys if OmegaConf.select(data, k) != OmegaConf.select(trained, k)]
         if moved:
@@ -98,14 +100,6 @@ def check_same_anatomy(data, trained, ckpt: Path) -> None:
     elif data.spatial_dims != trained.spatial_dims or float(data.spacing) != float(trained.spacing):
         raise ValueError(f"{ckpt}: the model is {trained.spatial_dims}D at {trained.spacing} mm, the data "
                          f"config {data.spatial_dims}D at {data.spacing} mm")
-
-
-def held_out_subjects(data) -> bool:
-    """Whether a ``data`` section's validation and test pairs are held-out phantom subjects (not a split)."""
-    from omegaconf import OmegaConf
-
-    subjects = OmegaConf.select(data, "phantom.subjects")
-    return subjects is not None and int(subjects.train) > 0 and subjects.get("held_out", "subjects") == "subjects"
 
 
 def compared_models(runs, cfg, dm) -> tuple[dict, dict]:

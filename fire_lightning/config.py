@@ -149,6 +149,13 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | None = None) -> Dict
     return cfg
 
 
+def held_out_by_subject(data) -> bool:
+    """Whether a ``data`` section's validation and test pairs are held-out phantom subjects
+    (``phantom.subjects.train > 0`` with ``held_out`` "subjects"), not the one brain's split."""
+    s = data.phantom.subjects
+    return int(s.train) > 0 and s.held_out == "subjects"
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that the schema's types cannot express."""
     d = cfg.data

@@ -84,7 +84,7 @@ class MutualInformation(nn.Module):
         w = torch.exp(-(pos[..., None] - idx.to(pos.dtype)).pow(2) / (2 * self.sigma**2)) * valid
         return idx.clamp(0, k - 1), w / w.sum(-1, keepdim=True)
 
-    def windows(self, x: torch.Tensor) -> "ParzenWindows":
+    def windows(self, x: torch.Tensor) -> ParzenWindows:
         """An image's Parzen windows and marginal histogram, ``x`` ``(B, ...)`` in [-1, 1]: what
         :meth:`per_sample` computes of ``b``, to pass instead of it when one image is compared many times
         (each step of per-pair refinement compares a new warped image with the same fixed one)."""
@@ -93,13 +93,13 @@ class MutualInformation(nn.Module):
         hist = hist.scatter_add(1, idx.flatten(1), w.flatten(1)) / idx.shape[1]
         return ParzenWindows(idx, w, hist, tuple(x.shape))
 
-    def per_sample(self, a: torch.Tensor, b: "torch.Tensor | ParzenWindows") -> torch.Tensor:
+    def per_sample(self, a: torch.Tensor, b: torch.Tensor | ParzenWindows) -> torch.Tensor:
         """``-MI`` of each sample ``(B,)``; ``a``, ``b`` ``(B, ...)`` in [-1, 1], or ``b`` its :meth:`windows`."""
-        wb_ = b if isinstance(b, ParzenWindows) else None
-        if tuple(a.shape) != (wb_.shape if wb_ else tuple(b.shape)):
-            raise ValueError(f"MI: shapes differ, {tuple(a.shape)} vs {wb_.shape if wb_ else tuple(b.shape)}")
+        fixed = b if isinstance(b, ParzenWindows) else self.windows(b)
+        if tuple(a.shape) != fixed.shape:
+            raise ValueError(f"MI: shapes differ, {tuple(a.shape)} vs {fixed.shape}")
         ia, wa, pa, _ = self.windows(a)
-        ib, wb, pb, _ = wb_ if wb_ else self.windows(b)
+        ib, wb, pb, _ = fixed
         bsz, p, k = ia.shape[0], ia.shape[1], self.num_bins
         joint_idx = (ia[..., :, None] * k + ib[..., None, :]).flatten(1)
         joint_w = (wa[..., :, None] * wb[..., None, :]).flatten(1)
