@@ -195,6 +195,8 @@ def validate(cfg: DictConfig) -> None:
     if ramp < 0 or cfg.optim.affine_warmup_steps + ramp >= cfg.trainer.max_steps:
         raise ConfigError(f"optim.lr_ramp_steps must be >= 0 and end before trainer.max_steps, got {ramp} "
                           f"(affine_warmup_steps {cfg.optim.affine_warmup_steps}, max_steps {cfg.trainer.max_steps})")
+    if cfg.optim.affine_joint_factor < 0:
+        raise ConfigError(f"optim.affine_joint_factor must be >= 0, got {cfg.optim.affine_joint_factor}")
     check_explain_settings(cfg.explain)
     if cfg.explain.every_n_epochs < 0 or cfg.explain.n_pairs < 1:
         raise ConfigError(f"explain.every_n_epochs must be >= 0 and explain.n_pairs >= 1, got "

@@ -125,6 +125,8 @@ class RegistrationModule(Registers, L.LightningModule):
         factor = lr_factor(self.iteration, o.affine_warmup_steps, self.cfg.trainer.max_steps, o.lr_decay,
                            o.lr_ramp_steps)
         base = self.base_lrs()
+        if "T_af" in base and self.iteration >= o.affine_warmup_steps:
+            base["T_af"] *= o.affine_joint_factor  # the joint phase's affine rate (optim.affine_joint_factor)
         for name, opt in opts.items():
             for group in opt.param_groups:
                 group["lr"] = base[name] * factor

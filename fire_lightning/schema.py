@@ -243,6 +243,7 @@ class OptimConfig:
     affine_warmup_steps: int = 0  # beyond the paper: the first N iterations train G, T_af on the affine MI alone
     lr_decay: str = "none"  # beyond the paper: "cosine", every rate to 0 along half a cosine after the warm-up
     lr_ramp_steps: int = 0  # beyond the paper: every rate climbs linearly over N iterations after the warm-up
+    affine_joint_factor: float = 1.0  # beyond the paper: T_af's rate x this after the warm-up (0: T_af held)
 
 
 @dataclass

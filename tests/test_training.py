@@ -351,6 +351,8 @@ def test_lr_ramp_climbs_linearly_after_the_warm_up_then_hands_over_to_the_decay(
                                              "trainer.max_steps=10"]):
         with pytest.raises(ConfigError, match="optim.lr_ramp_steps"):
             load_config(PHANTOM2D, bad)
+    with pytest.raises(ConfigError, match="optim.affine_joint_factor"):
+        load_config(PHANTOM2D, ["optim.affine_joint_factor=-0.1"])
 
 
 def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny_overrides):
@@ -359,7 +361,7 @@ def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny
     from fire_lightning.train import load_run_config
 
     over = [*tiny_overrides, "optim.lr_decay=cosine", "optim.affine_warmup_steps=1", "optim.lr_ramp_steps=2",
-            "trainer.max_steps=5",
+            "optim.affine_joint_factor=0.5", "trainer.max_steps=5",
             "trainer.checkpoint_every_n_steps=3", "trainer.val_every_n_steps=1000", "trainer.log_every_n_steps=1",
             "data.samples_per_epoch=40", "explain.every_n_epochs=0", "model.affine.fine_passes=0"]
     class _Interrupt(L.Callback):  # Ctrl+C after 3 of the 5 iterations; then `--resume`
@@ -382,6 +384,7 @@ def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny
     assert sorted(logged) == [0, 1, 2, 3, 4]
     for it, lrs in logged.items():
         for name, lr in lrs.items():  # the schedule of a 5-iteration run, across the resume
-            assert lr == pytest.approx(base[name] * lr_factor(it, 1, 5, "cosine", ramp=2)), (it, name)
+            joint = 0.5 if name == "T_af" and it >= 1 else 1.0  # T_af at half its rate after the warm-up
+            assert lr == pytest.approx(base[name] * joint * lr_factor(it, 1, 5, "cosine", ramp=2)), (it, name)
     # the warm-up at the full rate, half of it at the ramp's first step, then the decay
     assert logged[4]["T_af"] < logged[1]["T_af"] < logged[2]["T_af"] < logged[0]["T_af"]
