@@ -26,7 +26,7 @@ from pathlib import Path
 
 #: the built-in grid: per peer, settings around the defaults (the first: the defaults themselves)
 GRID = {
-    "ants": [""],
+    "ants": ["", "aff_search=none", "aff_search=10,0.15,10", "aff_search=20,0.1,10"],
     "greedy": ["", "affine_dofs=12", "affine_dofs=6,12", "affine_init=centers", "affine_iterations=100x50x10",
                "iterations=200x100x50", "iterations=100x50", "iterations=200", "sigmas=1.2,0.5", "sigmas=3,1",
                "metric=MI", "stationary_velocity=1", "step=0.5", "step=2"],
@@ -36,7 +36,8 @@ GRID = {
 
 
 def parse_value(text: str):
-    """``100x50x20`` → (100, 50, 20); ``3,1`` → (3, 1); numbers → int / float; else the string."""
+    """``100x50x20`` → (100, 50, 20); ``3,1`` → (3, 1); ``none`` → () (a tuple setting off); numbers → int /
+    float; else the string."""
     def number(t: str):
         for kind in (int, float):
             try:
@@ -45,6 +46,8 @@ def parse_value(text: str):
                 pass
         return t
 
+    if text == "none":
+        return ()
     if "," in text:
         return tuple(number(t) for t in text.split(","))
     parts = text.split("x")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -62,7 +64,7 @@ def test_ants_parameters_are_recorded():
 def test_the_antspyx_default_preset_differs_only_where_the_fair_settings_do():
     fair, default = AntsParams.preset("fair").record(), AntsParams.preset("antspyx-default").record()
     assert {k for k in fair if fair[k] != default[k]} == {"aff_random_sampling_rate", "reg_iterations", "affine_call",
-                                                          "syn_call"}
+                                                          "syn_call", "aff_search"}
     assert default["aff_random_sampling_rate"] == 0.2 and default["reg_iterations"] == [40, 20, 0]
     with pytest.raises(ValueError, match="preset"):
         AntsParams.preset("fast")
@@ -82,10 +84,51 @@ def test_a_failed_ants_call_is_tried_once_more_and_a_second_failure_is_an_error(
     monkeypatch.setattr(ants, "registration", flaky)
     moving, fixed, _, _ = _pair()
     params = AntsParams(threads=1, aff_iterations=(20, 10), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
-                        reg_iterations=(5,))
+                        reg_iterations=(5,), aff_search=())
     fail_syn = False
     out = register_pair(moving, fixed, (1.0, 1.0), params, inverse=False)
     assert len(calls) == 3 and out["ANTs-SyN"]["field"].shape == (2, 40, 36)  # affine twice, then SyN
     fail_syn = True
     with pytest.raises(RuntimeError, match="failed twice"):
         register_pair(moving, fixed, (1.0, 1.0), params, inverse=False)
+
+
+def _rotated_pair(degrees: float, shape=(48, 48)):
+    """A bar with a blob off its axis, and the same rotated by ``degrees`` about the centre in another
+    contrast: (moving, fixed, moving labels, fixed labels), ``(1, *shape)`` each."""
+    ii, jj = torch.meshgrid(*(torch.arange(n) - (n - 1) / 2 for n in shape), indexing="ij")
+
+    def labels(angle):
+        c, s = math.cos(angle), math.sin(angle)
+        x, y = c * ii + s * jj, -s * ii + c * jj
+        lab = torch.zeros(shape, dtype=torch.long)
+        lab[(x.abs() < 14) & (y.abs() < 6)] = 1
+        lab[((x - 10) ** 2 + (y - 12) ** 2) < 20] = 2
+        return lab[None]
+
+    lab_f, lab_m = labels(0.0), labels(math.radians(degrees))
+    return torch.tensor([-1.0, -0.3, 0.9])[lab_m], torch.tensor([-1.0, 0.6, -0.2])[lab_f], lab_m, lab_f
+
+
+def test_the_multi_start_search_finds_a_rotation_that_the_centre_of_mass_start_misses(monkeypatch):
+    import ants
+
+    moving, fixed, lab_m, lab_f = _rotated_pair(90)
+    searches = []
+    real = ants.affine_initializer
+    monkeypatch.setattr(ants, "affine_initializer", lambda *a, **kw: searches.append(1) or real(*a, **kw))
+    dice = {}
+    for search in ((), (30, 0.5, 20)):
+        params = AntsParams(threads=1, aff_search=search, aff_iterations=(200, 100, 50), aff_shrink_factors=(4, 2, 1),
+                            aff_smoothing_sigmas=(2, 1, 0), reg_iterations=(5,))
+        field = register_pair(moving, fixed, (1.0, 1.0), params, inverse=False)["ANTs-Affine"]["field"]
+        scores = metrics.score_methods(lab_m[None], lab_f[None], {"A": field[None]}, {1: "bar", 2: "blob"}, (1.0, 1.0))
+        dice[search] = float(scores["A"]["dice_mean"][0])
+    assert dice[()] < 0.5 < 0.9 < dice[(30, 0.5, 20)]  # a quarter turn: stuck from the centre of mass, found
+    assert len(searches) == 1
+    # 3D keeps the centre of mass start (aff_search_dims)
+    vol = moving[..., None].expand(1, 48, 48, 8).contiguous(), fixed[..., None].expand(1, 48, 48, 8).contiguous()
+    params = AntsParams(threads=1, aff_search=(30, 0.5, 20), aff_iterations=(20,), aff_shrink_factors=(1,),
+                        aff_smoothing_sigmas=(0,), reg_iterations=(2,))
+    register_pair(*vol, (1.0, 1.0, 1.0), params, inverse=False)
+    assert len(searches) == 1
