@@ -79,7 +79,8 @@ class AntsParams:
     @classmethod
     def preset(cls, name: str, **kw) -> "AntsParams":
         """``"fair"`` (the defaults above) or ``"antspyx-default"`` (antspyx's own defaults: random
-        20 % sampling, no SyN iterations at full resolution), to show what the fair settings change."""
+        20 % sampling, no SyN iterations at full resolution, the affine from the centre of mass alone), to
+        show what the fair settings change."""
         if name == "fair":
             return cls(**kw)
         if name == "antspyx-default":

@@ -112,7 +112,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
                    "checkpoints; FIRE or MI-CNN) scored on the same test pairs in the same tables, each row named "
                    "by its model (MI-CNN, MI-CNN-Affine; FIRE (run) where the name is taken) and timed alike")
     b.add_argument("--ants-preset", default="fair", choices=["fair", "antspyx-default"],
-                   help="ANTs settings: dense sampling and full-resolution SyN (fair, default), or antspyx's defaults")
+                   help="ANTs settings: dense sampling, full-resolution SyN and (2D) a multi-start affine (fair, "
+                   "default), or antspyx's defaults")
     b.add_argument("--ants-ice-every", type=int, default=1, metavar="K", help="register one pair in K the other way "
                    "round too, for the peers' inverse-consistency error (untimed runs that double the peers' time; "
                    "default 1: every pair, 0: none)")
