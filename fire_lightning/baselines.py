@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from . import spatial
+from .peers.common import quiet
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,9 @@ def _affine(ants, f, m, params: AntsParams, tmp: Path, tag: str) -> tuple[dict, 
         return aff, secs
     step, arc, iterations = params.aff_search
     t0 = time.perf_counter()
-    start = ants.affine_initializer(f, m, search_factor=float(step), radian_fraction=float(arc),
-                                    local_search_iterations=int(iterations), txfn=str(tmp / f"{tag}search.mat"))
+    with quiet():  # antsAffineInitializer prints a line per start from C++
+        start = ants.affine_initializer(f, m, search_factor=float(step), radian_fraction=float(arc),
+                                        local_search_iterations=int(iterations), txfn=str(tmp / f"{tag}search.mat"))
     secs += time.perf_counter() - t0
     searched, t = _registration(ants, f, m, outprefix=str(tmp / f"{tag}aff_search_"), initial_transform=[start],
                                 **params.affine_kwargs())
