@@ -17,7 +17,7 @@ Giving the baseline its best fair chance (measured on the phantom test pairs, do
   MI (``ants.image_mutual_information``) is kept. From the centre of mass alone the affine stopped in a
   wrong rotation (> 5 mm affine error) on 4 of the first 40 validation pairs (11 of the 120 test pairs);
   the search alone picked a wrong start on 2 others. With both: none of the 40 fails, ANTs-SyN
-  80.30 % against 77.90 %, at 1.5× the time (0.53 against 0.36 s a pair, 1 thread;
+  80.30 % against 77.90 %, at 1.5× the time (0.55 against 0.36 s a pair, 1 thread;
   ``benchmarks/tune_peers.py``, docs/benchmark.md). 3D keeps the centre of mass start: no 3D pair
   failed, and there the search alone takes ~5 s a pair.
 
