@@ -15,11 +15,11 @@ Giving the baseline its best fair chance (measured on the phantom test pairs, do
 * in 2D a second affine runs from the best start of ANTs' own multi-start rotation search
   (antsAffineInitializer: 15° steps over ±27°, 100 local iterations each) and the result of lower Mattes
   MI (``ants.image_mutual_information``) is kept. From the centre of mass alone the affine stopped in a
-  wrong rotation (> 5 mm affine error) on 4 of the first 40 validation pairs (11 of the 120 test pairs);
-  the search alone picked a wrong start on 2 others. With both: none of the 40 fails, ANTs-SyN
-  80.30 % against 77.90 %, at 1.5× the time (0.55 against 0.36 s a pair, 1 thread;
-  ``benchmarks/tune_peers.py``, docs/benchmark.md). 3D keeps the centre of mass start: no 3D pair
-  failed, and there the search alone takes ~5 s a pair.
+  wrong rotation (> 5 mm affine error) on 4 of the first 40 validation pairs (11 of the 120 test pairs).
+  With both starts: none of the 40 fails, ANTs-SyN 80.30 % against 77.90 %, at 1.5× the time (0.55
+  against 0.36 s a pair, 1 thread; ``benchmarks/tune_peers.py``, docs/benchmark.md). 3D keeps the centre
+  of mass start: on the 8 validation pairs of the 3D benchmark no pair fails either way, and the search
+  scores ANTs-SyN 71.77 % against 72.10 % at twice the time.
 
 ANTs-SyN is ``SyNOnly`` started from the ANTs-Affine result (what ``type_of_transform="SyN"``
 does in one call); its time per pair is the affine stage's plus the SyN stage's. (Raising the
