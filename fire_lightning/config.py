@@ -195,6 +195,9 @@ def validate(cfg: DictConfig) -> None:
     if ramp < 0 or cfg.optim.affine_warmup_steps + ramp >= cfg.trainer.max_steps:
         raise ConfigError(f"optim.lr_ramp_steps must be >= 0 and end before trainer.max_steps, got {ramp} "
                           f"(affine_warmup_steps {cfg.optim.affine_warmup_steps}, max_steps {cfg.trainer.max_steps})")
+    if cfg.model.affine.encoder == "frozen" and not cfg.optim.affine_warmup_steps:
+        raise ConfigError("model.affine.encoder='frozen' copies G when the affine warm-up ends: set "
+                          "optim.affine_warmup_steps > 0")
     if cfg.optim.affine_joint_factor < 0:
         raise ConfigError(f"optim.affine_joint_factor must be >= 0, got {cfg.optim.affine_joint_factor}")
     check_explain_settings(cfg.explain)
@@ -212,7 +215,7 @@ def validate_model(m) -> None:
     setting is checked here, once; the networks' constructors take their sections as given."""
     from .losses import SIMILARITIES
     from .nets.affine import AFFINE_HEADS, WEIGHTINGS
-    from .nets.fire import AFFINE_INITS
+    from .nets.fire import AFFINE_ENCODERS, AFFINE_INITS
     from .nets.nonrigid import NONRIGID_HEADS
 
     s, a, nr, loss = m.synthesis, m.affine, m.nonrigid, m.loss
@@ -231,7 +234,8 @@ def validate_model(m) -> None:
                           f"got {s.outer_kernel}")
     if s.checkpoint_chunk < 0:
         raise ConfigError(f"model.synthesis.checkpoint_chunk must be >= 0, got {s.checkpoint_chunk}")
-    for key, allowed in (("head", AFFINE_HEADS), ("init", AFFINE_INITS), ("weighting", WEIGHTINGS)):
+    for key, allowed in (("head", AFFINE_HEADS), ("init", AFFINE_INITS), ("weighting", WEIGHTINGS),
+                         ("encoder", AFFINE_ENCODERS)):
         if getattr(a, key) not in allowed:
             raise ConfigError(f"model.affine.{key} must be one of {allowed}, got '{getattr(a, key)}'")
     if len(a.channels) != 3:

@@ -177,8 +177,8 @@ def transform_scalar(net: FIRENet, direction: str, g_a: torch.Tensor, g_b: torch
 
 def cam_layer(net: FIRENet, component: str, direction: str = "AtoB", layer: str = "feature") -> nn.Module:
     """The module whose output a component's Grad-CAM uses (module docstring)."""
-    if component == "G":
-        return net.G.gradcam_layer
+    if component == "G":  # with model.affine.encoder=frozen, the copy of G that the affine stage reads
+        return (net.G if net.G_affine is None or not bool(net.affine_encoder_frozen) else net.G_affine).gradcam_layer
     t = net.T_ab if direction == "AtoB" else net.T_ba
     if component == "T_af":
         return t.affine.gradcam_layer
@@ -255,7 +255,7 @@ def explain_pair(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, settings: E
 
             def through_g(xa, xb, kind=scal["G"]):
                 ga, gb = net.G(torch.cat([xa, xb])).split(xa.shape[0])
-                return transform_scalar(net, direction, ga, gb, kind, shape, mask, (x_a, x_b))  # noqa: B023
+                return transform_scalar(net, direction, ga, gb, kind, shape, mask, (xa, xb))  # noqa: B023
 
             cam = grad_cam(through_g, cam_layer(net, "G"), (x_a, x_b), shape, method["G"])
             value = explained(through_g(x_a, x_b))

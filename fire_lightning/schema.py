@@ -179,6 +179,7 @@ class AffineConfig:
     # direction's affine, and phi_af is the mean of the two estimates (nets.fire.FIRENet.symmetric_affine)
     symmetric_passes_eval: int = 0
     mi_weight: float = 0.0  # weight of MI(x^A ∘ φ_af, x^B) (both directions) added to R; 0 = the paper
+    encoder: str = "shared"  # shared: T_af reads G | frozen: a copy of G made when the warm-up ends, never trained
 
 
 @dataclass

@@ -359,3 +359,28 @@ def test_an_affine_stage_with_finer_levels_is_explained_through_g_and_t():
         m = maps[name]
         assert m.cam.shape == x_a.shape and torch.isfinite(m.cam).all(), name
         assert m.cam.flatten(1).amax(1).gt(0).all(), f"{name}: an all-zero map"
+
+
+def test_with_a_frozen_affine_encoder_the_g_maps_are_of_the_copy_the_affine_stage_reads():
+    """``model.affine.encoder=frozen``: once G is copied, the affine stage reads the copy; the maps of G are
+    the copy's (through the same images), and every component's maps stay non-zero."""
+    torch.manual_seed(0)
+    net = FIRENet(2, model_config(synthesis={"width": 4, "n_res": 1}, affine={
+        "channels": [8, 8, 8], "hidden": 8, "head": "match", "init": "scale", "encoder": "frozen"}))
+    with torch.no_grad():
+        for t in (net.T_ab, net.T_ba):
+            t.nonrigid.head.weight.copy_(torch.randn(t.nonrigid.head.weight.shape, generator=gen(1)) * 0.05)
+    assert ex.cam_layer(net, "G") is net.G.gradcam_layer
+    net.freeze_affine_encoder()
+    with torch.no_grad():
+        for p in net.G.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    net.eval()
+    assert ex.cam_layer(net, "G") is net.G_affine.gradcam_layer
+    x_a, x_b, labels = _pair(2)
+    maps = ex.explain_pair(net, x_a, x_b, ex.ExplainSettings(scalar_G="affine"), fixed_label=labels)
+    for name in ("G/AtoB/x_A", "G/AtoB/x_B", "T_af/AtoB/on_x_B", "T_nr/BtoA/on_x_A"):
+        m = maps[name]
+        assert m.cam.shape == x_a.shape and torch.isfinite(m.cam).all(), name
+        assert m.cam.flatten(1).amax(1).gt(0).all(), f"{name}: an all-zero map"
+    assert all(p.grad is None for p in net.parameters())

@@ -744,3 +744,38 @@ def test_the_instance_norm_is_torch_instance_norm_and_loads_its_weights(n):
     for training in (True, False):
         norm.train(training), reference.train(training)
         torch.testing.assert_close(norm(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_frozen_affine_encoder_holds_what_t_af_reads_while_g_trains(n):
+    """``model.affine.encoder=frozen``: until :meth:`FIRENet.freeze_affine_encoder`, T_af reads G (the shared
+    network's output); after it, a copy of G as it was then, which takes no gradient, whatever G becomes;
+    T_nr's input and F's warped features stay G's; the copy and its flag travel in the state dict."""
+    net = _tiny_net(n, affine={"head": "match", "init": "scale", "encoder": "frozen"})
+    shared = _tiny_net(n, affine={"head": "match", "init": "scale"})
+    shared.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("G_affine.")})
+    x_a, x_b = _inputs(n, seed=13)
+    torch.testing.assert_close(fire_forward(net, x_a, x_b).t_ab.theta, fire_forward(shared, x_a, x_b).t_ab.theta)
+    net.freeze_affine_encoder()
+    with torch.no_grad():
+        for p in net.G.parameters():  # G trains on after the copy
+            p.add_(0.05 * torch.randn_like(p))
+    out = fire_forward(net, x_a, x_b)
+    frozen_theta = out.t_ab.theta
+    torch.testing.assert_close(frozen_theta, fire_forward(shared, x_a, x_b).t_ab.theta)  # G as it was copied
+    g_a = net.G(x_a)
+    torch.testing.assert_close(out.g_a, g_a)  # F and the losses read the G that trains
+    torch.testing.assert_close(out.t_ab.feat_affine,
+                               spatial.warp(g_a, spatial.affine_to_displacement(frozen_theta, g_a.shape[2:])))
+    frozen_theta.sum().backward()
+    assert all(p.grad is None for p in net.G_affine.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.T_ab.affine.parameters())
+    optimised = {id(p) for ps in net.parameter_groups().values() for p in ps}
+    assert not {id(p) for p in net.G_affine.parameters()} & optimised
+    loaded = _tiny_net(n, affine={"head": "match", "init": "scale", "encoder": "frozen"})
+    assert not bool(loaded.affine_encoder_frozen)
+    loaded.load_state_dict(net.state_dict())
+    assert bool(loaded.affine_encoder_frozen)
+    torch.testing.assert_close(fire_forward(loaded, x_a, x_b).t_ab.theta, frozen_theta.detach())
+    with pytest.raises(RuntimeError, match="encoder='frozen'"):
+        shared.freeze_affine_encoder()

@@ -353,6 +353,10 @@ def test_lr_ramp_climbs_linearly_after_the_warm_up_then_hands_over_to_the_decay(
             load_config(PHANTOM2D, bad)
     with pytest.raises(ConfigError, match="optim.affine_joint_factor"):
         load_config(PHANTOM2D, ["optim.affine_joint_factor=-0.1"])
+    with pytest.raises(ConfigError, match="optim.affine_warmup_steps > 0"):
+        load_config(PHANTOM2D, ["model.affine.encoder=frozen", "optim.affine_warmup_steps=0"])
+    with pytest.raises(ConfigError, match="model.affine.encoder"):
+        load_config(PHANTOM2D, ["model.affine.encoder=copy"])
 
 
 def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny_overrides):
@@ -361,7 +365,7 @@ def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny
     from fire_lightning.train import load_run_config
 
     over = [*tiny_overrides, "optim.lr_decay=cosine", "optim.affine_warmup_steps=1", "optim.lr_ramp_steps=2",
-            "optim.affine_joint_factor=0.5", "trainer.max_steps=5",
+            "optim.affine_joint_factor=0.5", "model.affine.encoder=frozen", "trainer.max_steps=5",
             "trainer.checkpoint_every_n_steps=3", "trainer.val_every_n_steps=1000", "trainer.log_every_n_steps=1",
             "data.samples_per_epoch=40", "explain.every_n_epochs=0", "model.affine.fine_passes=0"]
     class _Interrupt(L.Callback):  # Ctrl+C after 3 of the 5 iterations; then `--resume`
@@ -388,3 +392,10 @@ def test_a_cosine_schedule_sets_every_optimisers_rate_and_survives_a_resume(tiny
             assert lr == pytest.approx(base[name] * joint * lr_factor(it, 1, 5, "cosine", ramp=2)), (it, name)
     # the warm-up at the full rate, half of it at the ramp's first step, then the decay
     assert logged[4]["T_af"] < logged[1]["T_af"] < logged[2]["T_af"] < logged[0]["T_af"]
+    # model.affine.encoder=frozen: G was copied when the warm-up ended and the copy survived the resume untrained
+    interrupted = torch.load(run / "checkpoints" / "iter3.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    net = r2["model"].net
+    assert bool(net.affine_encoder_frozen) and bool(interrupted["net.affine_encoder_frozen"])
+    for name, p in net.G_affine.state_dict().items():
+        torch.testing.assert_close(p, interrupted[f"net.G_affine.{name}"])
+    assert not all(torch.equal(p, net.G.state_dict()[name]) for name, p in net.G_affine.state_dict().items())

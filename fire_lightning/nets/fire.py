@@ -4,6 +4,7 @@ one code path for 2D and 3D; and the caches the networks share."""
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 from torch import nn
@@ -16,6 +17,8 @@ from .synthesis import Decoder, Encoder
 from .transformation import FinerFeatures, Transform, TransformationNet
 
 AFFINE_INITS = ("identity",) + spatial.MOMENT_MODES
+#: ``model.affine.encoder``: what the affine stage reads (:meth:`FIRENet.affine_features`)
+AFFINE_ENCODERS = ("shared", "frozen")
 
 
 class FIRENet(nn.Module):
@@ -45,6 +48,12 @@ class FIRENet(nn.Module):
         self.F_ba = Decoder(n, s.width, n_res=s.n_res, outer_kernel=s.outer_kernel)
         for net in (self.G, self.F_ab, self.F_ba):
             net.checkpoint, net.chunk = bool(s.checkpoint_activations), int(s.checkpoint_chunk)
+        # model.affine.encoder='frozen': G_affine, a copy of G that never trains, is what T_af reads once
+        # :meth:`freeze_affine_encoder` has copied G into it (a buffer records that, for resuming and loading)
+        self.G_affine = copy.deepcopy(self.G).requires_grad_(False) if a.encoder == "frozen" else None
+        if self.G_affine is not None:
+            self.G_affine.checkpoint = False  # it stores no activations for a backward of its own
+        self.register_buffer("affine_encoder_frozen", torch.tensor(False))
         self.T_ab = TransformationNet(n, self.G.level_channels, a, m.nonrigid)
         self.T_ba = TransformationNet(n, self.G.level_channels, a, m.nonrigid)
         self.D_a = Discriminator(n, m.disc_width) if m.adversarial else None
@@ -110,13 +119,35 @@ class FIRENet(nn.Module):
         b = x_moving.shape[0]
         return tuple((h[:b], h[b:]) for h in self.G.finer(torch.cat([x_moving, x_fixed]), self.n_finer))
 
+    def freeze_affine_encoder(self) -> None:
+        """Copy G into G_affine (``model.affine.encoder='frozen'``; the module calls it when the affine warm-up
+        ends): from then on T_af reads features that the synthesis and registration losses no longer move."""
+        if self.G_affine is None:
+            raise RuntimeError("freeze_affine_encoder needs model.affine.encoder='frozen'")
+        self.G_affine.load_state_dict(self.G.state_dict())
+        self.affine_encoder_frozen.fill_(True)
+
+    def affine_features(self, g_moving: torch.Tensor, g_fixed: torch.Tensor, x_moving: torch.Tensor | None,
+                        x_fixed: torch.Tensor | None, fine: FinerFeatures | None
+                        ) -> tuple[torch.Tensor, torch.Tensor, FinerFeatures | None]:
+        """What the affine stage reads: ``(g_moving, g_fixed, fine)`` as given (G's), or, once G_affine is
+        frozen, G_affine's of the images, shaped as :meth:`encode_pair`'s. G_affine's parameters take no gradient
+        (nothing is recorded for it in training); Grad-CAM, whose inputs require one, reaches its layers."""
+        if self.G_affine is None or not bool(self.affine_encoder_frozen):
+            return g_moving, g_fixed, fine if fine is not None else self.fine_features(x_moving, x_fixed)
+        if x_moving is None or x_fixed is None:
+            raise ValueError("model.affine.encoder='frozen' needs the images, not only their encodings")
+        b = x_moving.shape[0]
+        g, finer = self.G_affine.pyramid(torch.cat([x_moving, x_fixed]), self.n_finer)
+        g_m, g_f = g.split(b)
+        return g_m, g_f, (tuple((h[:b], h[b:]) for h in finer) or None)
+
     def affine_theta(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                      x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None,
                      fine: FinerFeatures | None = None) -> torch.Tensor:
         """phi_af alone ``(B, n, n+1)`` of :meth:`transform` (no T_nr)."""
-        t = self._net(direction)
-        fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
-        return t.affine_theta(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)
+        g_moving, g_fixed, fine = self.affine_features(g_moving, g_fixed, x_moving, x_fixed, fine)
+        return self._net(direction).affine_theta(g_moving, g_fixed, self.initial_affine(x_moving, x_fixed), fine)
 
     def _net(self, direction: str) -> TransformationNet:
         if direction not in ("AtoB", "BtoA"):
@@ -135,14 +166,12 @@ class FIRENet(nn.Module):
             fine: G's finer features from :meth:`encode_pair` (finer levels only; recomputed from the
                 images when not given).
         """
-        fine = fine if fine is not None else self.fine_features(x_moving, x_fixed)
         t, theta0 = self._net(direction), self.initial_affine(x_moving, x_fixed)
-        images = (x_moving, x_fixed)
-        if self.training or not self.affine_symmetric_passes_eval:
-            return t(g_moving, g_fixed, theta0, fine, images=images)
-        theta = self.symmetric_affine(direction, t.affine_theta(g_moving, g_fixed, theta0, fine), g_moving, g_fixed,
-                                      fine)
-        return t(g_moving, g_fixed, fine=fine, theta=theta, images=images)
+        a_moving, a_fixed, fine = self.affine_features(g_moving, g_fixed, x_moving, x_fixed, fine)
+        theta = t.affine_theta(a_moving, a_fixed, theta0, fine)
+        if not self.training and self.affine_symmetric_passes_eval:
+            theta = self.symmetric_affine(direction, theta, a_moving, a_fixed, fine)
+        return t(g_moving, g_fixed, theta=theta, images=(x_moving, x_fixed))
 
     def symmetric_affine(self, direction: str, theta: torch.Tensor, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                          fine: FinerFeatures | None) -> torch.Tensor:
