@@ -178,7 +178,7 @@ def transform_scalar(net: FIRENet, direction: str, g_a: torch.Tensor, g_b: torch
 def cam_layer(net: FIRENet, component: str, direction: str = "AtoB", layer: str = "feature") -> nn.Module:
     """The module whose output a component's Grad-CAM uses (module docstring)."""
     if component == "G":  # with model.affine.encoder=frozen, the copy of G that the affine stage reads
-        return (net.G if net.G_affine is None or not bool(net.affine_encoder_frozen) else net.G_affine).gradcam_layer
+        return (net.G_affine if net.reads_affine_copy else net.G).gradcam_layer
     t = net.T_ab if direction == "AtoB" else net.T_ba
     if component == "T_af":
         return t.affine.gradcam_layer

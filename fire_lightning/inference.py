@@ -137,8 +137,8 @@ class Registers:
             ``warped`` / ``warped_affine`` ``(B,1,*S)``, the encodings ``g_moving`` / ``g_fixed``, and
             ``transform`` (the :class:`nets.transformation.Transform`).
         """
-        g_m, g_f, fine = self.net.encode_pair(moving, fixed)
-        t = self.net.transform("AtoB", g_m, g_f, moving, fixed, fine)
+        g_m, g_f, fine, affine = self.net.registration_encodings(moving, fixed)
+        t = self.net.transform("AtoB", g_m, g_f, moving, fixed, fine, affine)
         if refine is not None and refine.steps > 0:
             t = self.refined(t, moving, fixed, refine, progress)
         shape = moving.shape[2:]

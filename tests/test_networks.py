@@ -779,3 +779,31 @@ def test_a_frozen_affine_encoder_holds_what_t_af_reads_while_g_trains(n):
     torch.testing.assert_close(fire_forward(loaded, x_a, x_b).t_ab.theta, frozen_theta.detach())
     with pytest.raises(RuntimeError, match="encoder='frozen'"):
         shared.freeze_affine_encoder()
+
+
+@pytest.mark.parametrize("nonrigid_head", ["conv", "unet"])
+def test_registering_with_a_frozen_affine_encoder_runs_g_only_where_something_reads_it(nonrigid_head):
+    """At inference a frozen-encoder model runs G_affine once for the affine stage, and G only when T_nr reads
+    G's features (the paper's head), not when it reads the images (the U-Net); the transform is the same either
+    way as the one computed from G's own features."""
+    net = _tiny_net(2, affine={"head": "match", "init": "scale", "encoder": "frozen"},
+                    nonrigid={"head": nonrigid_head, "channels": [4, 4, 4]})
+    net.freeze_affine_encoder()
+    with torch.no_grad():
+        for p in net.G.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    net.eval()
+    x_a, x_b = _inputs(2, seed=14)
+    calls = {"G": 0, "G_affine": 0}
+    hooks = [getattr(net, k).net[0].register_forward_hook(lambda *a, k=k: calls.__setitem__(k, calls[k] + 1))
+             for k in calls]  # the first block: G runs through Encoder.pyramid, not its forward
+    with torch.no_grad():
+        t = net(x_a, x_b)
+    for h in hooks:
+        h.remove()
+    assert calls == {"G": int(nonrigid_head == "conv"), "G_affine": 1}
+    with torch.no_grad():
+        g_a, g_b, _ = net.encode_pair(x_a, x_b)
+        full = net.transform("AtoB", g_a, g_b, x_a, x_b)
+    torch.testing.assert_close(t.theta, full.theta)
+    torch.testing.assert_close(t.disp_nr, full.disp_nr)

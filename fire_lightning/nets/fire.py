@@ -19,6 +19,8 @@ from .transformation import FinerFeatures, Transform, TransformationNet
 AFFINE_INITS = ("identity",) + spatial.MOMENT_MODES
 #: ``model.affine.encoder``: what the affine stage reads (:meth:`FIRENet.affine_features`)
 AFFINE_ENCODERS = ("shared", "frozen")
+#: the affine stage's ``(moving, fixed, fine)`` features (:meth:`FIRENet.affine_features`)
+AffineInputs = tuple[torch.Tensor, torch.Tensor, FinerFeatures | None]
 
 
 class FIRENet(nn.Module):
@@ -94,18 +96,18 @@ class FIRENet(nn.Module):
         ``model.affine.full_passes``)."""
         return self.T_ab.n_finer
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """``(G(x) (B, 4w, *S/4), finer)`` from one pass of G, ``finer`` the finer feature maps the
-        affine stage reads, coarse to fine (:meth:`Encoder.finer`; empty without finer levels)."""
-        return self.G.pyramid(x, self.n_finer)
+    def encode(self, x: torch.Tensor, encoder: Encoder | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``(G(x) (B, 4w, *S/4), finer)`` from one pass of G (or ``encoder``), ``finer`` the finer feature maps
+        the affine stage reads, coarse to fine (:meth:`Encoder.finer`; empty without finer levels)."""
+        return (encoder or self.G).pyramid(x, self.n_finer)
 
-    def encode_pair(self, x_moving: torch.Tensor, x_fixed: torch.Tensor
+    def encode_pair(self, x_moving: torch.Tensor, x_fixed: torch.Tensor, encoder: Encoder | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, FinerFeatures | None]:
-        """G on both images in one batch (instance norm is per sample: the values of two calls, in
-        half the calls): ``(G(x_moving), G(x_fixed), fine)``, ``fine`` one ``(moving, fixed)`` pair per
+        """G (or ``encoder``) on both images in one batch (instance norm is per sample: the values of two
+        calls, in half the calls): ``(G(x_moving), G(x_fixed), fine)``, ``fine`` one ``(moving, fixed)`` pair per
         finer level, or None without finer levels."""
         b = x_moving.shape[0]
-        g, finer = self.encode(torch.cat([x_moving, x_fixed]))
+        g, finer = self.encode(torch.cat([x_moving, x_fixed]), encoder)
         g_m, g_f = g.split(b)
         return g_m, g_f, (tuple((h[:b], h[b:]) for h in finer) or None)
 
@@ -118,6 +120,11 @@ class FIRENet(nn.Module):
             raise ValueError("model.affine.fine_passes needs the images, not only their encodings")
         b = x_moving.shape[0]
         return tuple((h[:b], h[b:]) for h in self.G.finer(torch.cat([x_moving, x_fixed]), self.n_finer))
+
+    @property
+    def reads_affine_copy(self) -> bool:
+        """Whether the affine stage reads G_affine (``model.affine.encoder='frozen'``, once it is copied)."""
+        return self.G_affine is not None and bool(self.affine_encoder_frozen)
 
     def freeze_affine_encoder(self) -> None:
         """Copy G into G_affine (``model.affine.encoder='frozen'``; the module calls it when the affine warm-up
@@ -133,14 +140,25 @@ class FIRENet(nn.Module):
         """What the affine stage reads: ``(g_moving, g_fixed, fine)`` as given (G's), or, once G_affine is
         frozen, G_affine's of the images, shaped as :meth:`encode_pair`'s. G_affine's parameters take no gradient
         (nothing is recorded for it in training); Grad-CAM, whose inputs require one, reaches its layers."""
-        if self.G_affine is None or not bool(self.affine_encoder_frozen):
+        if not self.reads_affine_copy:
             return g_moving, g_fixed, fine if fine is not None else self.fine_features(x_moving, x_fixed)
         if x_moving is None or x_fixed is None:
             raise ValueError("model.affine.encoder='frozen' needs the images, not only their encodings")
-        b = x_moving.shape[0]
-        g, finer = self.G_affine.pyramid(torch.cat([x_moving, x_fixed]), self.n_finer)
-        g_m, g_f = g.split(b)
-        return g_m, g_f, (tuple((h[:b], h[b:]) for h in finer) or None)
+        return self.encode_pair(x_moving, x_fixed, self.G_affine)
+
+    def registration_encodings(self, x_moving: torch.Tensor, x_fixed: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, FinerFeatures | None, AffineInputs | None]:
+        """What registering a pair encodes, each once: ``(g_moving, g_fixed, fine, affine)`` for
+        :meth:`transform`, ``affine`` the affine stage's features when they are not G's (G_affine's), else None.
+        When nothing at inference reads G's own features (G_affine feeds the affine stage and T_nr reads the
+        images), G is not run: the copy's features stand for both, and only the transform's ``feat_affine``
+        (which F reads in training) is then the copy's."""
+        if not self.reads_affine_copy:
+            return *self.encode_pair(x_moving, x_fixed), None
+        affine = self.affine_features(None, None, x_moving, x_fixed, None)
+        if self.T_ab.nonrigid.needs_images and not self.training:
+            return *affine, affine
+        return *self.encode_pair(x_moving, x_fixed), affine
 
     def affine_theta(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                      x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None,
@@ -156,7 +174,7 @@ class FIRENet(nn.Module):
 
     def transform(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                   x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None,
-                  fine: FinerFeatures | None = None) -> Transform:
+                  fine: FinerFeatures | None = None, affine: AffineInputs | None = None) -> Transform:
         """T^{A→B}(G_A, G_B) (``direction="AtoB"``, moving = A) or T^{B→A}(G_B, G_A) (``"BtoA"``, moving = B).
 
         Args:
@@ -165,9 +183,13 @@ class FIRENet(nn.Module):
                 the images).
             fine: G's finer features from :meth:`encode_pair` (finer levels only; recomputed from the
                 images when not given).
+            affine: the affine stage's ``(moving, fixed, fine)`` features, already computed
+                (:meth:`registration_encodings`); None: :meth:`affine_features`.
         """
         t, theta0 = self._net(direction), self.initial_affine(x_moving, x_fixed)
-        a_moving, a_fixed, fine = self.affine_features(g_moving, g_fixed, x_moving, x_fixed, fine)
+        if affine is None:
+            affine = self.affine_features(g_moving, g_fixed, x_moving, x_fixed, fine)
+        a_moving, a_fixed, fine = affine
         theta = t.affine_theta(a_moving, a_fixed, theta0, fine)
         if not self.training and self.affine_symmetric_passes_eval:
             theta = self.symmetric_affine(direction, theta, a_moving, a_fixed, fine)
@@ -193,8 +215,8 @@ class FIRENet(nn.Module):
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Transform:
         """Register ``x_a`` (moving, ``(B,1,*S)``) to ``x_b`` (fixed): phi^{A→B}."""
-        g_a, g_b, fine = self.encode_pair(x_a, x_b)
-        return self.transform("AtoB", g_a, g_b, x_a, x_b, fine)
+        g_a, g_b, fine, affine = self.registration_encodings(x_a, x_b)
+        return self.transform("AtoB", g_a, g_b, x_a, x_b, fine, affine)
 
 
 @contextlib.contextmanager

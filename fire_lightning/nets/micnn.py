@@ -38,9 +38,9 @@ class MICNNNet(nn.Module):
     ``(B, n, n+1)``, ``nr_feat`` the U-Net's raw output and ``disp_nr`` the field ``u`` ``(B, n, *S_u)``
     (``S_u = S / 2^out_level``), ``feat_affine`` the pre-aligned moving image ``(B, 1, *S)``.
 
-    It has the inference interface of :class:`~.fire.FIRENet` (``encode_pair``, ``transform``,
-    ``displacement``, ``parameter_groups``), so that registration, refinement and the benchmark treat both
-    alike; having no encoder, its "encodings" are the images themselves.
+    It has the inference interface of :class:`~.fire.FIRENet` (``encode_pair``, ``registration_encodings``,
+    ``transform``, ``displacement``, ``parameter_groups``), so that registration, refinement and the benchmark
+    treat both alike; having no encoder, its "encodings" are the images themselves.
     """
 
     #: the benchmark's row name
@@ -92,10 +92,16 @@ class MICNNNet(nn.Module):
         """No encoder: ``(x_moving, x_fixed, None)``, so that :meth:`transform` reads the images."""
         return x_moving, x_fixed, None
 
+    def registration_encodings(self, x_moving: torch.Tensor, x_fixed: torch.Tensor) -> tuple:
+        """:meth:`encode_pair`'s images, with no separate affine features: ``(x_moving, x_fixed, None, None)``."""
+        return x_moving, x_fixed, None, None
+
     def transform(self, direction: str, g_moving: torch.Tensor, g_fixed: torch.Tensor,
-                  x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None, fine=None) -> Transform:
+                  x_moving: torch.Tensor | None = None, x_fixed: torch.Tensor | None = None, fine=None,
+                  affine=None) -> Transform:
         """The moving image registered to the fixed one; ``direction`` (``AtoB`` / ``BtoA``) only names
-        which image is moving: one network serves both. ``g_*`` are the images (:meth:`encode_pair`)."""
+        which image is moving: one network serves both. ``g_*`` are the images (:meth:`encode_pair`);
+        ``fine`` and ``affine`` (FIRE's finer and affine-stage features) are not read."""
         if direction not in ("AtoB", "BtoA"):
             raise ValueError(f"direction must be 'AtoB' or 'BtoA', got {direction!r}")
         moving = g_moving if x_moving is None else x_moving
