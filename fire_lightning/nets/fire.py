@@ -52,10 +52,11 @@ class FIRENet(nn.Module):
             net.checkpoint, net.chunk = bool(s.checkpoint_activations), int(s.checkpoint_chunk)
         # model.affine.encoder='frozen': G_affine, a copy of G that never trains, is what T_af reads once
         # :meth:`freeze_affine_encoder` has copied G into it (a buffer records that, for resuming and loading)
+        # (both only with that setting: a model without it has the state dict it always had)
         self.G_affine = copy.deepcopy(self.G).requires_grad_(False) if a.encoder == "frozen" else None
         if self.G_affine is not None:
             self.G_affine.checkpoint = False  # it stores no activations for a backward of its own
-        self.register_buffer("affine_encoder_frozen", torch.tensor(False))
+            self.register_buffer("affine_encoder_frozen", torch.tensor(False))
         self.T_ab = TransformationNet(n, self.G.level_channels, a, m.nonrigid)
         self.T_ba = TransformationNet(n, self.G.level_channels, a, m.nonrigid)
         self.D_a = Discriminator(n, m.disc_width) if m.adversarial else None
