@@ -115,7 +115,7 @@ class FIREModule(RegistrationModule):
         self._schedule_lrs(opts)
         if self.iteration < self.cfg.optim.affine_warmup_steps:
             return self._warmup_step(batch, opts, bs)
-        if self.net.G_affine is not None and not bool(self.net.affine_encoder_frozen):
+        if self.net.G_affine is not None and not self.net.reads_affine_copy:
             self.net.freeze_affine_encoder()  # model.affine.encoder='frozen': T_af reads G as the warm-up left it
         # Generator step: D^A, D^B are frozen, so L (adversarial term included) trains T, G, F only.
         with frozen(*discriminators(self.net).values()):

@@ -51,8 +51,8 @@ class FIRENet(nn.Module):
         for net in (self.G, self.F_ab, self.F_ba):
             net.checkpoint, net.chunk = bool(s.checkpoint_activations), int(s.checkpoint_chunk)
         # model.affine.encoder='frozen': G_affine, a copy of G that never trains, is what T_af reads once
-        # :meth:`freeze_affine_encoder` has copied G into it (a buffer records that, for resuming and loading)
-        # (both only with that setting: a model without it has the state dict it always had)
+        # :meth:`freeze_affine_encoder` has copied G into it, which a buffer records for resuming and loading.
+        # Both exist only with that setting, so a model without it keeps the state dict it always had.
         self.G_affine = copy.deepcopy(self.G).requires_grad_(False) if a.encoder == "frozen" else None
         if self.G_affine is not None:
             self.G_affine.checkpoint = False  # it stores no activations for a backward of its own
