@@ -761,7 +761,11 @@ def test_a_frozen_affine_encoder_holds_what_t_af_reads_while_g_trains(n):
     with torch.no_grad():
         for p in net.G.parameters():  # G trains on after the copy
             p.add_(0.05 * torch.randn_like(p))
+    calls = []
+    hook = net.G_affine.net[0].register_forward_hook(lambda *a: calls.append(1))
     out = fire_forward(net, x_a, x_b)
+    hook.remove()
+    assert len(calls) == 1  # the copy encodes the pair once for both directions
     frozen_theta = out.t_ab.theta
     torch.testing.assert_close(frozen_theta, fire_forward(shared, x_a, x_b).t_ab.theta)  # G as it was copied
     g_a = net.G(x_a)

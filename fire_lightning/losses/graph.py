@@ -47,12 +47,21 @@ class FIREOutputs:
     affine_b: torch.Tensor
 
 
-def encode_both(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor):
-    """G on both images in one batch: ``(G_A, G_B, fine A→B, fine B→A)``, each ``fine`` one ``(moving,
-    fixed)`` pair of G's finer features per finer level of the affine stage (None without finer levels,
-    :meth:`nets.fire.FIRENet.encode_pair`)."""
-    g_a, g_b, fine = net.encode_pair(x_a, x_b)
+def encode_both(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor, encoder=None):
+    """G (or ``encoder``) on both images in one batch: ``(G_A, G_B, fine A→B, fine B→A)``, each ``fine`` one
+    ``(moving, fixed)`` pair of G's finer features per finer level of the affine stage (None without finer
+    levels, :meth:`nets.fire.FIRENet.encode_pair`)."""
+    g_a, g_b, fine = net.encode_pair(x_a, x_b, encoder)
     return g_a, g_b, fine, (None if fine is None else tuple(pair[::-1] for pair in fine))
+
+
+def affine_inputs_both(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple:
+    """The affine stage's features for A→B and for B→A from one pass of its encoder when they are not G's
+    (a frozen copy, :attr:`nets.fire.FIRENet.reads_affine_copy`); ``(None, None)`` when they are G's."""
+    if not net.reads_affine_copy:
+        return None, None
+    c_a, c_b, fine_ab, fine_ba = encode_both(net, x_a, x_b, net.G_affine)
+    return (c_a, c_b, fine_ab), (c_b, c_a, fine_ba)
 
 
 def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutputs:
@@ -68,8 +77,9 @@ def fire_forward(net: FIRENet, x_a: torch.Tensor, x_b: torch.Tensor) -> FIREOutp
     shape = x_a.shape[2:]
     g_a, g_b, fine_ab, fine_ba = encode_both(net, x_a, x_b)
     fshape = g_a.shape[2:]
-    t_ab = net.transform("AtoB", g_a, g_b, x_a, x_b, fine_ab)
-    t_ba = net.transform("BtoA", g_b, g_a, x_b, x_a, fine_ba)
+    aff_ab, aff_ba = affine_inputs_both(net, x_a, x_b)
+    t_ab = net.transform("AtoB", g_a, g_b, x_a, x_b, fine_ab, aff_ab)
+    t_ba = net.transform("BtoA", g_b, g_a, x_b, x_a, fine_ba, aff_ba)
 
     u_ab_f, u_ba_f = t_ab.field(fshape), t_ba.field(fshape)
     u_ab, u_ba = t_ab.field(shape), t_ba.field(shape)
