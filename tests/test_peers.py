@@ -180,14 +180,28 @@ def test_greedy_s_stationary_velocity_mode_is_one_flag_of_its_deformable_call_on
 
 
 def test_greedy_leaves_out_affine_levels_coarser_than_its_minimum():
-    """A 3D volume of 48 voxels would reach 12 at Greedy's third level, where its affine diverged on a test
-    pair; the 2D demo's 64 × 72 keeps all three."""
+    """No level narrower than 24 voxels: the 2D demo's 64 × 72 keeps 32 × 36 and 64 × 72; a 3D volume of 48
+    voxels keeps 24 and 48 (at 12, Greedy's affine diverged on a test pair)."""
     p = PEERS["greedy"].make_params()
-    assert p.affine_levels((64, 72)) == (200, 200, 100) and p.affine_levels(None) == (200, 200, 100)
+    assert p.affine_levels((64, 72)) == (200, 100) and p.affine_levels(None) == (200, 200, 100)
     assert p.affine_levels((48, 56, 48)) == (200, 100) and p.affine_levels((10, 12)) == (100,)
+    assert PEERS["greedy"].make_params(min_level_voxels=16).affine_levels((64, 72)) == (200, 200, 100)
     assert "-n 200x100 " in p.affine_commands(1, (48, 56, 48))[-1][0]
     searched = PEERS["greedy"].make_params(search=(1000, 20, 10)).affine_commands(1)
     assert "-search 1000 20 10" in searched[0][0] and "-search" not in searched[1][0]  # the first stage only
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (24, 22, 18)])
+def test_greedy_s_images_have_their_centre_at_the_physical_origin_unless_told_otherwise(shape):
+    """Greedy's affine acts about the physical origin: centred, it turns the image about its centre."""
+    from fire_lightning.peers.greedy import _to_sitk
+
+    x, spacing = torch.zeros(1, *shape), (2.0, 1.5, 3.0)[:len(shape)]
+    img = _to_sitk(x, spacing, True)
+    centre = img.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in img.GetSize()])
+    assert img.GetSize() == shape and img.GetSpacing() == spacing
+    assert centre == pytest.approx((0.0,) * len(shape), abs=1e-9)
+    assert _to_sitk(x, spacing, False).GetOrigin() == (0.0,) * len(shape)
 
 
 def test_elastix_s_b_spline_grid_follows_the_images_dimension_unless_set():
