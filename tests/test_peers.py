@@ -97,7 +97,7 @@ def _flaky_greedy(monkeypatch, fail: int, nan: bool = False) -> list:
 
         def execute(self, command, **kw):
             if " -a " in command:
-                calls.append(command)
+                calls.append((id(self), command))
                 if len(calls) <= fail:
                     if not nan:
                         raise RuntimeError("greedy: a tool failure")
@@ -162,6 +162,7 @@ def test_a_nan_result_counts_as_a_failure(monkeypatch):
     with pytest.raises(PeerFailed, match="Greedy failed twice: Greedy's affine returned non-finite values"):
         peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**FAST["greedy"]), False)
     assert len(calls) == 2
+    assert calls[0][0] != calls[1][0]  # the second attempt with a new Greedy object, not the one that failed
 
 
 def test_elastix_refuses_its_bending_penalty_on_several_threads():

@@ -140,11 +140,19 @@ def _to_sitk(x: torch.Tensor, spacing, centre_origin: bool):
     return img
 
 
-def _register(g, f, m, p: GreedyParams, spacing) -> dict:
-    """Greedy-Affine then Greedy (started from it) of ``m`` onto ``f`` → method → field, seconds, warped."""
+def _register(make, f, m, p: GreedyParams, spacing) -> dict:
+    """Greedy-Affine then Greedy (started from it) of ``m`` onto ``f`` → method → field, seconds, warped.
+
+    ``make()`` gives a Greedy object; each attempt gets a new one. Greedy's deformable stage rarely and
+    not reproducibly returns NaN (about once in a benchmark run of 120 pairs), and an attempt made again
+    with the object that had returned it failed again."""
     import SimpleITK as sitk
 
+    g = None
+
     def affine(attempt: int, _):
+        nonlocal g
+        g = make()
         with quiet():
             if p.affine_init == "moments":
                 g.execute(f"-threads {p.threads} -i fix mov -moments 1 -o mom", fix=f, mov=m, mom=None)
@@ -188,5 +196,5 @@ def register_pair(moving: torch.Tensor, fixed: torch.Tensor, spacing, params: Gr
     p = params or GreedyParams()
     cls = Greedy2D if moving.dim() == 3 else Greedy3D
     f, m = (_to_sitk(x, spacing, p.centre_origin) for x in (fixed, moving))
-    return both_ways(lambda a, b: _register(cls(), a, b, p, spacing), f, m, inverse)
+    return both_ways(lambda a, b: _register(cls, a, b, p, spacing), f, m, inverse)
 
