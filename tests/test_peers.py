@@ -193,8 +193,9 @@ def test_greedy_leaves_out_affine_levels_coarser_than_its_minimum():
 
 
 @pytest.mark.parametrize("shape", [(40, 36), (24, 22, 18)])
-def test_greedy_s_images_have_their_centre_at_the_physical_origin_unless_told_otherwise(shape):
-    """Greedy's affine acts about the physical origin: centred, it turns the image about its centre."""
+def test_greedy_s_images_can_have_their_centre_at_the_physical_origin(shape):
+    """Greedy's affine acts about the physical origin: with ``centre_origin`` it turns the image about its
+    centre; by default the origin is the first voxel."""
     from fire_lightning.peers.greedy import _to_sitk
 
     x, spacing = torch.zeros(1, *shape), (2.0, 1.5, 3.0)[:len(shape)]

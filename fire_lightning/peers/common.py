@@ -3,9 +3,9 @@ displacement fields brought back as the project's normalised fields, and one ret
 
 Axis order: the project's tensors are ``(1, *S)`` in array order; an ITK image made here has ITK axis ``k``
 = array axis ``k`` (numpy's reversed order is undone by a transpose), spacing in array order, origin 0
-(Greedy's: the grid's centre) and an identity direction. An ITK displacement vector is then physical (mm)
-along the array axes, in array order, as ANTs' is (:mod:`..baselines`), and it maps a fixed-grid point to
-the moving image's point sampled there: the project's convention (``spatial``).
+(Greedy's with ``centre_origin``: the grid's centre) and an identity direction. An ITK displacement vector
+is then physical (mm) along the array axes, in array order, as ANTs' is (:mod:`..baselines`), and it maps a
+fixed-grid point to the moving image's point sampled there: the project's convention (``spatial``).
 """
 
 from __future__ import annotations
