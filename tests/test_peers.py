@@ -84,8 +84,9 @@ def test_a_peer_registers_a_tiny_3d_pair(tool):
     assert torch.allclose(t_vox, torch.tensor([2.0, -1.0, 1.0]), atol=0.5), t_vox
 
 
-def _flaky_greedy(monkeypatch, fail: int, nan: bool = False) -> list:
-    """Greedy whose affine calls fail ``fail`` times (raise, or with ``nan`` hand back a NaN matrix)."""
+def _flaky_greedy(monkeypatch, fail: int, nan: bool = False, bad=None) -> list:
+    """Greedy whose affine calls fail ``fail`` times (raise, or with ``nan`` hand back ``bad``: by default a
+    NaN matrix)."""
     import numpy as np
     import picsl_greedy
 
@@ -107,7 +108,9 @@ def _flaky_greedy(monkeypatch, fail: int, nan: bool = False) -> list:
             return self.g.execute(command, **kw)
 
         def __getitem__(self, key):
-            return np.full((3, 3), np.nan) if key.startswith("aff") and self.nan else self.g[key]
+            if key.startswith("aff") and self.nan:
+                return np.full((3, 3), np.nan) if bad is None else np.asarray(bad)
+            return self.g[key]
 
     monkeypatch.setattr(picsl_greedy, "Greedy2D", Flaky)
     return calls
@@ -163,6 +166,24 @@ def test_a_nan_result_counts_as_a_failure(monkeypatch):
         peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**FAST["greedy"]), False)
     assert len(calls) == 2
     assert calls[0][0] != calls[1][0]  # the second attempt with a new Greedy object, not the one that failed
+
+
+def test_a_diverged_affine_counts_as_a_failure_and_names_its_scales(monkeypatch):
+    """A finite matrix whose scales are absurd (Greedy's affine reached about 11 on a test pair, and its
+    deformable stage then returned only NaN) is a failure of the affine stage, not of the deformable one."""
+    import numpy as np
+
+    from fire_lightning.peers.common import check_scales
+
+    moving, fixed, _, _ = _pair()
+    peer = PEERS["greedy"]
+    calls = _flaky_greedy(monkeypatch, fail=2, nan=True, bad=[[2.2, 10.3, 94.1], [-10.3, 2.2, -15.7], [0, 0, 1]])
+    with pytest.raises(PeerFailed, match=r"Greedy's affine diverged: its scales are 10.5, 10.5"):
+        peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**FAST["greedy"]), False)
+    assert len(calls) == 2
+    check_scales("an affine", [[1.5, 0.3, 9.0], [-0.2, 0.6, -4.0], [0, 0, 1]])  # the test pairs' range passes
+    with pytest.raises(RuntimeError, match="an affine diverged: its scales are 1, 1, 0.05"):
+        check_scales("an affine", np.diag([1.0, 1.0, 0.05, 1.0]))
 
 
 def test_elastix_refuses_its_bending_penalty_on_several_threads():
