@@ -12,13 +12,16 @@ Giving the baseline its best fair chance (measured on the phantom test pairs, do
   20 % starves the 32-bin joint histogram on small 2D images, and about half of the
   multi-modal pairs then fail;
 * SyN iterates at full resolution: antspyx's default ``reg_iterations=(40, 20, 0)`` skips it;
-* in 2D a second affine runs from the best start of ANTs' own multi-start rotation search
-  (antsAffineInitializer: 15° steps over ±27°, 100 local iterations each) and the result of lower Mattes
-  MI (``ants.image_mutual_information``) is kept. From the centre of mass alone the affine stopped in a
-  wrong rotation (> 5 mm affine error) on 4 of the first 40 validation pairs (11 of the 120 test pairs).
-  With both starts: none of the 40 fails, ANTs-SyN 80.30 % against 77.90 %, at 1.5× the time (0.55
-  against 0.36 s a pair, 1 thread; ``benchmarks/tune_peers.py``, docs/benchmark.md). 3D keeps the centre
-  of mass start: on the 8 validation pairs of the 3D benchmark no pair fails either way, and the search
+* in 2D the affine runs from four starts and the result of lowest Mattes MI
+  (``ants.image_mutual_information``) is kept: the centre of mass (antspyx's default), the best start of
+  ANTs' own multi-start rotation search (antsAffineInitializer: 15° steps over ±27°, 100 local iterations
+  each), the same search from the images' principal axes, and no move (``aff_starts``). From the centre of
+  mass alone the affine stopped in a wrong rotation (> 5 mm affine error) on 4 of the first 40 validation
+  pairs (11 of the 120 test pairs); with the search as well, none of those 40 (ANTs-SyN 80.30 % against
+  77.90 %, at 1.5× the time), but 3 of all 80 validation pairs, where both ended wrong; with the two more
+  starts, none of the 80 (ANTs-SyN 80.25 % against 79.36 %, 0.65 against 0.42 s a pair on 1 thread; either
+  start alone left one failure; ``benchmarks/tune_peers.py``, docs/benchmark.md). 3D keeps the centre of
+  mass start: on the 8 validation pairs of the 3D benchmark no pair fails either way, and the search
   scores ANTs-SyN 71.77 % against 72.10 % at twice the time.
 
 ANTs-SyN is ``SyNOnly`` started from the ANTs-Affine result (what ``type_of_transform="SyN"``
@@ -65,6 +68,9 @@ class AntsParams:
     # Only for images of aff_search_dims dimensions (the choice: the module's docstring)
     aff_search: tuple = (15, 0.15, 100)
     aff_search_dims: tuple = (2,)
+    # more starts, where aff_search runs: "principal" (the search again, from the images' principal axes) and
+    # "identity" (no move, rotations about the grid's centre); each another affine, the one of lowest MI kept
+    aff_starts: tuple = ("principal", "identity")
     syn_metric: str = "mattes"
     syn_sampling: int = 32
     reg_iterations: tuple = (100, 70, 50)  # shrink 4, 2, 1: the last level is full resolution
@@ -76,6 +82,10 @@ class AntsParams:
     # every k-th pair is also registered the other way round, for ANTs' inverse-consistency error
     # (untimed; 1: every pair, 0: none): half of the benchmark's ANTs time goes to those runs
     ice_every: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.aff_starts, str):  # one start: aff_starts=identity
+            self.aff_starts = (self.aff_starts,)
 
     @classmethod
     def preset(cls, name: str, **kw) -> "AntsParams":
@@ -183,25 +193,46 @@ def _registration(ants, *args, **kwargs) -> tuple[dict, float]:
     raise AssertionError("unreachable")
 
 
+def _identity_start(ants, f, path: Path) -> str:
+    """An identity affine whose centre of rotation is the grid's centre, written to ``path`` (a start for
+    ``ants.registration``: no move, where antspyx's default moves the centres of mass together)."""
+    tx = ants.new_ants_transform(dimension=f.dimension, transform_type="AffineTransform")
+    tx.set_fixed_parameters([(n - 1) / 2 * s for n, s in zip(f.shape, f.spacing)])
+    ants.write_transform(tx, str(path))
+    return str(path)
+
+
 def _affine(ants, f, m, params: AntsParams, tmp: Path, tag: str) -> tuple[dict, float]:
     """ANTs-Affine of ``m`` onto ``f`` → (``ants.registration``'s result, seconds): from the centre of mass;
     with ``params.aff_search`` also from the best start of ANTs' multi-start rotation search
-    (antsAffineInitializer), keeping the result of lower Mattes MI (ANTs' own metric, better when lower).
-    The seconds are all of it: both registrations, the search and the choice."""
+    (antsAffineInitializer) and from each of ``params.aff_starts``, keeping the result of lowest Mattes MI
+    (ANTs' own metric, better when lower). The seconds are all of it: every registration, the searches and
+    the choice."""
     aff, secs = _registration(ants, f, m, outprefix=str(tmp / f"{tag}aff_"), **params.affine_kwargs())
     if not params.aff_search or f.dimension not in params.aff_search_dims:
         return aff, secs
     step, arc, iterations = params.aff_search
+    results = [aff]
+    for k, start in enumerate(("search", *params.aff_starts)):
+        t0 = time.perf_counter()
+        if start == "identity":
+            init = _identity_start(ants, f, tmp / f"{tag}identity.mat")
+        elif start in ("search", "principal"):
+            with quiet():  # antsAffineInitializer prints a line per start from C++
+                init = ants.affine_initializer(f, m, search_factor=float(step), radian_fraction=float(arc),
+                                               use_principal_axis=start == "principal",
+                                               local_search_iterations=int(iterations),
+                                               txfn=str(tmp / f"{tag}{start}.mat"))
+        else:
+            raise ValueError(f"unknown ANTs affine start {start!r}; use 'principal' or 'identity'")
+        secs += time.perf_counter() - t0
+        out, t = _registration(ants, f, m, outprefix=str(tmp / f"{tag}aff{k}_"), initial_transform=[init],
+                               **params.affine_kwargs())
+        results.append(out)
+        secs += t
     t0 = time.perf_counter()
-    with quiet():  # antsAffineInitializer prints a line per start from C++
-        start = ants.affine_initializer(f, m, search_factor=float(step), radian_fraction=float(arc),
-                                        local_search_iterations=int(iterations), txfn=str(tmp / f"{tag}search.mat"))
-    secs += time.perf_counter() - t0
-    searched, t = _registration(ants, f, m, outprefix=str(tmp / f"{tag}aff_search_"), initial_transform=[start],
-                                **params.affine_kwargs())
-    t0 = time.perf_counter()
-    best = min((aff, searched), key=lambda r: ants.image_mutual_information(f, r["warpedmovout"]))
-    return best, secs + t + time.perf_counter() - t0
+    best = min(results, key=lambda r: ants.image_mutual_information(f, r["warpedmovout"]))
+    return best, secs + time.perf_counter() - t0
 
 
 def _register(ants, f, m, params: AntsParams, spacing, tmp: Path, tag: str) -> dict:

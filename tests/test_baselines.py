@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from fire_lightning import metrics, spatial
-from fire_lightning.baselines import AntsParams, register_pair
+from fire_lightning.baselines import AntsParams, _to_ants, register_pair
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -126,10 +127,33 @@ def test_the_multi_start_search_finds_a_rotation_that_the_centre_of_mass_start_m
         dice[search] = float(scores["A"]["dice_mean"][0])
     assert dice[()] < 0.5, dice  # a quarter turn: stuck from the centre of mass
     assert dice[(30, 0.5, 20)] > 0.9, dice  # found from the search's start
-    assert len(searches) == 1
+    assert len(searches) == 2  # the search, and the search from the principal axes (``aff_starts``)
     # 3D keeps the centre of mass start (aff_search_dims)
     vol = moving[..., None].expand(1, 48, 48, 8).contiguous(), fixed[..., None].expand(1, 48, 48, 8).contiguous()
     params = AntsParams(threads=1, aff_search=(30, 0.5, 20), aff_iterations=(20,), aff_shrink_factors=(1,),
                         aff_smoothing_sigmas=(0,), reg_iterations=(2,))
     register_pair(*vol, (1.0, 1.0, 1.0), params, inverse=False)
-    assert len(searches) == 1
+    assert len(searches) == 2
+
+
+def test_ants_affine_keeps_the_start_of_lowest_mutual_information(monkeypatch):
+    """Four affines in 2D (centre of mass, the search, principal axes, identity): the one of lowest Mattes MI
+    is ANTs-Affine, and an unknown start is named."""
+    import ants
+
+    moving, fixed, _, _ = _rotated_pair(20)
+    calls, scores = [], []
+    real_reg, real_mi = ants.registration, ants.image_mutual_information
+    monkeypatch.setattr(ants, "registration", lambda *a, **kw: calls.append(kw.get("type_of_transform")) or
+                        real_reg(*a, **kw))
+    monkeypatch.setattr(ants, "image_mutual_information", lambda *a: scores.append(real_mi(*a)) or scores[-1])
+    params = AntsParams(threads=1, aff_search=(30, 0.5, 5), aff_iterations=(50, 20), aff_shrink_factors=(2, 1),
+                        aff_smoothing_sigmas=(1, 0), reg_iterations=(2,))
+    out = register_pair(moving, fixed, (1.0, 1.0), params, inverse=False)
+    assert calls == ["Affine"] * 4 + ["SyNOnly"] and len(scores) == 4
+    kept = out["ANTs-Affine"]["warped"]
+    f = _to_ants(ants, fixed, (1.0, 1.0))
+    kept_mi = real_mi(f, ants.from_numpy(((kept[0] + 1) / 2).numpy().astype("float32")))
+    assert kept_mi == pytest.approx(min(scores), abs=2e-3)
+    with pytest.raises(ValueError, match="unknown ANTs affine start 'moments'"):
+        register_pair(moving, fixed, (1.0, 1.0), dataclasses.replace(params, aff_starts=("moments",)), inverse=False)
