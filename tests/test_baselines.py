@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from fire_lightning import metrics, spatial
-from fire_lightning.baselines import AntsParams, _to_ants, register_pair
+from fire_lightning.baselines import AntsParams, _reflects, _to_ants, register_pair
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -136,9 +137,16 @@ def test_the_multi_start_search_finds_a_rotation_that_the_centre_of_mass_start_m
     assert len(searches) == 2
 
 
-def test_ants_affine_keeps_the_start_of_lowest_mutual_information(monkeypatch):
+def _affine_file(ants, path, matrix) -> str:
+    tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=2,
+                                    matrix=np.asarray(matrix, dtype=float), translation=(1.0, -2.0))
+    ants.write_transform(tx, str(path))
+    return str(path)
+
+
+def test_ants_affine_keeps_the_start_of_lowest_mutual_information(monkeypatch, tmp_path):
     """Four affines in 2D (centre of mass, the search, principal axes, identity): the one of lowest Mattes MI
-    is ANTs-Affine, and an unknown start is named."""
+    that does not mirror the image is ANTs-Affine, and an unknown start is named."""
     import ants
 
     moving, fixed, _, _ = _rotated_pair(20)
@@ -155,5 +163,8 @@ def test_ants_affine_keeps_the_start_of_lowest_mutual_information(monkeypatch):
     f = _to_ants(ants, fixed, (1.0, 1.0))
     kept_mi = real_mi(f, ants.from_numpy(((kept[0] + 1) / 2).numpy().astype("float32")))
     assert kept_mi == pytest.approx(min(scores), abs=2e-3)
+    turn, mirror = ([[0.9, -0.3], [0.3, 1.1]], [[-1.0, 0.0], [0.0, 1.0]])
+    assert not _reflects(ants, {"fwdtransforms": [_affine_file(ants, tmp_path / "turn.mat", turn)]})
+    assert _reflects(ants, {"fwdtransforms": [_affine_file(ants, tmp_path / "mirror.mat", mirror)]})
     with pytest.raises(ValueError, match="unknown ANTs affine start 'moments'"):
         register_pair(moving, fixed, (1.0, 1.0), dataclasses.replace(params, aff_starts=("moments",)), inverse=False)
