@@ -20,9 +20,10 @@ Giving the baseline its best fair chance (measured on the phantom test pairs, do
   pairs (11 of the 120 test pairs); with the search as well, none of those 40 (ANTs-SyN 80.30 % against
   77.90 %, at 1.5× the time), but 3 of all 80 validation pairs, where both ended wrong; with the two more
   starts, none of the 80 (ANTs-SyN 80.25 % against 79.36 %, 0.65 against 0.42 s a pair on 1 thread; either
-  start alone left one failure; ``benchmarks/tune_peers.py``, docs/benchmark.md). 3D keeps the centre of
-  mass start: on the 8 validation pairs of the 3D benchmark no pair fails either way, and the search
-  scores ANTs-SyN 71.77 % against 72.10 % at twice the time.
+  start alone left one failure; ``benchmarks/tune_peers.py``, docs/benchmark.md); a result that mirrors
+  the image is never kept (the principal axes' start ended in one on a test pair and won the MI choice).
+  3D keeps the centre of mass start: on the 8 validation pairs of the 3D benchmark no pair fails either
+  way, and the search scores ANTs-SyN 71.77 % against 72.10 % at twice the time.
 
 ANTs-SyN is ``SyNOnly`` started from the ANTs-Affine result (what ``type_of_transform="SyN"``
 does in one call); its time per pair is the affine stage's plus the SyN stage's. (Raising the
