@@ -87,6 +87,9 @@ class AntsParams:
     def __post_init__(self):
         if isinstance(self.aff_starts, str):  # one start: aff_starts=identity
             self.aff_starts = (self.aff_starts,)
+        unknown = [s for s in self.aff_starts if s not in ("principal", "identity")]
+        if unknown:
+            raise ValueError(f"unknown ANTs affine start {unknown[0]!r}; use 'principal' or 'identity'")
 
     @classmethod
     def preset(cls, name: str, **kw) -> "AntsParams":
@@ -218,14 +221,12 @@ def _affine(ants, f, m, params: AntsParams, tmp: Path, tag: str) -> tuple[dict, 
         t0 = time.perf_counter()
         if start == "identity":
             init = _identity_start(ants, f, tmp / f"{tag}identity.mat")
-        elif start in ("search", "principal"):
+        else:  # the search, from the centres of mass or from the principal axes
             with quiet():  # antsAffineInitializer prints a line per start from C++
                 init = ants.affine_initializer(f, m, search_factor=float(step), radian_fraction=float(arc),
                                                use_principal_axis=start == "principal",
                                                local_search_iterations=int(iterations),
                                                txfn=str(tmp / f"{tag}{start}.mat"))
-        else:
-            raise ValueError(f"unknown ANTs affine start {start!r}; use 'principal' or 'identity'")
         secs += time.perf_counter() - t0
         out, t = _registration(ants, f, m, outprefix=str(tmp / f"{tag}aff{k}_"), initial_transform=[init],
                                **params.affine_kwargs())
