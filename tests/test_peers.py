@@ -22,6 +22,8 @@ FAST = {"greedy": dict(threads=1, affine_iterations=(50, 20), iterations=(30, 10
         "elastix": dict(threads=1, affine_resolutions=2, resolutions=2, affine_iterations=100, iterations=100,
                         grid_spacing_mm=16.0)}
 TOOLS = ("greedy", "elastix")
+#: one attempt's calls, counted: Greedy's affine from one start (a start of several that fails is only dropped)
+ONE_START = {"greedy": dict(FAST["greedy"], rotation_starts=0), "elastix": FAST["elastix"]}
 
 
 def _pair3d():
@@ -112,6 +114,9 @@ def _flaky_greedy(monkeypatch, fail: int, nan: bool = False, bad=None) -> list:
                 return np.full((3, 3), np.nan) if bad is None else np.asarray(bad)
             return self.g[key]
 
+        def metric_log(self):
+            return self.g.metric_log()
+
     monkeypatch.setattr(picsl_greedy, "Greedy2D", Flaky)
     return calls
 
@@ -137,7 +142,7 @@ def _flaky_elastix(monkeypatch, fail) -> list:
 def test_a_failed_peer_call_is_tried_once_more_and_a_second_failure_is_an_error(tool, monkeypatch):
     moving, fixed, _, _ = _pair()
     peer = PEERS[tool]
-    params = peer.make_params(**FAST[tool])
+    params = peer.make_params(**ONE_START[tool])
     flaky = _flaky_greedy if tool == "greedy" else _flaky_elastix
     calls = flaky(monkeypatch, fail=1)
     out = peer.register(moving, fixed, (1.0, 1.0), params, False)
@@ -163,7 +168,7 @@ def test_a_nan_result_counts_as_a_failure(monkeypatch):
     peer = PEERS["greedy"]
     calls = _flaky_greedy(monkeypatch, fail=2, nan=True)
     with pytest.raises(PeerFailed, match="Greedy failed twice: Greedy's affine returned non-finite values"):
-        peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**FAST["greedy"]), False)
+        peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**ONE_START["greedy"]), False)
     assert len(calls) == 2
     assert calls[0][0] != calls[1][0]  # the second attempt with a new Greedy object, not the one that failed
 
@@ -179,11 +184,90 @@ def test_a_diverged_affine_counts_as_a_failure_and_names_its_scales(monkeypatch)
     peer = PEERS["greedy"]
     calls = _flaky_greedy(monkeypatch, fail=2, nan=True, bad=[[2.2, 10.3, 94.1], [-10.3, 2.2, -15.7], [0, 0, 1]])
     with pytest.raises(PeerFailed, match=r"Greedy's affine diverged: its scales are 10.5, 10.5"):
-        peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**FAST["greedy"]), False)
+        peer.register(moving, fixed, (1.0, 1.0), peer.make_params(**ONE_START["greedy"]), False)
     assert len(calls) == 2
     check_scales("an affine", [[1.5, 0.3, 9.0], [-0.2, 0.6, -4.0], [0, 0, 1]])  # the test pairs' range passes
     with pytest.raises(RuntimeError, match="an affine diverged: its scales are 1, 1, 0.05"):
         check_scales("an affine", np.diag([1.0, 1.0, 0.05, 1.0]))
+
+
+def test_a_greedy_start_that_fails_is_dropped_and_every_start_failing_fails_the_attempt(monkeypatch):
+    """With several starts, the first start's failing call only drops that start (no retry); when every start of
+    the first attempt fails, the second attempt runs them all again."""
+    moving, fixed, _, _ = _pair()
+    peer = PEERS["greedy"]
+    params = peer.make_params(**FAST["greedy"])
+    calls = _flaky_greedy(monkeypatch, fail=1)
+    out = peer.register(moving, fixed, (1.0, 1.0), params, False)
+    assert out["Greedy"]["field"].shape == (2, 40, 36)
+    assert len(calls) == 1 + 2 * (len(params.rotation_starts) - 1)  # one failed call, the other starts' two each
+    monkeypatch.undo()
+    calls = _flaky_greedy(monkeypatch, fail=len(params.rotation_starts))  # each start's first call, once
+    peer.register(moving, fixed, (1.0, 1.0), params, False)
+    assert len(calls) == 3 * len(params.rotation_starts)
+
+
+def test_greedy_keeps_the_start_of_lowest_final_metric():
+    """:func:`_best_of_starts` on stand-in chains: each reads its start's angle back from the matrix file; the
+    lowest metric wins, a start that raises is dropped, and all raising names every start."""
+    import numpy as np
+
+    from fire_lightning.peers.greedy import _best_of_starts, _to_sitk
+
+    f = _to_sitk(torch.zeros(1, 40, 36), (2.0, 1.5), False)
+
+    class Chain:
+        def __init__(self, path):
+            m = np.loadtxt(path)
+            self.angle = round(float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))))
+            if self.angle in bad:
+                raise RuntimeError(f"diverged at {self.angle}")
+
+        def metric_log(self):
+            return [{"TotalPerPixelMetric": [0.0, abs(self.angle - 20) - 100.0]}]
+
+    bad = {-30}
+    assert _best_of_starts(np.eye(3), (0, -20, 20, -30, 30), f, Chain).angle == 20
+    bad = {20, 30}
+    assert _best_of_starts(np.eye(3), (0, -20, 20, -30, 30), f, Chain).angle == 0
+    bad = {0, 20}
+    with pytest.raises(RuntimeError, match="failed from every start \\(0°: diverged at 0; 20°: diverged at 20\\)"):
+        _best_of_starts(np.eye(3), (0, 20), f, Chain)
+    with pytest.raises(RuntimeError, match="^diverged at 0$"):  # one start: its own error
+        _best_of_starts(np.eye(3), (0,), f, Chain)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_greedy_s_start_is_turned_about_the_fixed_grid_s_centre(centred, tmp_path):
+    """The start matrix (Greedy's RAS, fixed → moving) is ``base`` after a turn about the fixed grid's centre:
+    that centre goes where ``base`` sends it, and the linear part is ``base``'s times the turn."""
+    import numpy as np
+
+    from fire_lightning.peers.greedy import _to_sitk, _turned_start
+
+    f = _to_sitk(torch.zeros(1, 40, 36), (2.0, 1.5), centred)
+    lps = np.array(f.TransformContinuousIndexToPhysicalPoint([19.5, 17.5]))
+    centre = np.array([*(-lps), 1.0])  # RAS
+    base = np.array([[1.1, 0.1, 4.0], [-0.2, 0.9, -3.0], [0.0, 0.0, 1.0]])
+    m = np.loadtxt(_turned_start(base, 90.0, f, str(tmp_path / "s.mat")))
+    assert np.allclose(m @ centre, base @ centre)
+    assert np.allclose(m[:2, :2], base[:2, :2] @ np.array([[0.0, -1.0], [1.0, 0.0]]))
+    assert np.allclose(np.loadtxt(_turned_start(base, 0.0, f, str(tmp_path / "z.mat"))), base)
+
+
+def test_greedy_multi_starts_and_pads_in_2d_only():
+    params = PEERS["greedy"].make_params
+    p = params()
+    assert p.starts(2) == (0.0, -10.0, 10.0, -20.0, 20.0, -30.0, 30.0) and p.starts(3) == (0.0,)
+    two, three = p.affine_commands(1, (64, 72)), p.affine_commands(1, (48, 56, 48))
+    assert all(" -ref-pad 8x8 " in c for c, _ in two) and not any("-ref-pad" in c for c, _ in three)
+    assert two[0][0].count("-ia start.mat") == 1 and "-ia aff0" in two[1][0]
+    assert not any("-ref-pad" in c for c, _ in params(ref_pad=0).affine_commands(1, (64, 72)))
+    assert params(rotation_starts=0).starts(2) == (0.0,) and params(start_dims=(2, 3)).starts(3) == p.starts(2)
+    with pytest.raises(ValueError, match="at least one angle"):
+        params(rotation_starts=())
+    with pytest.raises(ValueError, match="not 'moment'"):
+        params(affine_init="moment")
 
 
 def test_elastix_refuses_its_bending_penalty_on_several_threads():
@@ -302,7 +386,7 @@ def test_the_benchmark_scores_and_times_greedy_beside_fire_and_names_a_failing_p
     assert "affine_err_mm" in results["methods"]["Greedy-Affine"] and "Greedy" in results["nonrigid_share"]
     md = (tmp_path / "bm" / "results.md").read_text()
     assert "| Greedy | CPU, 1 threads |" in md and "ICE of Greedy-Affine and Greedy: over the 1 of the 2 pairs" in md
-    _flaky_greedy(monkeypatch, fail=10)
+    _flaky_greedy(monkeypatch, fail=2 * len(params.rotation_starts))  # every start of both attempts
     with pytest.raises(RuntimeError, match=f"pair {pairs[0]['id']}: Greedy failed twice"):
         ev.evaluate(model, pairs, tmp_path / "bm2", threads=1, peers={"greedy": params})
 
