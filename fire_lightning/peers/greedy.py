@@ -51,7 +51,7 @@ affine failures; docs/benchmark.md, "Greedy's starts"):
 * **several starts** (``rotation_starts``): the chain from the centres of mass turned by 0, ±10°, ±20° and
   ±30° about the fixed grid's centre, the result of the lowest final NMI kept (a start that diverges is
   dropped): 5 of 80 (Greedy 71.65; 6 with 0, ±20° and ±30°, 7 with 0 and ±20°). Greedy's own random search
-  (``-search``) chooses among its starts before optimising them, which did not help;
+  (``-search``) chooses among its starts before optimising them, and did not help;
 * **a padded reference space** (``ref_pad``, ``-ref-pad 8x8``: the fixed grid grown by 8 voxels for the affine
   stages, so that a moving image turned or scaled past the fixed image's edge still counts): with one start 25
   of 80 instead of 32; with five starts (0, ±20°, ±30°) and no padding 5, but some with errors of hundreds of
