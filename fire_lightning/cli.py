@@ -47,7 +47,7 @@ def load_config(path, overrides=None):
 def _refine(args):
     from .refine import settings_from_cli
 
-    return settings_from_cli(args.refine, args.refine_lr_affine, args.refine_lr_field)
+    return settings_from_cli(args.refine, args.refine_lr_affine, args.refine_lr_field, args.refine_smooth)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -18,6 +18,8 @@ def refine_options(parser) -> None:
                         help="Adam step of the affine part (default 1e-2)")
     parser.add_argument("--refine-lr-field", default=None, metavar="LR",
                         help="Adam step of the non-rigid field (default 2e-3)")
+    parser.add_argument("--refine-smooth", default=None, metavar="W",
+                        help="weight of the smoothness term, x the paper's lambda (default 1; 0: none)")
 
 
 def peer_names(text: str) -> tuple[str, ...]:

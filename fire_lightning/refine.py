@@ -50,16 +50,17 @@ class RefineSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
                 raise ValueError(f"refine {name} (--refine-{name.replace('_', '-')}) must be a number > 0, "
                                  f"got {value!r}")
-        if self.smooth_weight < 0:
-            raise ValueError(f"refine smooth_weight must be >= 0, got {self.smooth_weight!r}")
+        w = self.smooth_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise ValueError(f"refine smooth_weight (--refine-smooth) must be a number >= 0, got {w!r}")
 
 
-def settings_from_cli(steps, lr_affine=None, lr_field=None) -> RefineSettings | None:
-    """``--refine N [--refine-lr-affine LR] [--refine-lr-field LR]`` (strings or numbers) → settings;
-    None when ``steps`` is None. Raises ValueError (one line) for a bad value."""
+def settings_from_cli(steps, lr_affine=None, lr_field=None, smooth=None) -> RefineSettings | None:
+    """``--refine N [--refine-lr-affine LR] [--refine-lr-field LR] [--refine-smooth W]`` (strings or numbers)
+    → settings; None when ``steps`` is None. Raises ValueError (one line) for a bad value."""
     if steps is None:
-        if lr_affine is not None or lr_field is not None:
-            raise ValueError("--refine-lr-affine / --refine-lr-field need --refine N")
+        if lr_affine is not None or lr_field is not None or smooth is not None:
+            raise ValueError("--refine-lr-affine / --refine-lr-field / --refine-smooth need --refine N")
         return None
 
     def number(value, name: str, kind):
@@ -74,6 +75,8 @@ def settings_from_cli(steps, lr_affine=None, lr_field=None) -> RefineSettings | 
         kw["lr_affine"] = number(lr_affine, "--refine-lr-affine", float)
     if lr_field is not None:
         kw["lr_field"] = number(lr_field, "--refine-lr-field", float)
+    if smooth is not None:
+        kw["smooth_weight"] = number(smooth, "--refine-smooth", float)
     return RefineSettings(**kw)
 
 

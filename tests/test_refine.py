@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fire_lightning import spatial
-from fire_lightning.losses import MutualInformation, smoothness_weight
+from fire_lightning.losses import MutualInformation, smoothness, smoothness_weight
 from fire_lightning.refine import RefineSettings, objective, refine, settings_from_cli
 
 from .conftest import gen
@@ -75,6 +75,28 @@ def test_bad_refine_values_are_one_line_errors(steps, lr, match):
         settings_from_cli(steps, lr_affine=lr)
     assert "\n" not in str(e.value)
     assert settings_from_cli(None) is None and settings_from_cli("3").steps == 3
+
+
+@pytest.mark.parametrize("smooth,match", [("-1", ">= 0"), ("heavy", "number"), ("inf", ">= 0"), ("nan", ">= 0")])
+def test_refine_smooth_option_is_checked_and_needs_steps(smooth, match):
+    with pytest.raises(ValueError, match=match):
+        settings_from_cli("5", smooth=smooth)
+    with pytest.raises(ValueError, match="need --refine N"):
+        settings_from_cli(None, smooth="0.5")
+    assert settings_from_cli("5", smooth="0.25").smooth_weight == 0.25
+    assert settings_from_cli("5", smooth="0").smooth_weight == 0.0
+
+
+def test_a_lighter_smoothness_term_lets_the_refined_field_bend_more():
+    shape = (24, 24)
+    fixed, moving = _blobs(shape), _blobs(shape, 0.1)
+    theta, v0 = spatial.identity_affine(1, 2), torch.zeros(1, 2, 12, 12)
+
+    def bending(weight):
+        _, v, _ = refine(moving, fixed, theta, v0, RefineSettings(steps=30, smooth_weight=weight, affine=False))
+        return float(smoothness(v, shape))
+
+    assert bending(0.0) > bending(1.0) > bending(100.0)
 
 
 @pytest.mark.parametrize("text", ["", "a,b", "-1,5", "2.5"])
