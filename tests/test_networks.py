@@ -815,3 +815,51 @@ def test_registering_with_a_frozen_affine_encoder_runs_g_only_where_something_re
         full = net.transform("AtoB", g_a, g_b, x_a, x_b)
     torch.testing.assert_close(t.theta, full.theta)
     torch.testing.assert_close(t.disp_nr, full.disp_nr)
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,batch,layout", [(2, 4, 3, 1, 1, "default"), (2, 4, 3, 1, 1, "last"),
+                                                             (3, 5, 4, 2, 2, "default"), (1, 3, 7, 1, 1, "last")])
+def test_the_3d_convolution_takes_onednn_and_gives_torchs_values_and_gradients(cin, cout, k, stride, batch, layout):
+    """``blocks.Conv3d`` (every 3D convolution of the networks) runs oneDNN's convolution on the CPU where
+    PyTorch's own rule would take its slower loop (one sample, 3³ kernels, few channels): the same outputs and
+    gradients as ``nn.Conv3d`` to float rounding, in either memory layout; checkpoints load into it unchanged."""
+    from torch.profiler import profile
+
+    from fire_lightning.nets.blocks import Conv3d, conv
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv3d(cin, cout, k, stride=stride, padding=(k - 1) // 2)
+    ours = conv(3, cin, cout, k, stride=stride, padding=(k - 1) // 2)
+    assert type(ours) is Conv3d and type(conv(2, cin, cout, k)) is torch.nn.Conv2d
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, cin, 12, 10, 8, generator=_gen(5))
+    if layout == "last":
+        ref, ours, x = (t.to(memory_format=torch.channels_last_3d) for t in (ref, ours, x))
+    xr, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with profile() as prof:
+        yo = ours(xo)
+    yr = ref(xr)
+    g = torch.randn(yr.shape, generator=_gen(6))
+    yr.backward(g)
+    yo.backward(g)
+    torch.testing.assert_close(yo, yr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops
+
+
+def test_the_3d_convolution_keeps_torchs_route_for_other_dtypes_and_pointwise_kernels():
+    from torch.profiler import profile
+
+    from fire_lightning.nets.blocks import conv
+
+    for layer, x in ((conv(3, 2, 3, 3, padding=1).double(), torch.randn(1, 2, 6, 6, 6, dtype=torch.float64)),
+                     (conv(3, 2, 3, 1), torch.randn(1, 2, 6, 6, 6))):
+        ref = torch.nn.Conv3d(2, 3, layer.kernel_size, padding=layer.padding).to(x.dtype)
+        ref.load_state_dict(layer.state_dict())
+        with profile() as prof:
+            out = layer(x)
+        assert "aten::mkldnn_convolution" not in {e.key for e in prof.key_averages()}
+        assert torch.equal(out, ref(x))

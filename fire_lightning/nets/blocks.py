@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 
 def conv(n: int, *args, **kwargs) -> nn.Module:
-    return getattr(nn, f"Conv{n}d")(*args, **kwargs)
+    """``nn.Conv2d`` or, for ``n = 3``, :class:`Conv3d`."""
+    return Conv3d(*args, **kwargs) if n == 3 else getattr(nn, f"Conv{n}d")(*args, **kwargs)
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` whose float32 CPU forward (and so its backward) always runs oneDNN's convolution.
+
+    PyTorch picks oneDNN or its own slower loop by a rule written for 2D: with one sample, kernels of at
+    most 3 and ``N × C × D × H`` at most 20 480, it takes the loop, which on a 3D volume is far the slower:
+    the non-rigid U-Net's first convolution (2 → 16 channels on 48 × 56 × 48 voxels, batch 1) took 10.3 ms
+    forward and 58 ms forward + backward, against 2.4 and 35 ms by oneDNN (a one-off timing, one thread,
+    torch 2.13; the whole model: docs/performance.md). The values are the same to float rounding
+    (tests/test_networks.py). 1 × 1 × 1 kernels, other dtypes and devices, padding modes other than zeros,
+    tensor subclasses (fake tensors) and compiled graphs keep PyTorch's choice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # compiling first: dynamo folds it and traces torch's convolution, not the checks after it
+        if (not torch.compiler.is_compiling() and type(x) is torch.Tensor  # not fake or meta tensors
+                and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and math.prod(self.kernel_size) > 1 and torch.backends.mkldnn.is_available()
+                and torch.backends.mkldnn.enabled):
+            return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, list(self.padding),
+                                                     list(self.stride), list(self.dilation), self.groups)
+        return super().forward(x)
 
 
 def inorm(n: int, ch: int) -> nn.Module:
