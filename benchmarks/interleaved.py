@@ -8,8 +8,10 @@ On a shared machine whose speed moves by a third between sittings, a 10 % change
 the variants take turns in one process. Each variant is the config with its own ``key=value``
 overrides (space-separated in one ``--variant``), built with the same seed, so with the same
 weights; ``cost_volume=shifted`` makes the matching head's cost volume take the shifted-product
-route on every grid (``auto``: the all-pairs route on coarse grids, the default), and ``norm=instance``
-puts torch's ``InstanceNorm`` where the networks have their GroupNorm form of it. Per round, every
+route on every grid (``auto``: the all-pairs route on coarse grids, the default; a number N: the
+all-pairs route up to N points per offset), ``norm=instance`` puts torch's ``InstanceNorm`` where the
+networks have their GroupNorm form of it, and ``conv3d=torch`` lets PyTorch choose the route of every 3D
+convolution (``onednn``: the networks' own :class:`~fire_lightning.nets.blocks.Conv3d`, the default). Per round, every
 variant runs one FIRE training forward and backward (:func:`losses.fire_forward` +
 :func:`losses.fire_loss`, the affine warm-up off; no optimiser step, so the weights stay put) on
 the same training batch, then ``register`` on the same validation pair. It prints the median and
@@ -24,7 +26,19 @@ import statistics
 import time
 from pathlib import Path
 
-SCRIPT_KEYS = {"cost_volume": {"auto": None, "shifted": 0}, "norm": {"group": None, "instance": None}}
+SCRIPT_KEYS = {"cost_volume": {"auto": None, "shifted": 0}, "norm": {"group": None, "instance": None},
+               "conv3d": {"onednn": None, "torch": None}}
+
+
+def _torch_conv3d(module) -> None:
+    """Give the networks' 3D convolutions (``blocks.Conv3d``) back torch's own forward, weights kept."""
+    import torch
+
+    from fire_lightning.nets.blocks import Conv3d
+
+    for m in module.modules():
+        if type(m) is Conv3d:
+            m.__class__ = torch.nn.Conv3d
 
 
 def _torch_instance_norms(module, n: int) -> None:
@@ -45,7 +59,7 @@ def _split(variant: str) -> tuple[list[str], dict[str, str]]:
     for token in variant.split():
         key, _, value = token.partition("=")
         if key in SCRIPT_KEYS:
-            if value not in SCRIPT_KEYS[key]:
+            if value not in SCRIPT_KEYS[key] and not (key == "cost_volume" and value.isdigit()):
                 raise SystemExit(f"--variant {variant!r}: {key} must be one of {list(SCRIPT_KEYS[key])}")
             own[key] = value
         else:
@@ -90,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
         model = FIREModule(cfg, label_names=dm.label_names, spacing=dm.spacing)
         if own.get("norm") == "instance":
             _torch_instance_norms(model.net, cfg.data.spatial_dims)
-        limit = SCRIPT_KEYS["cost_volume"][own.get("cost_volume", "auto")]
+        if own.get("conv3d") == "torch":
+            _torch_conv3d(model.net)
+        route = own.get("cost_volume", "auto")
+        limit = int(route) if route.isdigit() else SCRIPT_KEYS["cost_volume"][route]
         variants[v] = (model, dense_default if limit is None else limit)
 
     step = {v: [] for v in variants}
