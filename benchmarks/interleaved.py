@@ -11,7 +11,7 @@ weights; ``cost_volume=shifted`` makes the matching head's cost volume take the 
 route on every grid (``auto``: the all-pairs route on coarse grids, the default; a number N: the
 all-pairs route up to N points per offset), ``norm=instance`` puts torch's ``InstanceNorm`` where the
 networks have their GroupNorm form of it, and ``conv3d=torch`` lets PyTorch choose the route of every 3D
-convolution (``onednn``: the networks' own :class:`~fire_lightning.nets.blocks.Conv3d`, the default). Per round, every
+convolution (``onednn``: the networks' own ``blocks.Conv3d``, the default). Per round, every
 variant runs one FIRE training forward and backward (:func:`losses.fire_forward` +
 :func:`losses.fire_loss`, the affine warm-up off; no optimiser step, so the weights stay put) on
 the same training batch, then ``register`` on the same validation pair. It prints the median and
@@ -60,7 +60,8 @@ def _split(variant: str) -> tuple[list[str], dict[str, str]]:
         key, _, value = token.partition("=")
         if key in SCRIPT_KEYS:
             if value not in SCRIPT_KEYS[key] and not (key == "cost_volume" and value.isdigit()):
-                raise SystemExit(f"--variant {variant!r}: {key} must be one of {list(SCRIPT_KEYS[key])}")
+                number = " or a number of points per offset" if key == "cost_volume" else ""
+                raise SystemExit(f"--variant {variant!r}: {key} must be one of {list(SCRIPT_KEYS[key])}{number}")
             own[key] = value
         else:
             overrides.append(token)

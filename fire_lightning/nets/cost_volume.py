@@ -14,10 +14,11 @@ import math
 import torch
 from torch import nn
 
-#: :func:`cost_volume` takes the all-pairs route up to this many points per offset. The two routes cost the
-#: same at about 20–28 points per offset (2D and 3D, 64 channels, one thread); the 3D matching head on a
-#: 48 × 56 × 48 volume has 16.1 (12 × 14 × 12 points, 125 offsets), where the all-pairs route took 12.6 ms
-#: forward + backward against the shifted products' 30.9 (``benchmarks/interleaved.py``, docs/performance.md)
+#: :func:`cost_volume` takes the all-pairs route up to this many points per offset. In a one-off timing of
+#: both routes (2D and 3D grids, 64 channels, one thread) they cost the same at about 20–28 points per
+#: offset; the 3D matching head on a 48 × 56 × 48 volume has 16.1 (12 × 14 × 12 points, 125 offsets), where
+#: the all-pairs route took 12.6 ms forward + backward against the shifted products' 30.9. The whole model:
+#: ``benchmarks/interleaved.py`` (docs/performance.md).
 DENSE_POINTS_PER_OFFSET = 20
 
 
