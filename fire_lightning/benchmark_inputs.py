@@ -13,7 +13,8 @@ SPLIT_KEYS = ("name", "spatial_dims", "spacing", "size", "min_brain_fraction", "
 
 #: model keys that a benchmark may change on a trained network (they act at inference only)
 INFERENCE_KEYS = ("model.affine.passes_eval", "model.affine.fine_passes_eval", "model.affine.full_passes_eval",
-                  "model.affine.symmetric_passes_eval", "model.nonrigid.passes_eval")
+                  "model.affine.symmetric_passes_eval", "model.nonrigid.passes_eval",
+                  "model.nonrigid.symmetric_passes_eval")
 
 
 #: named evaluation protocols (``fire benchmark --protocol NAME``): data overrides giving earlier test pairs.

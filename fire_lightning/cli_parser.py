@@ -96,7 +96,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", help="key=value overrides of the data config, e.g. data.n_test_images=2, "
                    "and of the inference-only model keys: model.affine.passes_eval=5, model.affine.fine_passes_eval=3, "
                    "model.affine.full_passes_eval=2 (a model trained with those levels), "
-                   "model.affine.symmetric_passes_eval=2")
+                   "model.affine.symmetric_passes_eval=2, model.nonrigid.passes_eval=3, "
+                   "model.nonrigid.symmetric_passes_eval=1")
     b.add_argument("--split", default="test", choices=["test", "val"], help="score the test pairs (default) or the "
                    "validation pairs, to choose inference settings without the test pairs (output: RUN/benchmark-val)")
     b.add_argument("--checkpoint", default=None, help="checkpoint, a path or a name in RUN/checkpoints/ "

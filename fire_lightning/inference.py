@@ -73,7 +73,7 @@ class Registers:
 
     def set_inference_key(self, key: str, value) -> None:
         """Change one inference-only key of ``model`` (:attr:`PASSES_EVAL`, ``affine.symmetric_passes_eval``,
-        ``nonrigid.passes_eval``) on a trained model."""
+        ``nonrigid.passes_eval``, ``nonrigid.symmetric_passes_eval``) on a trained model."""
         if key != "nonrigid.passes_eval" and not isinstance(self.net, FIRENet):
             raise ValueError(f"model.{key}: the {self.net.NAME} model has no learned affine stage; of the "
                              "inference-only keys it takes model.nonrigid.passes_eval")
@@ -81,6 +81,8 @@ class Registers:
             return self.set_passes_eval(key, value)
         if key == "nonrigid.passes_eval":
             return self.set_nonrigid_passes_eval(value)
+        if key == "nonrigid.symmetric_passes_eval":
+            return self.set_nonrigid_symmetric_passes_eval(value)
         if key != "affine.symmetric_passes_eval":
             raise KeyError(f"model.{key} is not an inference-only key")
         if value is None or int(value) < 0:
@@ -102,13 +104,15 @@ class Registers:
 
     def inference_passes(self) -> dict[str, int]:
         """The passes the affine stage runs at inference (a benchmark's ``meta``): each level's, 0 for a
-        level the model has not, and the symmetric passes (the MI-CNN: its cascade's passes)."""
+        level the model has not, and the symmetric passes of the affine and non-rigid stages (the MI-CNN: its
+        cascade's passes)."""
         if not isinstance(self.net, FIRENet):
             return {"nonrigid_passes_eval": self.net.unet.passes_eval}
         t = self.net.T_ab
         return {"affine_passes_eval": t.passes_eval["affine"], "affine_fine_passes_eval": t.passes_eval["affine_fine"],
                 "affine_full_passes_eval": t.passes_eval["affine_full"],
-                "affine_symmetric_passes_eval": self.net.affine_symmetric_passes_eval}
+                "affine_symmetric_passes_eval": self.net.affine_symmetric_passes_eval,
+                "nonrigid_symmetric_passes_eval": self.net.nonrigid_symmetric_passes_eval}
 
     def set_nonrigid_passes_eval(self, passes: int | None) -> None:
         """The U-Net T_nr's cascade passes at inference on a trained model (None: as in training)."""
@@ -121,6 +125,17 @@ class Registers:
         for h in heads:
             h.passes_eval = int(passes) if passes is not None else h.passes
         self.cfg.model.nonrigid.passes_eval = passes
+
+    def set_nonrigid_symmetric_passes_eval(self, passes: int) -> None:
+        """The opposite U-Net T_nr's passes of the symmetric non-rigid estimate on a trained FIRE (0: off;
+        :meth:`nets.fire.FIRENet.symmetric_nonrigid`)."""
+        if not all(hasattr(h, "passes_eval") for h in self.net.nonrigid_heads()):
+            raise ValueError(f"nonrigid.symmetric_passes_eval={passes}: this model's T_nr is not a U-Net "
+                             f"(model.nonrigid.head = {self.cfg.model.nonrigid.head!r})")
+        if passes is None or int(passes) < 0:
+            raise ValueError(f"nonrigid.symmetric_passes_eval must be >= 0 (0: off), got {passes}")
+        self.net.nonrigid_symmetric_passes_eval = int(passes)
+        self.cfg.model.nonrigid.symmetric_passes_eval = int(passes)
 
     @torch.no_grad()
     def register(self, moving: torch.Tensor, fixed: torch.Tensor, refine: RefineSettings | None = None,

@@ -184,14 +184,14 @@ class AffineConfig:
 
 @dataclass
 class NonRigidConfig:
-    """T_nr (:mod:`fire_lightning.nets.nonrigid`): the paper's ``conv`` head on G's features, or a ``unet`` on the
-    images."""
+    """T_nr (:mod:`fire_lightning.nets.nonrigid`): the paper's ``conv`` head on G's features or a ``unet`` on images."""
 
     head: str = "conv"  # conv (the paper's, on G's S/4 features) | unet (on the images, VoxelMorph / MI-CNN style)
     channels: List[int] = field(default_factory=lambda: [16, 32, 32, 32])  # unet: features per level, fine to coarse
     out_level: int = 1  # unet: the field's grid, S/2^out_level
     passes: int = 1  # unet: recursive cascade, each pass on the image re-warped by the field so far
     passes_eval: Optional[int] = None  # unet: passes at inference; None: as in training
+    symmetric_passes_eval: int = 0  # unet, inference, K > 0: mean with T^{B→A}'s estimate (FIRENet.symmetric_nonrigid)
     diffeomorphic: bool = False  # T_nr's output is a stationary velocity, integrated by scaling and squaring
     integration_steps: int = 7
 

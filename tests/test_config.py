@@ -75,6 +75,8 @@ def test_a_malformed_override_value_is_a_config_error():
     ("model.synthesis.down_kernel=5", "model.synthesis.down_kernel"),
     ("model.synthesis.outer_kernel=4", "model.synthesis.outer_kernel"),
     ("model.nonrigid.out_level=4", "out_level"),
+    ("model.nonrigid.head=unet model.nonrigid.symmetric_passes_eval=-1", "model.nonrigid.symmetric_passes_eval"),
+    ("model.nonrigid.head=conv model.nonrigid.symmetric_passes_eval=1", "head is 'unet'"),
 ])
 def test_bad_model_settings_are_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

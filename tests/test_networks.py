@@ -729,6 +729,43 @@ def test_symmetric_inference_averages_the_affine_with_the_inverse_of_the_opposit
 
 
 @pytest.mark.parametrize("n", [2, 3])
+def test_symmetric_nonrigid_inference_averages_the_velocity_with_the_opposite_networks_estimate_of_its_inverse(n):
+    """``model.nonrigid.symmetric_passes_eval`` K: at inference T^{B→A}'s U-Net registers the fixed image to the
+    moving one as phi_af aligns it (K passes from the identity, on the fixed grid); its velocity v' estimates
+    -v, and phi_nr's velocity is (v - v') / 2, integrated as the network's own. The affine is untouched;
+    training, and K = 0, are the one-sided network; two estimates that agree (v' = -v) give v back."""
+    net = _tiny_net(n, affine={"head": "match", "init": "scale"},
+                    nonrigid={"head": "unet", "channels": [4, 4, 4], "passes": 2, "diffeomorphic": True,
+                              "symmetric_passes_eval": 1})
+    with torch.no_grad():  # the field layers start at zero: give both directions a field of their own
+        for seed, t in enumerate((net.T_ab, net.T_ba)):
+            t.nonrigid.head.weight.normal_(0.0, 0.5, generator=_gen(seed))
+    x_a, x_b = _inputs(n, seed=15)
+    g_a, g_b, fine = net.encode_pair(x_a, x_b)
+    net.eval()
+    with torch.no_grad():
+        sym = net.transform("AtoB", g_a, g_b, x_a, x_b, fine)
+        net.nonrigid_symmetric_passes_eval = 0
+        own = net.transform("AtoB", g_a, g_b, x_a, x_b, fine)
+        moving_af = spatial.warp(x_a, spatial.affine_to_displacement(own.theta, x_a.shape[2:]))
+        ident = spatial.identity_affine(x_a.shape[0], n)
+        back = net.T_ba.nonrigid(x_b, moving_af, ident, net.T_ba.displacement, passes=1)
+        expected = 0.5 * (own.nr_feat - back)
+        torch.testing.assert_close(sym.theta, own.theta)
+        torch.testing.assert_close(sym.nr_feat, expected)
+        torch.testing.assert_close(sym.disp_nr, spatial.integrate_velocity(expected, net.T_ab.integration_steps))
+        assert not torch.allclose(sym.nr_feat, own.nr_feat, atol=1e-4)
+        net.nonrigid_symmetric_passes_eval = 1
+        net.T_ba.nonrigid.forward = lambda *args, **kw: -own.nr_feat  # an opposite estimate that agrees
+        torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine).nr_feat, own.nr_feat)
+        del net.T_ba.nonrigid.forward
+        net.train()
+        trained = net.transform("AtoB", g_a, g_b, x_a, x_b, fine)
+        net.nonrigid_symmetric_passes_eval = 0
+        torch.testing.assert_close(net.transform("AtoB", g_a, g_b, x_a, x_b, fine).nr_feat, trained.nr_feat)
+
+
+@pytest.mark.parametrize("n", [2, 3])
 def test_the_instance_norm_is_torch_instance_norm_and_loads_its_weights(n):
     """``inorm`` (GroupNorm, one channel per group) normalises as ``InstanceNorm{n}d(affine=True)`` in
     training and eval mode, and takes its state dict (checkpoints written before the switch)."""

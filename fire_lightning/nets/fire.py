@@ -44,6 +44,7 @@ class FIRENet(nn.Module):
         self.n = n
         self.affine_init = str(a.init)
         self.affine_symmetric_passes_eval = int(a.symmetric_passes_eval)
+        self.nonrigid_symmetric_passes_eval = int(m.nonrigid.symmetric_passes_eval)
         self.spacing = tuple(float(v) for v in spacing) if spacing is not None else (1.0,) * n
         self.G = Encoder(n, s.width, n_res=s.n_res, down_kernel=s.down_kernel, outer_kernel=s.outer_kernel)
         self.F_ab = Decoder(n, s.width, n_res=s.n_res, outer_kernel=s.outer_kernel)
@@ -194,7 +195,10 @@ class FIRENet(nn.Module):
         theta = t.affine_theta(a_moving, a_fixed, theta0, fine)
         if not self.training and self.affine_symmetric_passes_eval:
             theta = self.symmetric_affine(direction, theta, a_moving, a_fixed, fine)
-        return t(g_moving, g_fixed, theta=theta, images=(x_moving, x_fixed))
+        out = t(g_moving, g_fixed, theta=theta, images=(x_moving, x_fixed))
+        if not self.training and self.nonrigid_symmetric_passes_eval:
+            out = self.symmetric_nonrigid(direction, out, x_moving, x_fixed)
+        return out
 
     def symmetric_affine(self, direction: str, theta: torch.Tensor, g_moving: torch.Tensor, g_fixed: torch.Tensor,
                          fine: FinerFeatures | None) -> torch.Tensor:
@@ -213,6 +217,21 @@ class FIRENet(nn.Module):
         head, f_moving, f_fixed = other.finest_level(g_fixed, g_moving, swapped)
         back = other._cascade(head, f_moving, f_fixed, spatial.invert_affine(theta), self.affine_symmetric_passes_eval)
         return 0.5 * (theta + spatial.invert_affine(back))
+
+    def symmetric_nonrigid(self, direction: str, out: Transform, x_moving: torch.Tensor, x_fixed: torch.Tensor
+                           ) -> Transform:
+        """``direction``'s transform ``out`` with phi_nr made symmetric (``model.nonrigid.symmetric_passes_eval`` K > 0,
+        inference; a U-Net T_nr): the opposite direction's T_nr runs K passes that register the fixed image
+        ``x_fixed (B, 1, *S)`` to the moving one ``x_moving`` as phi_af aligns it (both on the fixed grid), starting
+        from the inverse of ``out``'s velocity v; what it reaches, v', is an estimate of -v, and phi_nr's velocity is
+        the mean (v - v') / 2, the arithmetic mean in the log domain of two estimates whose errors are partly their
+        own (the non-rigid counterpart of :meth:`symmetric_affine`)."""
+        other = self._net("BtoA" if direction == "AtoB" else "AtoB")
+        moving_af = spatial.warp(x_moving, spatial.affine_to_displacement(out.theta, x_moving.shape[2:]))
+        ident = spatial.identity_affine(out.theta.shape[0], self.n, out.theta.device, out.theta.dtype)
+        back = other.nonrigid(x_fixed, moving_af, ident, other.displacement, passes=self.nonrigid_symmetric_passes_eval)
+        raw = 0.5 * (out.nr_feat - back)
+        return Transform(theta=out.theta, nr_feat=raw, disp_nr=other.displacement(raw), feat_affine=out.feat_affine)
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> Transform:
         """Register ``x_a`` (moving, ``(B,1,*S)``) to ``x_b`` (fixed): phi^{A→B}."""

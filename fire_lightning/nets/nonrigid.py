@@ -116,12 +116,15 @@ class UNetNonRigid(nn.Module):
         return self.head(h) * self.OUTPUT_SCALE
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, theta: torch.Tensor,
-                to_displacement: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                to_displacement: Callable[[torch.Tensor], torch.Tensor], passes: int | None = None) -> torch.Tensor:
         """The cascade: ``moving, fixed (B, 1, *S)``, ``theta (B, n, n+1)`` phi_af; ``to_displacement`` turns the
-        raw field into phi_nr (scaling and squaring for a velocity). Returns the raw field, the passes' sum."""
+        raw field into phi_nr (scaling and squaring for a velocity). Returns the raw field, the passes' sum.
+        ``passes``: how many (None: the training or inference passes)."""
         shape = moving.shape[2:]
         v = None
-        for _ in range(self.passes if self.training else self.passes_eval):
+        if passes is None:
+            passes = self.passes if self.training else self.passes_eval
+        for _ in range(passes):
             disp = spatial.affine_to_displacement(theta, shape) if v is None else \
                 spatial.compose_affine_displacement(theta, spatial.resize_field(to_displacement(v), shape))
             dv = self.field(spatial.warp(moving, disp), fixed).float()
