@@ -221,11 +221,12 @@ class FIRENet(nn.Module):
     def symmetric_nonrigid(self, direction: str, out: Transform, x_moving: torch.Tensor, x_fixed: torch.Tensor
                            ) -> Transform:
         """``direction``'s transform ``out`` with phi_nr made symmetric (``model.nonrigid.symmetric_passes_eval`` K > 0,
-        inference; a U-Net T_nr): the opposite direction's T_nr runs K passes that register the fixed image
-        ``x_fixed (B, 1, *S)`` to the moving one ``x_moving`` as phi_af aligns it (both on the fixed grid), starting
-        from the inverse of ``out``'s velocity v; what it reaches, v', is an estimate of -v, and phi_nr's velocity is
-        the mean (v - v') / 2, the arithmetic mean in the log domain of two estimates whose errors are partly their
-        own (the non-rigid counterpart of :meth:`symmetric_affine`)."""
+        inference; a U-Net T_nr): the opposite direction's T_nr runs K passes from the identity that register the
+        fixed image ``x_fixed (B, 1, *S)`` to the moving one ``x_moving`` as phi_af aligns it (both on the fixed
+        grid); what it reaches, v', is an estimate of -v for ``out``'s velocity v, and phi_nr's velocity is the
+        mean (v - v') / 2, the arithmetic mean in the log domain of two estimates whose errors are partly their
+        own (the non-rigid counterpart of :meth:`symmetric_affine`, which instead starts the opposite network
+        from this direction's answer: for T_nr that did worse, docs/3d.md)."""
         other = self._net("BtoA" if direction == "AtoB" else "AtoB")
         moving_af = spatial.warp(x_moving, spatial.affine_to_displacement(out.theta, x_moving.shape[2:]))
         ident = spatial.identity_affine(out.theta.shape[0], self.n, out.theta.device, out.theta.dtype)
