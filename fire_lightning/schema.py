@@ -191,7 +191,7 @@ class NonRigidConfig:
     out_level: int = 1  # unet: the field's grid, S/2^out_level
     passes: int = 1  # unet: recursive cascade, each pass on the image re-warped by the field so far
     passes_eval: Optional[int] = None  # unet: passes at inference; None: as in training
-    symmetric_passes_eval: int = 0  # unet, inference, K > 0: mean with T^{B→A}'s estimate (FIRENet.symmetric_nonrigid)
+    symmetric_passes_eval: int = 0  # unet, inference, K > 0: mean with the other T_nr's (FIRENet.symmetric_nonrigid)
     diffeomorphic: bool = False  # T_nr's output is a stationary velocity, integrated by scaling and squaring
     integration_steps: int = 7
 
