@@ -261,8 +261,9 @@ def validate_model(m) -> None:
     if nr.passes < 1 or (nr.passes_eval is not None and nr.passes_eval < 1):
         raise ConfigError(f"model.nonrigid.passes (and passes_eval) must be >= 1, got {nr.passes}, {nr.passes_eval}")
     if nr.symmetric_passes_eval < 0 or (nr.symmetric_passes_eval and nr.head != "unet"):
+        fix = " (add model.nonrigid.symmetric_passes_eval=0)" if nr.symmetric_passes_eval > 0 else ""
         raise ConfigError("model.nonrigid.symmetric_passes_eval must be >= 0, and 0 unless model.nonrigid.head is "
-                          f"'unet', got {nr.symmetric_passes_eval} with head '{nr.head}'")
+                          f"'unet', got {nr.symmetric_passes_eval} with head '{nr.head}'{fix}")
     if loss.similarity not in SIMILARITIES:
         close = difflib.get_close_matches(loss.similarity, SIMILARITIES, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""

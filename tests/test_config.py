@@ -77,6 +77,8 @@ def test_a_malformed_override_value_is_a_config_error():
     ("model.nonrigid.out_level=4", "out_level"),
     ("model.nonrigid.head=unet model.nonrigid.symmetric_passes_eval=-1", "model.nonrigid.symmetric_passes_eval"),
     ("model.nonrigid.head=conv model.nonrigid.symmetric_passes_eval=1", "head is 'unet'"),
+    # the demo config sets it, so switching that config's head is an error that names the override to add
+    ("model.nonrigid.head=conv", r"\(add model.nonrigid.symmetric_passes_eval=0\)"),
 ])
 def test_bad_model_settings_are_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
