@@ -25,7 +25,7 @@ venv: $(STAMP)  ## create .venv and install the package with its dev extras
 demo: $(STAMP)  ## the main job: train FIRE on the embedded 2D phantom, benchmark it against ANTs, report (CPU, < 20 min)
 	$(VENV)/bin/fire demo $(ARGS)
 
-peers: $(STAMP)  ## the full peer table on the demo's test pairs: FIRE and the MI-CNN (demo budget; runs kept and reused), ANTs, Greedy, elastix (CPU, ~31 min; ~17 with the runs there)
+peers: $(STAMP)  ## the full peer table on the demo's test pairs: FIRE and the MI-CNN (demo budget; runs kept and reused), ANTs, Greedy, elastix (CPU, ~31 min; ~18 with the runs there)
 	test -f runs/peers-fire/training.json || $(VENV)/bin/fire train phantom2d run.name=peers-fire
 	test -f runs/peers-micnn/training.json || $(VENV)/bin/fire train phantom2d_micnn run.name=peers-micnn
 	$(VENV)/bin/fire benchmark runs/peers-fire --compare runs/peers-micnn --peers ants,greedy,elastix --refine 10 \
