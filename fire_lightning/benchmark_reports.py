@@ -167,8 +167,11 @@ def dice_table(results: dict) -> str:
                   markdown_table(header, rows), ""]
     for name, p in results.get("paired", {}).items():
         if p["n"]:
-            parts.append(f"{name}: mean Dice difference {100 * p['mean_diff']:+.2f} (std {100 * p['std_diff']:.2f}) "
-                         f"points, better on {p['pct_pairs_better']:.0f} % of {p['n']} pairs.")
+            ci = p.get("ci95")  # results.json files written before it have none
+            interval = "" if ci is None else \
+                f"; 95 % CI {100 * (p['mean_diff'] - ci):+.2f} to {100 * (p['mean_diff'] + ci):+.2f}"
+            parts.append(f"{name}: mean Dice difference {100 * p['mean_diff']:+.2f} (std {100 * p['std_diff']:.2f}"
+                         f"{interval}) points, better on {p['pct_pairs_better']:.0f} % of {p['n']} pairs.")
     targets = check_targets(results)
     if targets:
         parts += ["", "Targets:"] + [f"- {t}" for t in targets]

@@ -22,6 +22,18 @@ def test_summarise_reports_mean_std_and_values():
     assert s["values"] == [0.5, 0.7, None]
 
 
+def test_paired_differences_carry_a_95_percent_interval_of_their_mean():
+    from fire_lightning.tables import paired
+
+    a, b = summarise([0.70, 0.80, 0.90, None]), summarise([0.69, 0.78, 0.87, 0.5])
+    p = paired(a, b)  # differences 0.01, 0.02, 0.03 (the pair without a value left out): mean 0.02, std 0.01
+    assert p["n"] == 3 and abs(p["mean_diff"] - 0.02) < 1e-12 and abs(p["std_diff"] - 0.01) < 1e-12
+    assert abs(p["ci95"] - 4.302653 * 0.01 / np.sqrt(3)) < 1e-8  # t(0.975, 2 degrees of freedom) = 4.3027
+    assert paired(summarise([0.7]), summarise([0.6]))["ci95"] is None  # one pair: no interval
+    wide = paired(summarise([0.7, 0.9]), summarise([0.8, 0.8]))  # +0.1 and -0.1: an interval around 0
+    assert abs(wide["mean_diff"]) < 1e-12 and wide["ci95"] > 0.1
+
+
 def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
     assert main(["train", str(PHANTOM2D), "trainer.fast_dev_run=true", *tiny_overrides]) == 0
     run = next((tmp_path / "runs").iterdir())
@@ -66,6 +78,9 @@ def test_train_then_evaluate_writes_results(tiny_overrides, tmp_path, capsys):
     fire = results["methods"]["FIRE"]["dice_mean"]["values"]
     aff = results["methods"]["FIRE-Affine"]["dice_mean"]["values"]
     assert p["n"] == n and abs(p["mean_diff"] - float(np.mean(np.subtract(fire, aff)))) < 1e-12
+    lo, hi = 100 * (p["mean_diff"] - p["ci95"]), 100 * (p["mean_diff"] + p["ci95"])
+    assert f"FIRE vs FIRE-Affine: mean Dice difference {100 * p['mean_diff']:+.2f} (std {100 * p['std_diff']:.2f}; " \
+           f"95 % CI {lo:+.2f} to {hi:+.2f}) points" in (out / "results.md").read_text()
     for f in ("results.md", "example.png", "dice_boxplot.png", "table2.csv", "per_pair.csv"):
         assert (out / f).stat().st_size > 0
 
